@@ -1,0 +1,517 @@
+//! Embedding lookup modules with PyTorch's forward semantics, holding their weight through a shared
+//! [`Parameter`], so a sparsifier squash is seen by the next `forward`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::dtype::{DType, Element};
+use crate::error::{Error, Result};
+use crate::random::randn;
+use crate::tensor::{Parameter, Tensor, TypedStorage};
+
+fn table_shape(module: &'static str, weight: &Parameter) -> Result<(usize, usize)> {
+    match *weight.shape() {
+        [n, d] => Ok((n, d)),
+        ref other => Err(Error::InvalidLookup {
+            module,
+            message: format!("weight must be 2-D (num_embeddings, embedding_dim), got shape {other:?}"),
+        }),
+    }
+}
+
+fn normalize_padding(module: &'static str, padding_idx: Option<i64>, n: usize) -> Result<Option<usize>> {
+    match padding_idx {
+        None => Ok(None),
+        Some(p) => {
+            let idx = if p < 0 { p + n as i64 } else { p };
+            if idx < 0 || idx >= n as i64 {
+                return Err(Error::InvalidLookup {
+                    module,
+                    message: format!("padding_idx {p} must be within [-{n}, {n})"),
+                });
+            }
+            Ok(Some(idx as usize))
+        }
+    }
+}
+
+fn check_index(module: &'static str, idx: i64, position: usize, n: usize) -> Result<usize> {
+    if idx < 0 || idx as u64 >= n as u64 {
+        return Err(Error::IndexOutOfRange {
+            module,
+            index: idx,
+            position,
+            num_embeddings: n,
+        });
+    }
+    Ok(idx as usize)
+}
+
+/// A lookup table, like `torch.nn.Embedding`.
+///
+/// `forward(indices)` returns the rows of the weight, shape `[indices.len(), embedding_dim]`.
+/// As in PyTorch, the `padding_idx` row is zeroed when the table is created with [`Embedding::new`].
+///
+/// ```
+/// use data_sparsifier::{DType, Embedding, Tensor};
+/// let w = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], [3, 2]).unwrap();
+/// let emb = Embedding::from_weight(w).unwrap();
+/// let out = emb.forward(&[2, 0]).unwrap();
+/// assert_eq!(out.as_slice::<f32>().unwrap(), &[5.0, 6.0, 1.0, 2.0]);
+/// assert!(emb.forward(&[3]).is_err()); // out of range is an error, not a panic
+/// ```
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    weight: Parameter,
+    padding_idx: Option<usize>,
+}
+
+impl Embedding {
+    /// A new table with N(0, 1) weights from `seed`; the `padding_idx` row (negative counts from the
+    /// end) is zero.
+    pub fn new(
+        num_embeddings: usize,
+        embedding_dim: usize,
+        dtype: DType,
+        padding_idx: Option<i64>,
+        seed: u64,
+    ) -> Result<Self> {
+        let padding = normalize_padding("Embedding", padding_idx, num_embeddings)?;
+        let mut w = randn([num_embeddings, embedding_dim], dtype, seed);
+        if let Some(p) = padding {
+            zero_row(&mut w, p, embedding_dim);
+        }
+        Ok(Embedding {
+            weight: Parameter::new(w),
+            padding_idx: padding,
+        })
+    }
+    /// A table over an existing weight (like `from_pretrained`); the weight is not modified.
+    pub fn from_weight(weight: impl Into<Parameter>) -> Result<Self> {
+        Self::from_parameter(weight.into(), None)
+    }
+    /// A table over a shared weight handle, with an optional padding index.
+    pub fn from_parameter(weight: Parameter, padding_idx: Option<i64>) -> Result<Self> {
+        let (n, _) = table_shape("Embedding", &weight)?;
+        let padding_idx = normalize_padding("Embedding", padding_idx, n)?;
+        Ok(Embedding { weight, padding_idx })
+    }
+    /// The shared weight handle.
+    pub fn weight(&self) -> &Parameter {
+        &self.weight
+    }
+    /// The padding row, if any.
+    pub fn padding_idx(&self) -> Option<usize> {
+        self.padding_idx
+    }
+    /// `(num_embeddings, embedding_dim)`.
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        table_shape("Embedding", &self.weight)
+    }
+    /// Looks up each index; the output has shape `[indices.len(), embedding_dim]` and the weight's dtype.
+    pub fn forward(&self, indices: &[i64]) -> Result<Tensor> {
+        let (n, d) = self.dims()?;
+        let w = self.weight.read();
+        let rows: Vec<usize> = indices
+            .iter()
+            .enumerate()
+            .map(|(pos, &i)| check_index("Embedding", i, pos, n))
+            .collect::<Result<_>>()?;
+        crate::with_dtype!(w.dtype(), T => {
+            let src = w.as_slice::<T>().unwrap_or_default();
+            let mut out = Vec::with_capacity(rows.len() * d);
+            for r in rows {
+                out.extend_from_slice(&src[r * d..(r + 1) * d]);
+            }
+            Tensor::from_vec(out, [indices.len(), d])
+        })
+    }
+}
+
+fn zero_row(w: &mut Tensor, row: usize, d: usize) {
+    crate::with_dtype!(w.dtype(), T => {
+        if let Some(s) = w.as_slice_mut::<T>() {
+            s[row * d..(row + 1) * d].iter_mut().for_each(|x| *x = T::ZERO);
+        }
+    })
+}
+
+/// How an [`EmbeddingBag`] reduces the rows of a bag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BagMode {
+    /// Sum of the rows (optionally weighted by `per_sample_weights`).
+    Sum,
+    /// Mean of the rows (PyTorch's default).
+    #[default]
+    Mean,
+    /// Element-wise maximum of the rows.
+    Max,
+}
+
+/// The bags of one [`EmbeddingBag::forward`] call, as PyTorch takes them.
+#[derive(Debug, Clone, Copy)]
+pub enum Bags<'a> {
+    /// Fixed-size bags: `indices` is a row-major `(batch, bag_size)` matrix (PyTorch's 2-D input).
+    Fixed {
+        /// Entries per bag.
+        bag_size: usize,
+    },
+    /// Variable bags: `indices` is 1-D and bag `b` starts at `offsets[b]` (PyTorch's 1-D input).
+    Offsets {
+        /// Start of each bag; `offsets[0]` must be 0 and the values non-decreasing.
+        offsets: &'a [i64],
+        /// If true, `offsets` has one extra last entry equal to `indices.len()` (CSR style).
+        include_last_offset: bool,
+    },
+}
+
+/// A table that reduces bags of rows, like `torch.nn.EmbeddingBag`.
+///
+/// Semantics follow PyTorch: `sum`, `mean` and `max` modes; bags given by `offsets` (with
+/// `include_last_offset`) or as a fixed-size 2-D input; `per_sample_weights` only in `sum` mode;
+/// entries equal to `padding_idx` are skipped (and not counted by `mean`); an empty bag gives zeros.
+/// Half-precision tables accumulate in f32.
+///
+/// ```
+/// use data_sparsifier::{BagMode, Bags, EmbeddingBag, Tensor};
+/// let w = Tensor::from_vec(vec![1.0f32, 1.0, 2.0, 2.0, 4.0, 4.0], [3, 2]).unwrap();
+/// let bag = EmbeddingBag::from_weight(w, BagMode::Mean).unwrap();
+/// let out = bag
+///     .forward(&[0, 1, 2], Bags::Offsets { offsets: &[0, 2, 3], include_last_offset: false }, None)
+///     .unwrap();
+/// // bags: {0, 1} -> mean 1.5; {2} -> 4; {} (empty) -> 0
+/// assert_eq!(out.as_slice::<f32>().unwrap(), &[1.5, 1.5, 4.0, 4.0, 0.0, 0.0]);
+/// ```
+#[derive(Debug, Clone)]
+pub struct EmbeddingBag {
+    weight: Parameter,
+    mode: BagMode,
+    padding_idx: Option<usize>,
+}
+
+impl EmbeddingBag {
+    /// A new table with N(0, 1) weights from `seed`; the `padding_idx` row is zero.
+    pub fn new(
+        num_embeddings: usize,
+        embedding_dim: usize,
+        dtype: DType,
+        mode: BagMode,
+        padding_idx: Option<i64>,
+        seed: u64,
+    ) -> Result<Self> {
+        let padding = normalize_padding("EmbeddingBag", padding_idx, num_embeddings)?;
+        let mut w = randn([num_embeddings, embedding_dim], dtype, seed);
+        if let Some(p) = padding {
+            zero_row(&mut w, p, embedding_dim);
+        }
+        Ok(EmbeddingBag {
+            weight: Parameter::new(w),
+            mode,
+            padding_idx: padding,
+        })
+    }
+    /// A table over an existing weight.
+    pub fn from_weight(weight: impl Into<Parameter>, mode: BagMode) -> Result<Self> {
+        Self::from_parameter(weight.into(), mode, None)
+    }
+    /// A table over a shared weight handle.
+    pub fn from_parameter(weight: Parameter, mode: BagMode, padding_idx: Option<i64>) -> Result<Self> {
+        let (n, _) = table_shape("EmbeddingBag", &weight)?;
+        let padding_idx = normalize_padding("EmbeddingBag", padding_idx, n)?;
+        Ok(EmbeddingBag {
+            weight,
+            mode,
+            padding_idx,
+        })
+    }
+    /// The shared weight handle.
+    pub fn weight(&self) -> &Parameter {
+        &self.weight
+    }
+    /// The reduction mode.
+    pub fn mode(&self) -> BagMode {
+        self.mode
+    }
+    /// The padding row, if any.
+    pub fn padding_idx(&self) -> Option<usize> {
+        self.padding_idx
+    }
+    /// `(num_embeddings, embedding_dim)`.
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        table_shape("EmbeddingBag", &self.weight)
+    }
+
+    /// Bag boundaries as `(start, end)` ranges into `indices`.
+    fn bag_ranges(&self, n_idx: usize, bags: Bags<'_>) -> Result<Vec<(usize, usize)>> {
+        let err = |message: String| Error::InvalidLookup {
+            module: "EmbeddingBag",
+            message,
+        };
+        match bags {
+            Bags::Fixed { bag_size } => {
+                if bag_size == 0 {
+                    return Err(err("bag_size must be positive for a 2-D input".into()));
+                }
+                if n_idx % bag_size != 0 {
+                    return Err(err(format!(
+                        "{n_idx} indices do not form whole bags of {bag_size}"
+                    )));
+                }
+                Ok((0..n_idx / bag_size)
+                    .map(|b| (b * bag_size, (b + 1) * bag_size))
+                    .collect())
+            }
+            Bags::Offsets {
+                offsets,
+                include_last_offset,
+            } => {
+                if offsets.is_empty() {
+                    return Err(err("offsets must not be empty".into()));
+                }
+                if offsets[0] != 0 {
+                    return Err(err(format!("offsets[0] must be 0, got {}", offsets[0])));
+                }
+                let mut starts = Vec::with_capacity(offsets.len());
+                for (i, &o) in offsets.iter().enumerate() {
+                    if o < 0 || o as u64 > n_idx as u64 {
+                        return Err(err(format!(
+                            "offsets[{i}] = {o} is outside [0, {n_idx}] (the number of indices)"
+                        )));
+                    }
+                    if i > 0 && o < offsets[i - 1] {
+                        return Err(err(format!(
+                            "offsets must be non-decreasing: offsets[{i}] = {o} < offsets[{}] = {}",
+                            i - 1,
+                            offsets[i - 1]
+                        )));
+                    }
+                    starts.push(o as usize);
+                }
+                let nbags = if include_last_offset {
+                    if *starts.last().unwrap_or(&0) != n_idx {
+                        // PyTorch ignores indices past the last offset; we refuse, as it hides bugs.
+                        return Err(err(format!(
+                            "with include_last_offset the last offset must equal the number of indices ({n_idx}), got {}",
+                            starts.last().unwrap_or(&0)
+                        )));
+                    }
+                    starts.len() - 1
+                } else {
+                    starts.len()
+                };
+                Ok((0..nbags)
+                    .map(|b| (starts[b], starts.get(b + 1).copied().unwrap_or(n_idx)))
+                    .collect())
+            }
+        }
+    }
+
+    /// Reduces each bag; the output has shape `[num_bags, embedding_dim]` and the weight's dtype.
+    pub fn forward(
+        &self,
+        indices: &[i64],
+        bags: Bags<'_>,
+        per_sample_weights: Option<&[f64]>,
+    ) -> Result<Tensor> {
+        let (n, d) = self.dims()?;
+        if let Some(psw) = per_sample_weights {
+            if self.mode != BagMode::Sum {
+                return Err(Error::InvalidLookup {
+                    module: "EmbeddingBag",
+                    message: format!(
+                        "per_sample_weights are only supported in sum mode, not {:?}",
+                        self.mode
+                    ),
+                });
+            }
+            if psw.len() != indices.len() {
+                return Err(Error::InvalidLookup {
+                    module: "EmbeddingBag",
+                    message: format!(
+                        "per_sample_weights has {} entries for {} indices",
+                        psw.len(),
+                        indices.len()
+                    ),
+                });
+            }
+        }
+        let rows: Vec<usize> = indices
+            .iter()
+            .enumerate()
+            .map(|(pos, &i)| check_index("EmbeddingBag", i, pos, n))
+            .collect::<Result<_>>()?;
+        let ranges = self.bag_ranges(indices.len(), bags)?;
+        let w = self.weight.read();
+        crate::with_dtype!(w.dtype(), T => {
+            let src = w.as_slice::<T>().unwrap_or_default();
+            let out = reduce_bags::<T>(src, d, &rows, &ranges, self.mode, self.padding_idx, per_sample_weights);
+            Tensor::from_vec(out, [ranges.len(), d])
+        })
+    }
+}
+
+fn reduce_bags<T: Element + TypedStorage>(
+    src: &[T],
+    d: usize,
+    rows: &[usize],
+    ranges: &[(usize, usize)],
+    mode: BagMode,
+    padding: Option<usize>,
+    psw: Option<&[f64]>,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(ranges.len() * d);
+    let mut acc = vec![T::acc_zero(); d];
+    for &(s, e) in ranges {
+        acc.iter_mut().for_each(|a| *a = T::acc_zero());
+        let mut count = 0usize;
+        let mut any_max = false;
+        for (j, &r) in rows.iter().enumerate().take(e).skip(s) {
+            if Some(r) == padding {
+                continue;
+            }
+            count += 1;
+            let row = &src[r * d..(r + 1) * d];
+            match mode {
+                BagMode::Sum | BagMode::Mean => {
+                    let wgt = psw.map(|p| T::acc_from_f64(p[j]));
+                    for (a, &x) in acc.iter_mut().zip(row) {
+                        let v = x.to_acc();
+                        *a = *a + wgt.map_or(v, |w| v * w);
+                    }
+                }
+                BagMode::Max => {
+                    for (a, &x) in acc.iter_mut().zip(row) {
+                        let v = x.to_acc();
+                        if !any_max || v > *a {
+                            *a = v;
+                        }
+                    }
+                    any_max = true;
+                }
+            }
+        }
+        for &a in &acc {
+            let v = if mode == BagMode::Mean && count > 0 {
+                a / T::acc_from_usize(count)
+            } else {
+                a
+            };
+            out.push(T::from_acc(v));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Tensor {
+        Tensor::from_vec(
+            (0..12).map(|i| i as f32).collect::<Vec<_>>(),
+            [4, 3],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn sum_mean_max_with_offsets() {
+        let idx = [0, 2, 3, 1];
+        let bags = Bags::Offsets {
+            offsets: &[0, 3, 3],
+            include_last_offset: false,
+        };
+        let sum = EmbeddingBag::from_weight(table(), BagMode::Sum).unwrap();
+        let out = sum.forward(&idx, bags, None).unwrap();
+        assert_eq!(out.shape(), &[3, 3]);
+        // rows 0,2,3 = [0,1,2]+[6,7,8]+[9,10,11]; empty bag; row 1
+        assert_eq!(
+            out.as_slice::<f32>().unwrap(),
+            &[15.0, 18.0, 21.0, 0.0, 0.0, 0.0, 3.0, 4.0, 5.0]
+        );
+        let mean = EmbeddingBag::from_weight(table(), BagMode::Mean).unwrap();
+        let out = mean.forward(&idx, bags, None).unwrap();
+        assert_eq!(&out.as_slice::<f32>().unwrap()[..3], &[5.0, 6.0, 7.0]);
+        let max = EmbeddingBag::from_weight(table(), BagMode::Max).unwrap();
+        let out = max.forward(&idx, bags, None).unwrap();
+        assert_eq!(
+            out.as_slice::<f32>().unwrap(),
+            &[9.0, 10.0, 11.0, 0.0, 0.0, 0.0, 3.0, 4.0, 5.0]
+        );
+    }
+
+    #[test]
+    fn include_last_offset_and_fixed_bags() {
+        let sum = EmbeddingBag::from_weight(table(), BagMode::Sum).unwrap();
+        let a = sum
+            .forward(
+                &[0, 1, 2, 3],
+                Bags::Offsets {
+                    offsets: &[0, 2, 4],
+                    include_last_offset: true,
+                },
+                None,
+            )
+            .unwrap();
+        let b = sum.forward(&[0, 1, 2, 3], Bags::Fixed { bag_size: 2 }, None).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.shape(), &[2, 3]);
+    }
+
+    #[test]
+    fn per_sample_weights_only_in_sum_mode() {
+        let sum = EmbeddingBag::from_weight(table(), BagMode::Sum).unwrap();
+        let out = sum
+            .forward(&[1, 2], Bags::Fixed { bag_size: 2 }, Some(&[2.0, -1.0]))
+            .unwrap();
+        assert_eq!(out.as_slice::<f32>().unwrap(), &[0.0, 1.0, 2.0]);
+        let mean = EmbeddingBag::from_weight(table(), BagMode::Mean).unwrap();
+        assert!(mean
+            .forward(&[1, 2], Bags::Fixed { bag_size: 2 }, Some(&[2.0, -1.0]))
+            .is_err());
+        assert!(sum
+            .forward(&[1, 2], Bags::Fixed { bag_size: 2 }, Some(&[2.0]))
+            .is_err());
+    }
+
+    #[test]
+    fn padding_idx_is_skipped_and_not_counted() {
+        let w = Parameter::new(table());
+        let mean = EmbeddingBag::from_parameter(w, BagMode::Mean, Some(-1)).unwrap();
+        assert_eq!(mean.padding_idx(), Some(3));
+        let out = mean.forward(&[0, 3, 2], Bags::Fixed { bag_size: 3 }, None).unwrap();
+        assert_eq!(out.as_slice::<f32>().unwrap(), &[3.0, 4.0, 5.0]);
+        let emb = Embedding::new(5, 2, DType::F32, Some(1), 3).unwrap();
+        let row = emb.forward(&[1]).unwrap();
+        assert_eq!(row.as_slice::<f32>().unwrap(), &[0.0, 0.0]);
+    }
+
+    #[test]
+    fn bad_lookups_are_errors() {
+        let bag = EmbeddingBag::from_weight(table(), BagMode::Sum).unwrap();
+        let offs = |o: &'static [i64]| Bags::Offsets {
+            offsets: o,
+            include_last_offset: false,
+        };
+        assert!(matches!(
+            bag.forward(&[4], offs(&[0]), None),
+            Err(Error::IndexOutOfRange { index: 4, .. })
+        ));
+        assert!(bag.forward(&[-1], offs(&[0]), None).is_err());
+        assert!(bag.forward(&[0, 1], offs(&[1]), None).is_err());
+        assert!(bag.forward(&[0, 1], offs(&[0, 2, 1]), None).is_err());
+        assert!(bag.forward(&[0, 1], offs(&[0, 3]), None).is_err());
+        assert!(bag.forward(&[0, 1, 2], Bags::Fixed { bag_size: 2 }, None).is_err());
+        assert!(Embedding::from_weight(Tensor::zeros(DType::F32, [3])).is_err());
+        assert!(Embedding::new(3, 2, DType::F32, Some(3), 0).is_err());
+    }
+
+    #[test]
+    fn half_precision_accumulates_in_f32() {
+        // 2048 + 1 + 1 in f16 would round to 2048 at each step; in f32 it is 2050.
+        let w = Tensor::from_f64s(&[2048.0, 1.0, 1.0], DType::F16, [3, 1]).unwrap();
+        let bag = EmbeddingBag::from_weight(w, BagMode::Sum).unwrap();
+        let out = bag.forward(&[0, 1, 2], Bags::Fixed { bag_size: 3 }, None).unwrap();
+        assert_eq!(out.to_f64_vec(), vec![2050.0]);
+    }
+}

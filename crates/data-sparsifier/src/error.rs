@@ -1,0 +1,215 @@
+//! The one error type of the library.
+//!
+//! Every variant names the data it is about (where there is one), the offending value, and what to do
+//! about it. Nothing in this crate panics on user input; it returns one of these instead.
+
+use crate::dtype::DType;
+
+/// Everything that can go wrong in this crate.
+///
+/// ```
+/// use data_sparsifier::{Error, Tensor};
+/// let err = Tensor::from_vec(vec![1.0f32, 2.0, 3.0], [2, 2]).unwrap_err();
+/// assert!(matches!(err, Error::ShapeMismatch { .. }));
+/// assert!(err.to_string().contains("[2, 2]"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A data name is empty, contains '.', or is otherwise unusable.
+    #[error("invalid data name {name:?}: {reason}")]
+    InvalidName {
+        /// The rejected name.
+        name: String,
+        /// Why it was rejected and how to fix it.
+        reason: &'static str,
+    },
+
+    /// No data of that name is held by the sparsifier.
+    #[error("no data named {name:?} in the sparsifier (known names: {known})")]
+    UnknownName {
+        /// The name that was asked for.
+        name: String,
+        /// The names that do exist, comma separated.
+        known: String,
+    },
+
+    /// A name is being replaced with data of a different kind (e.g. a parameter by an embedding).
+    #[error("data {name:?} is a {existing}; it cannot be replaced by a {new}: remove it first or use another name")]
+    KindChange {
+        /// The data name.
+        name: String,
+        /// The kind held now.
+        existing: &'static str,
+        /// The kind offered.
+        new: &'static str,
+    },
+
+    /// The mask of `name` was squashed into its data, so the original values no longer exist.
+    #[error("mask of {name:?} was squashed: the original (unmasked) data no longer exists")]
+    Squashed {
+        /// The data name.
+        name: String,
+    },
+
+    /// Two shapes that must agree do not.
+    #[error("shape mismatch for {what}: expected {expected:?}, got {actual:?}")]
+    ShapeMismatch {
+        /// What is being checked (a data name, "mask", "tensor from_vec", ...).
+        what: String,
+        /// The shape that was required.
+        expected: Vec<usize>,
+        /// The shape that was given.
+        actual: Vec<usize>,
+    },
+
+    /// The data has more dimensions than the sparsifier supports.
+    #[error("data {name:?} has shape {shape:?} ({} dims); this sparsifier supports 0-, 1- and 2-D data only: reshape it to 2-D (rows, cols) first", shape.len())]
+    UnsupportedShape {
+        /// The data name.
+        name: String,
+        /// Its shape.
+        shape: Vec<usize>,
+    },
+
+    /// Two dtypes that must agree do not.
+    #[error("dtype mismatch for {what}: expected {expected}, got {actual}")]
+    DTypeMismatch {
+        /// What is being checked.
+        what: String,
+        /// The dtype that was required.
+        expected: DType,
+        /// The dtype that was given.
+        actual: DType,
+    },
+
+    /// A dtype name or safetensors dtype that this crate does not handle (only floats are supported).
+    #[error("unsupported dtype {dtype} for {what}: only F32, F64, F16 and BF16 data can be sparsified")]
+    UnsupportedDType {
+        /// What carries it (a tensor name, a file).
+        what: String,
+        /// The dtype as written.
+        dtype: String,
+    },
+
+    /// A configuration value is out of its valid range.
+    #[error("invalid config for {name:?}: {key} = {value}: {expected}")]
+    InvalidConfig {
+        /// The data name, or "defaults".
+        name: String,
+        /// The config key.
+        key: &'static str,
+        /// The rejected value, as text.
+        value: String,
+        /// What would be valid.
+        expected: String,
+    },
+
+    /// The data contains NaN where NaN is not accepted.
+    #[error("data {name:?} contains NaN at flat index {index} (row {row}, col {col}): clean the data, or set nan_policy = \"rank_last\" to keep NaN blocks as PyTorch does")]
+    NanInData {
+        /// The data name.
+        name: String,
+        /// Flat (row-major) index of the first NaN.
+        index: usize,
+        /// Its row.
+        row: usize,
+        /// Its column.
+        col: usize,
+    },
+
+    /// An index into an embedding table is out of range.
+    #[error("{module}: index {index} at position {position} is out of range for a table of {num_embeddings} rows")]
+    IndexOutOfRange {
+        /// "Embedding" or "EmbeddingBag".
+        module: &'static str,
+        /// The offending index.
+        index: i64,
+        /// Where it was in the input.
+        position: usize,
+        /// The table's row count.
+        num_embeddings: usize,
+    },
+
+    /// The arguments of an embedding lookup are inconsistent (offsets, weights, modes).
+    #[error("{module}: {message}")]
+    InvalidLookup {
+        /// "Embedding" or "EmbeddingBag".
+        module: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+
+    /// A saved state cannot be read: truncated, tampered, or of another format.
+    #[error("invalid saved state{}: {message}", source_name.as_ref().map(|s| format!(" in {s}")).unwrap_or_default())]
+    InvalidState {
+        /// The file, if one is involved.
+        source_name: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// A safetensors file could not be parsed.
+    #[error("cannot read safetensors data{}: {message}", source_name.as_ref().map(|s| format!(" from {s}")).unwrap_or_default())]
+    Safetensors {
+        /// The file, if one is involved.
+        source_name: Option<String>,
+        /// The parser's message.
+        message: String,
+    },
+
+    /// An I/O error, with the path it concerns.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file concerned.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An error raised by a user's [`UpdateMask`](crate::UpdateMask) implementation.
+    #[error("update_mask failed for {name:?}: {message}")]
+    UpdateFailed {
+        /// The data name.
+        name: String,
+        /// The implementer's message.
+        message: String,
+    },
+}
+
+impl Error {
+    /// Shorthand for an [`Error::InvalidConfig`].
+    pub fn invalid_config(
+        name: impl Into<String>,
+        key: &'static str,
+        value: impl ToString,
+        expected: impl Into<String>,
+    ) -> Self {
+        Error::InvalidConfig {
+            name: name.into(),
+            key,
+            value: value.to_string(),
+            expected: expected.into(),
+        }
+    }
+
+    /// Shorthand for an [`Error::InvalidState`] without a file name.
+    pub fn invalid_state(message: impl Into<String>) -> Self {
+        Error::InvalidState {
+            source_name: None,
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for an [`Error::Io`].
+    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

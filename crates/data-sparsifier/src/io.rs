@@ -1,0 +1,134 @@
+//! Atomic file output: write a temp file in the target's directory, fsync it, then rename it over
+//! the target. An interrupted run never leaves a half-written file where a good one was.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// A file being written atomically. Nothing appears at the target path until
+/// [`commit`](Self::commit); dropping it uncommitted removes the temp file.
+///
+/// ```
+/// use std::io::Write;
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("out.txt");
+/// let mut f = data_sparsifier::io::AtomicFile::create(&path).unwrap();
+/// f.write_all(b"hello").unwrap();
+/// assert!(!path.exists());
+/// f.commit().unwrap();
+/// assert_eq!(std::fs::read(&path).unwrap(), b"hello");
+/// ```
+pub struct AtomicFile {
+    target: PathBuf,
+    temp: PathBuf,
+    writer: Option<BufWriter<File>>,
+}
+
+impl AtomicFile {
+    /// Starts writing a temp file beside `target`.
+    pub fn create(target: impl AsRef<Path>) -> Result<Self> {
+        let target = target.as_ref().to_path_buf();
+        let dir = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let file_name = target
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .ok_or_else(|| {
+                Error::io(
+                    &target,
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"),
+                )
+            })?;
+        let mut n = 0u32;
+        loop {
+            let temp = dir.join(format!(".{file_name}.tmp-{}-{n}", std::process::id()));
+            match fs::OpenOptions::new().write(true).create_new(true).open(&temp) {
+                Ok(f) => {
+                    return Ok(AtomicFile {
+                        target,
+                        temp,
+                        writer: Some(BufWriter::with_capacity(1 << 20, f)),
+                    })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => n += 1,
+                Err(e) => return Err(Error::io(&temp, e)),
+            }
+        }
+    }
+    /// The final path.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+    /// Flushes, fsyncs and renames the temp file over the target.
+    pub fn commit(mut self) -> Result<()> {
+        let writer = self.writer.take();
+        if let Some(w) = writer {
+            let file = w
+                .into_inner()
+                .map_err(|e| Error::io(&self.temp, e.into_error()))?;
+            file.sync_all().map_err(|e| Error::io(&self.temp, e))?;
+        }
+        fs::rename(&self.temp, &self.target).map_err(|e| Error::io(&self.target, e))?;
+        if let Some(dir) = self.target.parent() {
+            // Persist the rename itself; not every platform can open a directory, so this is best effort.
+            if let Ok(d) = File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.writer.as_mut() {
+            Some(w) => w.write(buf),
+            None => Err(std::io::Error::other("atomic file already committed")),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.writer.as_mut() {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.writer.take().is_some() {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically.
+pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+    let mut f = AtomicFile::create(path.as_ref())?;
+    f.write_all(bytes).map_err(|e| Error::io(path.as_ref(), e))?;
+    f.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_file_leaves_the_old_target_and_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.bin");
+        fs::write(&path, b"good").unwrap();
+        {
+            let mut f = AtomicFile::create(&path).unwrap();
+            f.write_all(b"half-writ").unwrap();
+        }
+        assert_eq!(fs::read(&path).unwrap(), b"good");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        write_atomic(&path, b"new").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+    }
+}

@@ -1,0 +1,593 @@
+//! The bit-packed mask: 1 bit per element, 1 = keep, 0 = zero.
+//!
+//! PyTorch keeps a float (later int8) mask as large as the data; this one is 1/32 of an f32 table.
+//!
+//! Layout: element `i` (row-major flat index) is bit `i % 64` of word `i / 64`, least significant bit
+//! first. As bytes (see [`Mask::to_packed_bytes`]), element `i` is bit `i % 8` of byte `i / 8`,
+//! which is numpy's `packbits(bitorder="little")`. Bits past the last element are always zero.
+//!
+//! An [`UpdateMask`](crate::UpdateMask) implementation receives `&mut Mask` and can only change it in
+//! place: PyTorch's "rebinding the mask is a bug" pitfall cannot be written in Rust.
+
+use std::fmt;
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use crate::dtype::Element;
+use crate::error::{Error, Result};
+use crate::tensor::{as_2d, numel, TensorView};
+
+/// Elements handled per parallel task by the whole-mask operations (a multiple of 64).
+const PAR_CHUNK_ELEMS: usize = 64 * 1024;
+const PAR_CHUNK_WORDS: usize = PAR_CHUNK_ELEMS / 64;
+
+/// A bit-packed keep/zero mask with the shape of its data.
+///
+/// ```
+/// use data_sparsifier::Mask;
+/// let mut m = Mask::ones([2, 4]);
+/// m.zero_range(0..3);
+/// m.set(7, false);
+/// assert_eq!(m.count_kept(), 4);
+/// assert_eq!(m.to_dense_u8(), vec![0, 0, 0, 1, 1, 1, 1, 0]);
+/// assert_eq!(m.density(), 0.5);
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Mask {
+    shape: Vec<usize>,
+    len: usize,
+    words: Vec<u64>,
+}
+
+#[inline]
+fn word_count(len: usize) -> usize {
+    len.div_ceil(64)
+}
+
+/// Bits `lo..hi` (0 <= lo <= hi <= 64) set.
+#[inline]
+fn bit_range(lo: usize, hi: usize) -> u64 {
+    if hi - lo == 64 {
+        u64::MAX
+    } else {
+        ((1u64 << (hi - lo)) - 1) << lo
+    }
+}
+
+impl Mask {
+    /// A mask that keeps everything.
+    pub fn ones(shape: impl Into<Vec<usize>>) -> Self {
+        let mut m = Self::zeros(shape);
+        m.fill(true);
+        m
+    }
+    /// A mask that zeroes everything.
+    pub fn zeros(shape: impl Into<Vec<usize>>) -> Self {
+        let shape = shape.into();
+        let len = numel(&shape);
+        Mask {
+            words: vec![0; word_count(len)],
+            shape,
+            len,
+        }
+    }
+    /// The shape (the data's shape).
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether the mask has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The 2-D (rows, cols) view of the shape, see [`as_2d`].
+    pub fn rows_cols(&self) -> Option<(usize, usize)> {
+        as_2d(&self.shape)
+    }
+    /// Bytes used by the bits.
+    pub fn size_in_bytes(&self) -> usize {
+        self.words.len() * 8
+    }
+
+    /// Errors unless the mask has exactly `shape`.
+    pub fn check_shape(&self, what: &str, shape: &[usize]) -> Result<()> {
+        if self.shape != shape {
+            return Err(Error::ShapeMismatch {
+                what: format!("mask of {what}"),
+                expected: shape.to_vec(),
+                actual: self.shape.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sets every element to `keep`.
+    pub fn fill(&mut self, keep: bool) {
+        let v = if keep { u64::MAX } else { 0 };
+        self.words.iter_mut().for_each(|w| *w = v);
+        self.clear_tail();
+    }
+
+    /// Whether element `i` is kept; `false` past the end.
+    #[inline]
+    pub fn get(&self, i: usize) -> bool {
+        i < self.len && (self.words[i / 64] >> (i % 64)) & 1 == 1
+    }
+
+    /// Sets element `i`. Out-of-range indices are ignored; use [`Mask::len`] to stay in range.
+    #[inline]
+    pub fn set(&mut self, i: usize, keep: bool) {
+        if i < self.len {
+            let bit = 1u64 << (i % 64);
+            if keep {
+                self.words[i / 64] |= bit;
+            } else {
+                self.words[i / 64] &= !bit;
+            }
+        }
+    }
+
+    /// Sets every element in the flat range (clipped to the mask) to `keep`, a word at a time.
+    pub fn set_range(&mut self, range: Range<usize>, keep: bool) {
+        let (start, end) = (range.start.min(self.len), range.end.min(self.len));
+        if start >= end {
+            return;
+        }
+        let (w0, w1) = (start / 64, (end - 1) / 64);
+        for w in w0..=w1 {
+            let lo = if w == w0 { start % 64 } else { 0 };
+            let hi = if w == w1 { (end - 1) % 64 + 1 } else { 64 };
+            let bits = bit_range(lo, hi);
+            if keep {
+                self.words[w] |= bits;
+            } else {
+                self.words[w] &= !bits;
+            }
+        }
+    }
+    /// Keeps every element of the flat range.
+    pub fn keep_range(&mut self, range: Range<usize>) {
+        self.set_range(range, true)
+    }
+    /// Zeroes every element of the flat range.
+    pub fn zero_range(&mut self, range: Range<usize>) {
+        self.set_range(range, false)
+    }
+
+    /// Sets a 2-D block (`rows` × `cols`, clipped to the mask's 2-D view) to `keep`.
+    ///
+    /// ```
+    /// use data_sparsifier::Mask;
+    /// let mut m = Mask::ones([3, 3]);
+    /// m.zero_block(0..2, 1..3);
+    /// assert_eq!(m.to_dense_u8(), vec![1, 0, 0, 1, 0, 0, 1, 1, 1]);
+    /// ```
+    pub fn set_block(&mut self, rows: Range<usize>, cols: Range<usize>, keep: bool) {
+        let Some((h, w)) = self.rows_cols() else {
+            // N-D: treat as (first dim, rest).
+            let h = self.shape.first().copied().unwrap_or(1);
+            let w = self.len.checked_div(h).unwrap_or(0);
+            return self.set_block_hw(h, w, rows, cols, keep);
+        };
+        self.set_block_hw(h, w, rows, cols, keep)
+    }
+    fn set_block_hw(&mut self, h: usize, w: usize, rows: Range<usize>, cols: Range<usize>, keep: bool) {
+        let (c0, c1) = (cols.start.min(w), cols.end.min(w));
+        for r in rows.start.min(h)..rows.end.min(h) {
+            self.set_range(r * w + c0..r * w + c1, keep);
+        }
+    }
+    /// Keeps a 2-D block.
+    pub fn keep_block(&mut self, rows: Range<usize>, cols: Range<usize>) {
+        self.set_block(rows, cols, true)
+    }
+    /// Zeroes a 2-D block.
+    pub fn zero_block(&mut self, rows: Range<usize>, cols: Range<usize>) {
+        self.set_block(rows, cols, false)
+    }
+
+    /// Sets each bit to `pred(x)` for the matching element of a typed slice (in parallel):
+    /// kept where the predicate holds, zeroed elsewhere.
+    pub fn keep_where_slice<T: Element>(
+        &mut self,
+        data: &[T],
+        pred: impl Fn(T) -> bool + Sync,
+    ) -> Result<()> {
+        if data.len() != self.len {
+            return Err(Error::ShapeMismatch {
+                what: "keep_where data".into(),
+                expected: self.shape.clone(),
+                actual: vec![data.len()],
+            });
+        }
+        self.words
+            .par_chunks_mut(PAR_CHUNK_WORDS)
+            .zip(data.par_chunks(PAR_CHUNK_ELEMS))
+            .for_each(|(words, xs)| {
+                for (w, chunk) in words.iter_mut().zip(xs.chunks(64)) {
+                    let mut bits = 0u64;
+                    for (j, &x) in chunk.iter().enumerate() {
+                        bits |= (pred(x) as u64) << j;
+                    }
+                    *w = bits;
+                }
+            });
+        Ok(())
+    }
+
+    /// Sets each bit to `pred(x)`, with `x` the element widened to f64; works for every dtype.
+    ///
+    /// ```
+    /// use data_sparsifier::{Mask, Tensor};
+    /// let t = Tensor::from_vec(vec![0.5f32, -3.0, 0.1, 2.0], [2, 2]).unwrap();
+    /// let mut m = Mask::ones([2, 2]);
+    /// m.keep_where(&t.view(), |x| x.abs() >= 1.0).unwrap();
+    /// assert_eq!(m.to_dense_u8(), vec![0, 1, 0, 1]);
+    /// ```
+    pub fn keep_where(
+        &mut self,
+        data: &TensorView<'_>,
+        pred: impl Fn(f64) -> bool + Sync,
+    ) -> Result<()> {
+        self.check_shape("keep_where data", data.shape())?;
+        crate::with_dtype!(data.dtype(), T => {
+            let s = data.as_slice::<T>().unwrap_or_default();
+            self.keep_where_slice(s, |x: T| pred(x.to_f64()))
+        })
+    }
+
+    fn check_same(&self, other: &Mask, op: &str) -> Result<()> {
+        if self.shape != other.shape {
+            return Err(Error::ShapeMismatch {
+                what: format!("mask {op}"),
+                expected: self.shape.clone(),
+                actual: other.shape.clone(),
+            });
+        }
+        Ok(())
+    }
+    /// Keeps only what both masks keep (`self &= other`).
+    pub fn and(&mut self, other: &Mask) -> Result<()> {
+        self.check_same(other, "and")?;
+        self.words.iter_mut().zip(&other.words).for_each(|(a, b)| *a &= b);
+        Ok(())
+    }
+    /// Keeps what either mask keeps (`self |= other`).
+    pub fn or(&mut self, other: &Mask) -> Result<()> {
+        self.check_same(other, "or")?;
+        self.words.iter_mut().zip(&other.words).for_each(|(a, b)| *a |= b);
+        Ok(())
+    }
+    /// Flips every bit.
+    pub fn invert(&mut self) {
+        self.words.iter_mut().for_each(|w| *w = !*w);
+        self.clear_tail();
+    }
+
+    /// Number of kept elements.
+    pub fn count_kept(&self) -> usize {
+        self.words
+            .par_chunks(PAR_CHUNK_WORDS)
+            .map(|c| c.iter().map(|w| w.count_ones() as usize).sum::<usize>())
+            .sum()
+    }
+    /// Number of zeroed elements.
+    pub fn count_zeroed(&self) -> usize {
+        self.len - self.count_kept()
+    }
+    /// Fraction kept (1.0 for an empty mask).
+    pub fn density(&self) -> f64 {
+        if self.len == 0 {
+            1.0
+        } else {
+            self.count_kept() as f64 / self.len as f64
+        }
+    }
+    /// Fraction zeroed, `1 - density`.
+    pub fn sparsity(&self) -> f64 {
+        1.0 - self.density()
+    }
+
+    /// Iterates the bits in flat order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = bool> + '_ {
+        (0..self.len).map(move |i| self.get(i))
+    }
+
+    /// A dense `u8` buffer, 1 = keep, 0 = zero.
+    pub fn to_dense_u8(&self) -> Vec<u8> {
+        let mut out = vec![0u8; self.len];
+        out.par_chunks_mut(PAR_CHUNK_ELEMS)
+            .zip(self.words.par_chunks(PAR_CHUNK_WORDS))
+            .for_each(|(out, words)| {
+                for (o, w) in out.chunks_mut(64).zip(words) {
+                    for (j, b) in o.iter_mut().enumerate() {
+                        *b = ((w >> j) & 1) as u8;
+                    }
+                }
+            });
+        out
+    }
+    /// A dense `bool` buffer.
+    pub fn to_bools(&self) -> Vec<bool> {
+        self.iter().collect()
+    }
+    /// A mask from a dense buffer of `u8` values: 0 = zero, anything else = keep.
+    pub fn from_dense_u8(shape: impl Into<Vec<usize>>, dense: &[u8]) -> Result<Self> {
+        let mut m = Mask::zeros(shape);
+        if dense.len() != m.len {
+            return Err(Error::ShapeMismatch {
+                what: "dense mask buffer".into(),
+                expected: m.shape.clone(),
+                actual: vec![dense.len()],
+            });
+        }
+        m.words
+            .par_chunks_mut(PAR_CHUNK_WORDS)
+            .zip(dense.par_chunks(PAR_CHUNK_ELEMS))
+            .for_each(|(words, xs)| {
+                for (w, chunk) in words.iter_mut().zip(xs.chunks(64)) {
+                    *w = chunk
+                        .iter()
+                        .enumerate()
+                        .fold(0u64, |acc, (j, &b)| acc | ((b != 0) as u64) << j);
+                }
+            });
+        Ok(m)
+    }
+    /// A mask from a dense `bool` buffer.
+    pub fn from_bools(shape: impl Into<Vec<usize>>, dense: &[bool]) -> Result<Self> {
+        let bytes: Vec<u8> = dense.iter().map(|&b| b as u8).collect();
+        Self::from_dense_u8(shape, &bytes)
+    }
+
+    /// The bits as `ceil(len / 8)` bytes, element `i` at bit `i % 8` of byte `i / 8`.
+    pub fn to_packed_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.words.len() * 8);
+        for w in &self.words {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        out.truncate(self.len.div_ceil(8));
+        out
+    }
+    /// The inverse of [`Mask::to_packed_bytes`]. The byte count must be exactly `ceil(len / 8)` and
+    /// the padding bits of the last byte must be zero, so a tampered buffer is rejected.
+    pub fn from_packed_bytes(shape: impl Into<Vec<usize>>, bytes: &[u8]) -> Result<Self> {
+        let mut m = Mask::zeros(shape);
+        let want = m.len.div_ceil(8);
+        if bytes.len() != want {
+            return Err(Error::invalid_state(format!(
+                "packed mask of shape {:?} needs {want} bytes, found {}",
+                m.shape,
+                bytes.len()
+            )));
+        }
+        for (w, chunk) in m.words.iter_mut().zip(bytes.chunks(8)) {
+            let mut buf = [0u8; 8];
+            buf[..chunk.len()].copy_from_slice(chunk);
+            *w = u64::from_le_bytes(buf);
+        }
+        let before: usize = m.words.iter().map(|w| w.count_ones() as usize).sum();
+        m.clear_tail();
+        let after: usize = m.words.iter().map(|w| w.count_ones() as usize).sum();
+        if before != after {
+            return Err(Error::invalid_state(format!(
+                "packed mask of shape {:?} has bits set past its last element",
+                m.shape
+            )));
+        }
+        Ok(m)
+    }
+
+    /// The raw words (for kernels). Bits past [`Mask::len`] are zero.
+    pub fn words(&self) -> &[u64] {
+        &self.words
+    }
+    /// The raw words, mutably, for kernels that write 64 elements at a time. Bits written past
+    /// [`Mask::len`] are cleared when this borrow is released, so counts stay exact.
+    pub fn words_mut(&mut self) -> WordsMut<'_> {
+        WordsMut { mask: self }
+    }
+
+    /// Zeroes the elements of `data` whose bit is 0 (in parallel). `data` must have `len` elements;
+    /// extra elements are left alone.
+    pub fn apply<T: Element>(&self, data: &mut [T]) {
+        data.par_chunks_mut(PAR_CHUNK_ELEMS)
+            .zip(self.words.par_chunks(PAR_CHUNK_WORDS))
+            .for_each(|(xs, words)| {
+                for (chunk, &w) in xs.chunks_mut(64).zip(words) {
+                    if w == u64::MAX {
+                        continue;
+                    }
+                    for (j, x) in chunk.iter_mut().enumerate() {
+                        if (w >> j) & 1 == 0 {
+                            *x = T::ZERO;
+                        }
+                    }
+                }
+            });
+    }
+
+    /// Writes `mask · src` into `dst` (same length): the masked copy without a clone first.
+    pub fn apply_into<T: Element>(&self, src: &[T], dst: &mut [T]) {
+        dst.par_chunks_mut(PAR_CHUNK_ELEMS)
+            .zip(src.par_chunks(PAR_CHUNK_ELEMS))
+            .zip(self.words.par_chunks(PAR_CHUNK_WORDS))
+            .for_each(|((d, s), words)| {
+                for ((dc, sc), &w) in d.chunks_mut(64).zip(s.chunks(64)).zip(words) {
+                    for (j, (o, &x)) in dc.iter_mut().zip(sc).enumerate() {
+                        *o = if (w >> j) & 1 == 1 { x } else { T::ZERO };
+                    }
+                }
+            });
+    }
+
+    fn clear_tail(&mut self) {
+        let rem = self.len % 64;
+        if rem != 0 {
+            if let Some(last) = self.words.last_mut() {
+                *last &= bit_range(0, rem);
+            }
+        }
+    }
+}
+
+/// Mutable access to a mask's words; clears the padding bits when dropped.
+pub struct WordsMut<'a> {
+    mask: &'a mut Mask,
+}
+
+impl std::ops::Deref for WordsMut<'_> {
+    type Target = [u64];
+    fn deref(&self) -> &[u64] {
+        &self.mask.words
+    }
+}
+impl std::ops::DerefMut for WordsMut<'_> {
+    fn deref_mut(&mut self) -> &mut [u64] {
+        &mut self.mask.words
+    }
+}
+impl Drop for WordsMut<'_> {
+    fn drop(&mut self) {
+        self.mask.clear_tail();
+    }
+}
+
+impl fmt::Debug for Mask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Mask({:?}, kept {}/{}",
+            self.shape,
+            self.count_kept(),
+            self.len
+        )?;
+        if self.len <= 64 {
+            let bits: String = self.iter().map(|b| if b { '1' } else { '0' }).collect();
+            write!(f, ", {bits}")?;
+        }
+        f.write_str(")")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn model_set_range(v: &mut [bool], r: Range<usize>, keep: bool) {
+        let (s, e) = (r.start.min(v.len()), r.end.min(v.len()));
+        if s < e {
+            v[s..e].iter_mut().for_each(|b| *b = keep);
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Fill(bool),
+        Set(usize, bool),
+        Range(usize, usize, bool),
+        Block(usize, usize, usize, usize, bool),
+        Invert,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            any::<bool>().prop_map(Op::Fill),
+            (0usize..400, any::<bool>()).prop_map(|(i, k)| Op::Set(i, k)),
+            (0usize..400, 0usize..400, any::<bool>()).prop_map(|(a, b, k)| Op::Range(a, b, k)),
+            (0usize..30, 0usize..30, 0usize..30, 0usize..30, any::<bool>())
+                .prop_map(|(a, b, c, d, k)| Op::Block(a, b, c, d, k)),
+            Just(Op::Invert),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn mask_ops_match_a_bool_model(h in 0usize..20, w in 0usize..20, ops in proptest::collection::vec(op(), 0..20)) {
+            let mut m = Mask::ones([h, w]);
+            let mut model = vec![true; h * w];
+            for op in ops {
+                match op {
+                    Op::Fill(k) => { m.fill(k); model.iter_mut().for_each(|b| *b = k); }
+                    Op::Set(i, k) => { m.set(i, k); if i < model.len() { model[i] = k; } }
+                    Op::Range(a, b, k) => { m.set_range(a..b, k); model_set_range(&mut model, a..b, k); }
+                    Op::Block(r0, r1, c0, c1, k) => {
+                        m.set_block(r0..r1, c0..c1, k);
+                        for r in r0.min(h)..r1.min(h) {
+                            for c in c0.min(w)..c1.min(w) { model[r * w + c] = k; }
+                        }
+                    }
+                    Op::Invert => { m.invert(); model.iter_mut().for_each(|b| *b = !*b); }
+                }
+            }
+            prop_assert_eq!(m.to_bools(), model.clone());
+            prop_assert_eq!(m.count_kept(), model.iter().filter(|b| **b).count());
+            let packed = m.to_packed_bytes();
+            prop_assert_eq!(Mask::from_packed_bytes([h, w], &packed).unwrap(), m.clone());
+            let dense = m.to_dense_u8();
+            prop_assert_eq!(Mask::from_dense_u8([h, w], &dense).unwrap(), m.clone());
+        }
+
+        #[test]
+        fn and_or_match_model(a in proptest::collection::vec(any::<bool>(), 0..300), seed in any::<u64>()) {
+            let b: Vec<bool> = a.iter().enumerate().map(|(i, _)| (seed >> (i % 64)) & 1 == 1).collect();
+            let n = a.len();
+            let (ma, mb) = (Mask::from_bools([n], &a).unwrap(), Mask::from_bools([n], &b).unwrap());
+            let mut and = ma.clone(); and.and(&mb).unwrap();
+            let mut or = ma.clone(); or.or(&mb).unwrap();
+            prop_assert_eq!(and.to_bools(), a.iter().zip(&b).map(|(x, y)| *x && *y).collect::<Vec<_>>());
+            prop_assert_eq!(or.to_bools(), a.iter().zip(&b).map(|(x, y)| *x || *y).collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn apply_zeroes_exactly_the_cleared_bits(bits in proptest::collection::vec(any::<bool>(), 0..1000)) {
+            let n = bits.len();
+            let m = Mask::from_bools([n], &bits).unwrap();
+            let mut data: Vec<f32> = (0..n).map(|i| i as f32 + 1.0).collect();
+            let src = data.clone();
+            m.apply(&mut data);
+            let mut dst = vec![7.0f32; n];
+            m.apply_into(&src, &mut dst);
+            for i in 0..n {
+                prop_assert_eq!(data[i], if bits[i] { src[i] } else { 0.0 });
+            }
+            prop_assert_eq!(dst, data);
+        }
+    }
+
+    #[test]
+    fn words_mut_clears_padding() {
+        let mut m = Mask::zeros([3, 3]);
+        m.words_mut().iter_mut().for_each(|w| *w = u64::MAX);
+        assert_eq!(m.count_kept(), 9);
+        assert_eq!(m.to_packed_bytes(), vec![0xff, 0x01]);
+    }
+
+    #[test]
+    fn tampered_packed_bytes_are_rejected() {
+        assert!(Mask::from_packed_bytes([3, 3], &[0xff]).is_err());
+        assert!(Mask::from_packed_bytes([3, 3], &[0xff, 0x03]).is_err());
+        assert!(Mask::from_packed_bytes([3, 3], &[0xff, 0x01]).is_ok());
+    }
+
+    #[test]
+    fn mismatched_shapes_are_errors() {
+        let mut a = Mask::ones([2, 2]);
+        assert!(a.and(&Mask::ones([4])).is_err());
+        assert!(Mask::from_dense_u8([2, 2], &[1, 1, 1]).is_err());
+        assert!(a.keep_where_slice(&[1.0f32; 3], |_| true).is_err());
+    }
+
+    #[test]
+    fn empty_mask() {
+        let m = Mask::ones([0, 5]);
+        assert!(m.is_empty());
+        assert_eq!(m.density(), 1.0);
+        assert_eq!(m.to_packed_bytes(), Vec::<u8>::new());
+    }
+}

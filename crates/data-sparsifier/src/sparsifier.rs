@@ -1,0 +1,610 @@
+//! The sparsifier container: [`DataSparsifier`], generic over the one thing an implementer writes,
+//! [`UpdateMask`].
+
+use std::fmt;
+use std::sync::RwLockReadGuard;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::data::{Data, DataKind};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::mask::Mask;
+use crate::tensor::{Parameter, Tensor, TensorView};
+
+/// A typed per-data configuration with a matching *patch* type for overrides.
+///
+/// The container keeps one full `Config` per name: the defaults with that name's patch applied.
+/// Replacing a name applies the new patch on top of the old config, as PyTorch's `add_data` does with
+/// its keyword arguments, but typed: a misspelled key is a compile error (or a serde error when the
+/// patch is read from a file), never a silently ignored kwarg.
+///
+/// ```
+/// use data_sparsifier::Config;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// struct Threshold { threshold: f64 }
+/// #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// struct ThresholdPatch { threshold: Option<f64> }
+///
+/// impl Config for Threshold {
+///     type Patch = ThresholdPatch;
+///     fn apply(&mut self, p: &ThresholdPatch) {
+///         if let Some(t) = p.threshold { self.threshold = t; }
+///     }
+/// }
+/// let mut c = Threshold { threshold: 0.1 };
+/// c.apply(&ThresholdPatch { threshold: Some(0.5) });
+/// assert_eq!(c.threshold, 0.5);
+/// ```
+pub trait Config:
+    Clone + fmt::Debug + PartialEq + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+    /// Optional overrides of each field.
+    type Patch: Clone
+        + fmt::Debug
+        + Default
+        + PartialEq
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static;
+    /// Overlays the fields the patch sets.
+    fn apply(&mut self, patch: &Self::Patch);
+}
+
+/// The mask-update rule: the one thing a sparsifier implementer writes.
+///
+/// `update_mask` receives the **original** (unmasked) data of one entry, its config and its
+/// per-name state, and rewrites `mask` in place. The mask has the data's shape and keeps everything
+/// when the data is first added. It is recomputed from the data on every [`DataSparsifier::step`],
+/// not accumulated.
+///
+/// The full custom-sparsifier example (a threshold sparsifier with a per-name threshold) is in the
+/// crate documentation and in `examples/custom_sparsifier.rs`.
+pub trait UpdateMask: Send + Sync {
+    /// The per-data configuration.
+    type Config: Config;
+    /// Per-name state kept across steps and saved with the sparsifier (e.g. a step count). Use `()`
+    /// for none.
+    type State: Clone
+        + fmt::Debug
+        + Default
+        + PartialEq
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static;
+
+    /// A short name for `Display` and the saved state.
+    fn name(&self) -> &'static str {
+        "DataSparsifier"
+    }
+    /// Whether data of more than two dims is accepted. When false (the default), adding such data
+    /// is an [`Error::UnsupportedShape`].
+    fn supports_nd(&self) -> bool {
+        false
+    }
+    /// Checks a config before it is stored (at `new`, `add_data`, and before each `step`).
+    fn validate(&self, name: &str, config: &Self::Config) -> Result<()> {
+        let _ = (name, config);
+        Ok(())
+    }
+    /// Rewrites `mask` for `data`.
+    fn update_mask(
+        &self,
+        name: &str,
+        data: TensorView<'_>,
+        config: &Self::Config,
+        state: &mut Self::State,
+        mask: &mut Mask,
+    ) -> Result<()>;
+}
+
+/// Which version of an entry's data to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// The data as added, without the mask. Gone after a squash.
+    Original,
+    /// `mask · data`.
+    Masked,
+}
+
+/// One entry: a name's data handle, kind, config, mask and state.
+pub(crate) struct Entry<U: UpdateMask> {
+    pub(crate) name: String,
+    pub(crate) kind: DataKind,
+    pub(crate) data: Parameter,
+    pub(crate) config: U::Config,
+    pub(crate) mask: Mask,
+    pub(crate) state: U::State,
+    pub(crate) parametrized: bool,
+}
+
+/// The sparsifier: owns a bit-packed mask for every named piece of data added to it, and updates the
+/// masks with `U` on each [`step`](Self::step).
+///
+/// ```
+/// use data_sparsifier::{Config, DataSparsifier, Mask, Parameter, Tensor, TensorView, UpdateMask, Version};
+/// use serde::{Deserialize, Serialize};
+///
+/// /// Zeroes every |x| below a per-name threshold.
+/// struct ThresholdSparsifier;
+///
+/// #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// struct Threshold { threshold: f64 }
+/// #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// struct ThresholdPatch { threshold: Option<f64> }
+/// impl Config for Threshold {
+///     type Patch = ThresholdPatch;
+///     fn apply(&mut self, p: &ThresholdPatch) {
+///         if let Some(t) = p.threshold { self.threshold = t; }
+///     }
+/// }
+///
+/// impl UpdateMask for ThresholdSparsifier {
+///     type Config = Threshold;
+///     type State = ();
+///     fn update_mask(&self, _name: &str, data: TensorView<'_>, c: &Threshold, _s: &mut (), mask: &mut Mask)
+///         -> data_sparsifier::Result<()> {
+///         mask.keep_where(&data, |x| x.abs() >= c.threshold)
+///     }
+/// }
+///
+/// let mut sp = DataSparsifier::new(ThresholdSparsifier, Threshold { threshold: 0.5 }).unwrap();
+/// let weight = Parameter::new(Tensor::from_vec(vec![0.1f32, -0.9, 0.3, 2.0], [2, 2]).unwrap());
+/// sp.add_data("weight", &weight).unwrap();
+/// sp.add_data_with("bias", Tensor::from_vec(vec![0.1f32, 0.2], [2]).unwrap(),
+///                  &ThresholdPatch { threshold: Some(0.15) }, true).unwrap();
+/// sp.step().unwrap();
+/// assert_eq!(sp.get_mask("weight").unwrap().to_dense_u8(), vec![0, 1, 0, 1]);
+/// assert_eq!(sp.get_mask("bias").unwrap().to_dense_u8(), vec![0, 1]);
+///
+/// sp.squash_mask(None, true).unwrap();
+/// // The caller's parameter now holds the sparsified values...
+/// assert_eq!(weight.read().as_slice::<f32>().unwrap(), &[0.0, -0.9, 0.0, 2.0]);
+/// // ...and the original is gone, as in PyTorch.
+/// assert!(sp.get_data("weight", Version::Original).is_err());
+/// ```
+pub struct DataSparsifier<U: UpdateMask> {
+    updater: U,
+    defaults: U::Config,
+    entries: Vec<Entry<U>>,
+    enable_mask_update: bool,
+}
+
+/// A zero-copy `mask · data` view of one entry: holds a read lock on the data while it lives.
+pub struct MaskedView<'a> {
+    data: RwLockReadGuard<'a, Tensor>,
+    mask: &'a Mask,
+}
+
+impl MaskedView<'_> {
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        self.data.shape()
+    }
+    /// The dtype.
+    pub fn dtype(&self) -> DType {
+        self.data.dtype()
+    }
+    /// The mask.
+    pub fn mask(&self) -> &Mask {
+        self.mask
+    }
+    /// The unmasked data (after a squash: the squashed data).
+    pub fn data(&self) -> TensorView<'_> {
+        self.data.view()
+    }
+    /// Element `i` of `mask · data`, widened to f64.
+    pub fn get_f64(&self, i: usize) -> Option<f64> {
+        let v = self.data.storage().as_slice().get_f64(i)?;
+        Some(if self.mask.get(i) { v } else { 0.0 })
+    }
+    /// Materializes `mask · data` as a new tensor.
+    pub fn to_tensor(&self) -> Tensor {
+        let mut out = Tensor::zeros(self.data.dtype(), self.data.shape().to_vec());
+        crate::with_dtype!(self.data.dtype(), T => {
+            if let (Some(src), Some(dst)) = (self.data.as_slice::<T>(), out.as_slice_mut::<T>()) {
+                self.mask.apply_into(src, dst);
+            }
+        });
+        out
+    }
+}
+
+impl fmt::Debug for MaskedView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MaskedView({:?}, {:?})", self.to_tensor(), self.mask)
+    }
+}
+
+/// Checks a data name: non-empty, no '.', no path or control characters that break a file layout.
+pub fn validate_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "names must not be empty"
+    } else if name.contains('.') {
+        "names must not contain '.'; replace it with '_' (e.g. \"emb.weight\" -> \"emb_weight\")"
+    } else if name.contains('/') {
+        "names must not contain '/', which the saved-state layout uses as a separator"
+    } else if name.chars().any(char::is_control) {
+        "names must not contain control characters"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidName {
+        name: name.to_string(),
+        reason,
+    })
+}
+
+impl<U: UpdateMask> DataSparsifier<U> {
+    /// A sparsifier with an update rule and default config. The defaults are validated.
+    pub fn new(updater: U, defaults: U::Config) -> Result<Self> {
+        updater.validate("defaults", &defaults)?;
+        Ok(DataSparsifier {
+            updater,
+            defaults,
+            entries: Vec::new(),
+            enable_mask_update: true,
+        })
+    }
+
+    /// Adds each `(name, data)` with the default config (PyTorch's `data_list` constructor argument).
+    pub fn with_data<N, D>(mut self, data: impl IntoIterator<Item = (N, D)>) -> Result<Self>
+    where
+        N: AsRef<str>,
+        D: Into<Data>,
+    {
+        for (n, d) in data {
+            self.add_data(n.as_ref(), d)?;
+        }
+        Ok(self)
+    }
+
+    /// The update rule.
+    pub fn updater(&self) -> &U {
+        &self.updater
+    }
+    /// The update rule, mutably (e.g. to change a sparsifier-wide setting).
+    pub fn updater_mut(&mut self) -> &mut U {
+        &mut self.updater
+    }
+    /// The default config.
+    pub fn defaults(&self) -> &U::Config {
+        &self.defaults
+    }
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+    /// Whether `name` is held.
+    pub fn contains(&self, name: &str) -> bool {
+        self.position(name).is_some()
+    }
+    /// The names, in insertion order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|e| e.name.as_str())
+    }
+    /// `(name, config)` pairs, in insertion order.
+    pub fn configs(&self) -> impl Iterator<Item = (&str, &U::Config)> {
+        self.entries.iter().map(|e| (e.name.as_str(), &e.config))
+    }
+    /// Whether `step` updates masks (PyTorch's `enable_mask_update`).
+    pub fn mask_update_enabled(&self) -> bool {
+        self.enable_mask_update
+    }
+    /// Turns mask updates on or off; while off, [`step`](Self::step) does nothing.
+    pub fn set_mask_update_enabled(&mut self, enabled: bool) {
+        self.enable_mask_update = enabled;
+    }
+
+    fn position(&self, name: &str) -> Option<usize> {
+        self.entries.iter().position(|e| e.name == name)
+    }
+    fn unknown(&self, name: &str) -> Error {
+        let mut known: Vec<&str> = self.names().take(20).collect();
+        if self.entries.len() > 20 {
+            known.push("...");
+        }
+        Error::UnknownName {
+            name: name.to_string(),
+            known: if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            },
+        }
+    }
+    pub(crate) fn entry(&self, name: &str) -> Result<&Entry<U>> {
+        self.position(name)
+            .map(|i| &self.entries[i])
+            .ok_or_else(|| self.unknown(name))
+    }
+    fn entry_mut(&mut self, name: &str) -> Result<&mut Entry<U>> {
+        match self.position(name) {
+            Some(i) => Ok(&mut self.entries[i]),
+            None => Err(self.unknown(name)),
+        }
+    }
+
+    /// The config of `name`.
+    pub fn config(&self, name: &str) -> Result<&U::Config> {
+        Ok(&self.entry(name)?.config)
+    }
+    /// The config of `name`, mutably (what a scheduler writes). It is validated at the next `step`.
+    pub fn config_mut(&mut self, name: &str) -> Result<&mut U::Config> {
+        Ok(&mut self.entry_mut(name)?.config)
+    }
+    /// Every config, mutably, in insertion order.
+    pub fn configs_mut(&mut self) -> impl Iterator<Item = (&str, &mut U::Config)> {
+        self.entries
+            .iter_mut()
+            .map(|e| (e.name.as_str(), &mut e.config))
+    }
+    /// The kind of `name`.
+    pub fn kind(&self, name: &str) -> Result<DataKind> {
+        Ok(self.entry(name)?.kind)
+    }
+    /// The per-name implementer state.
+    pub fn state(&self, name: &str) -> Result<&U::State> {
+        Ok(&self.entry(name)?.state)
+    }
+    /// The per-name implementer state, mutably.
+    pub fn state_mut(&mut self, name: &str) -> Result<&mut U::State> {
+        Ok(&mut self.entry_mut(name)?.state)
+    }
+    /// Whether `name` still has its mask applied lazily (false after a squash).
+    pub fn is_parametrized(&self, name: &str) -> Result<bool> {
+        Ok(self.entry(name)?.parametrized)
+    }
+
+    /// Adds `data` under `name` with the default config, or replaces an existing entry reusing its
+    /// mask and config. Returns the sparsified view. See [`add_data_with`](Self::add_data_with).
+    pub fn add_data(&mut self, name: &str, data: impl Into<Data>) -> Result<MaskedView<'_>> {
+        self.add_data_with(name, data, &Default::default(), true)
+    }
+
+    /// Adds `data` under `name`, its config being the defaults overlaid with `patch`.
+    ///
+    /// If `name` exists, the entry is replaced: the config becomes the **old** config overlaid with
+    /// `patch`; with `reuse_mask` the old mask is kept (the new data must have the old shape), else a
+    /// fresh all-keep mask is made. The replaced data is not modified. A replace that fails leaves the
+    /// old entry intact, and a name cannot change kind (parameter, embedding, ...).
+    ///
+    /// Errors: an invalid name ([`validate_name`]), a kind change, a shape mismatch with
+    /// `reuse_mask`, a squashed entry (its original is gone), unsupported N-D data, an invalid config.
+    pub fn add_data_with(
+        &mut self,
+        name: &str,
+        data: impl Into<Data>,
+        patch: &<U::Config as Config>::Patch,
+        reuse_mask: bool,
+    ) -> Result<MaskedView<'_>> {
+        validate_name(name)?;
+        let data = data.into();
+        let kind = data.kind();
+        let handle = data.into_handle();
+        let shape = handle.shape();
+        if shape.len() > 2 && !self.updater.supports_nd() {
+            return Err(Error::UnsupportedShape {
+                name: name.to_string(),
+                shape,
+            });
+        }
+        let pos = self.position(name);
+        let (config, mask) = match pos {
+            Some(i) => {
+                let old = &self.entries[i];
+                if old.kind != kind {
+                    return Err(Error::KindChange {
+                        name: name.to_string(),
+                        existing: old.kind.as_str(),
+                        new: kind.as_str(),
+                    });
+                }
+                if !old.parametrized {
+                    return Err(Error::Squashed {
+                        name: name.to_string(),
+                    });
+                }
+                let mut config = old.config.clone();
+                config.apply(patch);
+                let mask = if reuse_mask {
+                    old.mask.check_shape(name, &shape).map_err(|_| Error::ShapeMismatch {
+                        what: format!("replacement data {name:?} with reuse_mask = true (pass reuse_mask = false to start a new mask)"),
+                        expected: old.mask.shape().to_vec(),
+                        actual: shape.clone(),
+                    })?;
+                    old.mask.clone()
+                } else {
+                    Mask::ones(shape)
+                };
+                (config, mask)
+            }
+            None => {
+                let mut config = self.defaults.clone();
+                config.apply(patch);
+                (config, Mask::ones(shape))
+            }
+        };
+        self.updater.validate(name, &config)?;
+        let entry = Entry {
+            name: name.to_string(),
+            kind,
+            data: handle,
+            config,
+            mask,
+            state: pos
+                .map(|i| self.entries[i].state.clone())
+                .unwrap_or_default(),
+            parametrized: true,
+        };
+        let i = match pos {
+            Some(i) => {
+                self.entries[i] = entry;
+                i
+            }
+            None => {
+                self.entries.push(entry);
+                self.entries.len() - 1
+            }
+        };
+        let e = &self.entries[i];
+        Ok(MaskedView {
+            data: e.data.read(),
+            mask: &e.mask,
+        })
+    }
+
+    /// Removes `name`, returning its data handle. The data is left as it is now (masked only if it
+    /// was squashed).
+    pub fn remove_data(&mut self, name: &str) -> Result<Parameter> {
+        let i = self.position(name).ok_or_else(|| self.unknown(name))?;
+        Ok(self.entries.remove(i).data)
+    }
+
+    /// Recomputes every mask from the original data, in insertion order, unless mask updates are
+    /// disabled. Configs are validated first, so a bad config changes no mask. A squashed entry is an
+    /// [`Error::Squashed`] (its original data no longer exists), raised before any mask changes.
+    pub fn step(&mut self) -> Result<()> {
+        if !self.enable_mask_update {
+            return Ok(());
+        }
+        for e in &self.entries {
+            if !e.parametrized {
+                return Err(Error::Squashed {
+                    name: e.name.clone(),
+                });
+            }
+            self.updater.validate(&e.name, &e.config)?;
+        }
+        for e in &mut self.entries {
+            let data = e.data.read();
+            self.updater
+                .update_mask(&e.name, data.view(), &e.config, &mut e.state, &mut e.mask)?;
+            e.mask.check_shape(&e.name, data.shape())?;
+        }
+        Ok(())
+    }
+
+    /// The mask of `name` (it survives a squash).
+    pub fn get_mask(&self, name: &str) -> Result<&Mask> {
+        Ok(&self.entry(name)?.mask)
+    }
+    /// The mask of `name`, mutably, to set it by hand. Its shape cannot change.
+    pub fn get_mask_mut(&mut self, name: &str) -> Result<&mut Mask> {
+        Ok(&mut self.entry_mut(name)?.mask)
+    }
+
+    /// A copy of the data of `name`: the original (an error after a squash) or `mask · data`.
+    pub fn get_data(&self, name: &str, version: Version) -> Result<Tensor> {
+        match version {
+            Version::Original => Ok(self.original(name)?.clone()),
+            Version::Masked => Ok(self.masked(name)?.to_tensor()),
+        }
+    }
+    /// A zero-copy read lock on the original data of `name` (an error after a squash).
+    pub fn original(&self, name: &str) -> Result<RwLockReadGuard<'_, Tensor>> {
+        let e = self.entry(name)?;
+        if !e.parametrized {
+            return Err(Error::Squashed {
+                name: name.to_string(),
+            });
+        }
+        Ok(e.data.read())
+    }
+    /// A zero-copy `mask · data` view of `name`.
+    pub fn masked(&self, name: &str) -> Result<MaskedView<'_>> {
+        let e = self.entry(name)?;
+        Ok(MaskedView {
+            data: e.data.read(),
+            mask: &e.mask,
+        })
+    }
+    /// The shared data handle of `name` (the caller's own handle for parameters and embeddings).
+    pub fn data_handle(&self, name: &str) -> Result<&Parameter> {
+        Ok(&self.entry(name)?.data)
+    }
+
+    /// Squashes the masks of `names` (all, in insertion order, if `None`).
+    ///
+    /// With `leave_parametrized` (PyTorch's default), `mask · data` is written **in place** into the
+    /// shared storage, so every holder of a parameter or embedding sees the sparsified values; the
+    /// original is gone afterwards. Without it the mask is detached and the data left untouched.
+    /// Either way the entry is no longer parametrized and the mask is still readable.
+    ///
+    /// All names are checked before anything is written (unknown or already squashed names are
+    /// errors), so a failed squash changes nothing; PyTorch squashes the names before the bad one.
+    pub fn squash_mask(&mut self, names: Option<&[&str]>, leave_parametrized: bool) -> Result<()> {
+        let idx: Vec<usize> = match names {
+            None => (0..self.entries.len()).collect(),
+            Some(ns) => ns
+                .iter()
+                .map(|n| self.position(n).ok_or_else(|| self.unknown(n)))
+                .collect::<Result<_>>()?,
+        };
+        for &i in &idx {
+            if !self.entries[i].parametrized {
+                return Err(Error::Squashed {
+                    name: self.entries[i].name.clone(),
+                });
+            }
+        }
+        for i in idx {
+            let e = &mut self.entries[i];
+            if leave_parametrized {
+                e.data.write().apply_mask(&e.mask)?;
+            }
+            e.parametrized = false;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn entries(&self) -> &[Entry<U>] {
+        &self.entries
+    }
+    pub(crate) fn entries_mut(&mut self) -> &mut Vec<Entry<U>> {
+        &mut self.entries
+    }
+}
+
+impl<U: UpdateMask> fmt::Display for DataSparsifier<U> {
+    /// PyTorch's `__repr__` layout: one block per data group, config keys sorted.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (", self.updater.name())?;
+        for e in &self.entries {
+            write!(f, "\n\tData Group\n\t    name: {}", e.name)?;
+            write!(f, "\n\t    kind: {}", e.kind)?;
+            if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&e.config) {
+                let mut keys: Vec<_> = map.iter().collect();
+                keys.sort_by(|a, b| a.0.cmp(b.0));
+                for (k, v) in keys {
+                    write!(f, "\n\t    {k}: {v}")?;
+                }
+            }
+            write!(
+                f,
+                "\n\t    shape: {:?}, density: {:.4}{}",
+                e.mask.shape(),
+                e.mask.density(),
+                if e.parametrized { "" } else { " (squashed)" }
+            )?;
+        }
+        write!(f, "\n)")
+    }
+}
+
+impl<U: UpdateMask> fmt::Debug for DataSparsifier<U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}

@@ -1,0 +1,2 @@
+//! state
+pub struct StateDict; pub struct EntryState;
