@@ -16,6 +16,7 @@
 //! | the container and the [`UpdateMask`] trait | [`sparsifier`] |
 //! | saved state (one safetensors file) | [`state`] |
 //! | atomic file output | [`io`] |
+//! | memory-mapped reading, streaming order-preserving writing | [`safetensors_file`] |
 //!
 //! An implementer writes only [`UpdateMask::update_mask`]; the container does the housekeeping:
 //! per-name configs, replacing data, stepping, squashing, and saving state. See [`DataSparsifier`]
@@ -29,6 +30,7 @@ pub mod error;
 pub mod io;
 pub mod mask;
 pub mod random;
+pub mod safetensors_file;
 pub mod sparsifier;
 pub mod state;
 pub mod tensor;
@@ -41,5 +43,5 @@ pub use embedding::{BagMode, Bags, Embedding, EmbeddingBag};
 pub use error::{Error, Result};
 pub use mask::Mask;
 pub use sparsifier::{validate_name, Config, DataSparsifier, MaskedView, UpdateMask, Version};
-pub use state::{EntryState, StateDict};
+pub use state::{EntryState, SparsifierState, StateDict};
 pub use tensor::{Parameter, Slice, Storage, Tensor, TensorView};

@@ -1,2 +1,441 @@
-//! state
-pub struct StateDict; pub struct EntryState;
+//! Saved state: [`StateDict`], and its on-disk form, one safetensors file.
+//!
+//! # File layout (format version 1)
+//!
+//! A standard safetensors file, readable without this library:
+//!
+//! * tensor `data/NAME`: the entry's data (original, or squashed if it was squashed), in its own dtype
+//!   and shape;
+//! * tensor `mask/NAME`: the mask, `U8`, shape `[ceil(numel / 8)]`, bit-packed: element `i` (row-major)
+//!   is bit `i % 8` of byte `i / 8` (numpy: `np.unpackbits(m, bitorder="little")[:numel]`);
+//! * `__metadata__`:
+//!   * `format` = `"data-sparsifier/state"`,
+//!   * `format_version` = `"1"`,
+//!   * `state` = JSON: `{"sparsifier", "mask_update_enabled", "entries": [{"name", "kind", "dtype",
+//!     "shape", "parametrized", "config", "state"}], "extra": {...}}`.
+//!
+//! Entries keep their order. `extra` carries state of other components saved alongside, such as a data
+//! scheduler's. Loading checks every field against the tensors and returns an error, never panics,
+//! on a truncated or tampered file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::DataKind;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::mask::Mask;
+use crate::safetensors_file::{self, MappedFile, SafetensorsWriter, TensorHeader};
+use crate::sparsifier::{validate_name, DataSparsifier, Entry, UpdateMask};
+use crate::tensor::{Parameter, Tensor};
+
+/// The `format` metadata value of a saved state.
+pub const FORMAT: &str = "data-sparsifier/state";
+/// The current format version.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A snapshot of one entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntryState<C, S> {
+    /// The data name.
+    pub name: String,
+    /// Its kind.
+    pub kind: DataKind,
+    /// A copy of its data (original, or squashed).
+    pub data: Tensor,
+    /// Its mask.
+    pub mask: Mask,
+    /// Its config.
+    pub config: C,
+    /// The implementer's per-name state.
+    pub state: S,
+    /// False once squashed.
+    pub parametrized: bool,
+}
+
+/// A snapshot of a whole sparsifier: what [`DataSparsifier::state_dict`] returns and
+/// [`DataSparsifier::load_state_dict`] takes. Unlike PyTorch's, it is a real snapshot: later changes
+/// to the sparsifier or its data do not show through it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateDict<C, S> {
+    /// The implementer's name ([`UpdateMask::name`]).
+    pub sparsifier: String,
+    /// Whether `step` updates masks.
+    pub mask_update_enabled: bool,
+    /// The entries, in insertion order.
+    pub entries: Vec<EntryState<C, S>>,
+    /// State of other components saved alongside (e.g. `"scheduler"`).
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryMeta<C, S> {
+    name: String,
+    kind: DataKind,
+    dtype: DType,
+    shape: Vec<usize>,
+    parametrized: bool,
+    config: C,
+    state: S,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateMeta<C, S> {
+    sparsifier: String,
+    mask_update_enabled: bool,
+    entries: Vec<EntryMeta<C, S>>,
+    #[serde(default)]
+    extra: BTreeMap<String, serde_json::Value>,
+}
+
+fn data_key(name: &str) -> String {
+    format!("data/{name}")
+}
+fn mask_key(name: &str) -> String {
+    format!("mask/{name}")
+}
+
+/// One entry's parts borrowed for writing.
+struct EntryRef<'a, C, S> {
+    name: &'a str,
+    kind: DataKind,
+    data: &'a Tensor,
+    mask: &'a Mask,
+    config: &'a C,
+    state: &'a S,
+    parametrized: bool,
+}
+
+fn write_state<C: Serialize, S: Serialize>(
+    path: &Path,
+    sparsifier: &str,
+    mask_update_enabled: bool,
+    entries: &[EntryRef<'_, C, S>],
+    extra: &BTreeMap<String, serde_json::Value>,
+) -> Result<()> {
+    let meta = StateMeta {
+        sparsifier: sparsifier.to_string(),
+        mask_update_enabled,
+        entries: entries
+            .iter()
+            .map(|e| EntryMeta {
+                name: e.name.to_string(),
+                kind: e.kind,
+                dtype: e.data.dtype(),
+                shape: e.data.shape().to_vec(),
+                parametrized: e.parametrized,
+                config: e.config,
+                state: e.state,
+            })
+            .collect(),
+        extra: extra.clone(),
+    };
+    let json = serde_json::to_string(&meta).map_err(|e| Error::invalid_state(e.to_string()))?;
+    let metadata = BTreeMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("format_version".to_string(), FORMAT_VERSION.to_string()),
+        ("state".to_string(), json),
+    ]);
+    let mut headers = Vec::with_capacity(entries.len() * 2);
+    let packed: Vec<Vec<u8>> = entries.iter().map(|e| e.mask.to_packed_bytes()).collect();
+    for (e, p) in entries.iter().zip(&packed) {
+        headers.push(TensorHeader::new(
+            data_key(e.name),
+            e.data.dtype().to_safetensors(),
+            e.data.shape(),
+        ));
+        headers.push(TensorHeader::new(mask_key(e.name), safetensors::Dtype::U8, [p.len()]));
+    }
+    let mut w = SafetensorsWriter::create(path, &headers, Some(&metadata))?;
+    for (e, p) in entries.iter().zip(&packed) {
+        w.write(e.data.as_bytes())?;
+        w.write(p)?;
+    }
+    w.finish()
+}
+
+impl<C, S> StateDict<C, S>
+where
+    C: Serialize + for<'de> Deserialize<'de>,
+    S: Serialize + for<'de> Deserialize<'de>,
+{
+    /// Writes the state to `path` atomically (temp file, fsync, rename).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let refs: Vec<EntryRef<'_, C, S>> = self
+            .entries
+            .iter()
+            .map(|e| EntryRef {
+                name: &e.name,
+                kind: e.kind,
+                data: &e.data,
+                mask: &e.mask,
+                config: &e.config,
+                state: &e.state,
+                parametrized: e.parametrized,
+            })
+            .collect();
+        write_state(
+            path.as_ref(),
+            &self.sparsifier,
+            self.mask_update_enabled,
+            &refs,
+            &self.extra,
+        )
+    }
+
+    /// Reads a state file (memory-mapped), checking every field.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let file = MappedFile::open(path)?;
+        Self::from_bytes(file.bytes(), &path.display().to_string()).map_err(|e| match e {
+            Error::InvalidState {
+                source_name: None,
+                message,
+            } => Error::InvalidState {
+                source_name: Some(path.display().to_string()),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses a state from the bytes of a safetensors file.
+    pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Self> {
+        let st = safetensors_file::parse(bytes, source)?;
+        let metadata = safetensors_file::read_metadata(bytes, source)?.unwrap_or_default();
+        let bad = |m: String| Error::invalid_state(m);
+        match metadata.get("format").map(String::as_str) {
+            Some(FORMAT) => {}
+            Some(other) => return Err(bad(format!("format is {other:?}, expected {FORMAT:?}"))),
+            None => {
+                return Err(bad(
+                    "no \"format\" metadata: this is not a data-sparsifier state file".into(),
+                ))
+            }
+        }
+        let version = metadata
+            .get("format_version")
+            .ok_or_else(|| bad("no \"format_version\" metadata".into()))?;
+        if version.parse::<u32>().ok() != Some(FORMAT_VERSION) {
+            return Err(bad(format!(
+                "format_version {version:?} is not supported (this library reads {FORMAT_VERSION})"
+            )));
+        }
+        let json = metadata
+            .get("state")
+            .ok_or_else(|| bad("no \"state\" metadata".into()))?;
+        let meta: StateMeta<C, S> = serde_json::from_str(json)
+            .map_err(|e| bad(format!("the \"state\" metadata is not valid: {e}")))?;
+
+        let mut seen = std::collections::HashSet::new();
+        let mut entries = Vec::with_capacity(meta.entries.len());
+        for m in meta.entries {
+            validate_name(&m.name)?;
+            if !seen.insert(m.name.clone()) {
+                return Err(bad(format!("entry {:?} appears twice", m.name)));
+            }
+            let view = st
+                .tensor(&data_key(&m.name))
+                .map_err(|_| bad(format!("tensor {:?} is missing", data_key(&m.name))))?;
+            let dtype = DType::from_safetensors(view.dtype(), &data_key(&m.name))?;
+            if dtype != m.dtype || view.shape() != m.shape.as_slice() {
+                return Err(bad(format!(
+                    "tensor {:?} is {dtype} {:?}, but the metadata says {} {:?}",
+                    data_key(&m.name),
+                    view.shape(),
+                    m.dtype,
+                    m.shape
+                )));
+            }
+            let data = Tensor::from_le_bytes(dtype, m.shape.clone(), view.data())?;
+            let mview = st
+                .tensor(&mask_key(&m.name))
+                .map_err(|_| bad(format!("tensor {:?} is missing", mask_key(&m.name))))?;
+            if mview.dtype() != safetensors::Dtype::U8 || mview.shape().len() != 1 {
+                return Err(bad(format!(
+                    "tensor {:?} must be 1-D U8 packed bits",
+                    mask_key(&m.name)
+                )));
+            }
+            let mask = Mask::from_packed_bytes(m.shape.clone(), mview.data())
+                .map_err(|e| bad(format!("mask of {:?}: {e}", m.name)))?;
+            entries.push(EntryState {
+                name: m.name,
+                kind: m.kind,
+                data,
+                mask,
+                config: m.config,
+                state: m.state,
+                parametrized: m.parametrized,
+            });
+        }
+        let expected = entries.len() * 2;
+        if st.len() != expected {
+            let extra: Vec<String> = st
+                .names()
+                .into_iter()
+                .filter(|n| {
+                    !n.strip_prefix("data/")
+                        .or_else(|| n.strip_prefix("mask/"))
+                        .is_some_and(|x| seen.contains(x))
+                })
+                .take(5)
+                .cloned()
+                .collect();
+            return Err(bad(format!(
+                "the file holds tensors that no entry describes: {extra:?}"
+            )));
+        }
+        Ok(StateDict {
+            sparsifier: meta.sparsifier,
+            mask_update_enabled: meta.mask_update_enabled,
+            entries,
+            extra: meta.extra,
+        })
+    }
+}
+
+/// The saved state of a `DataSparsifier<U>`.
+pub type SparsifierState<U> = StateDict<<U as UpdateMask>::Config, <U as UpdateMask>::State>;
+
+impl<U: UpdateMask> DataSparsifier<U> {
+    /// A snapshot of every entry: data (copied), mask, config, implementer state, and whether it is
+    /// still parametrized.
+    pub fn state_dict(&self) -> SparsifierState<U> {
+        StateDict {
+            sparsifier: self.updater().name().to_string(),
+            mask_update_enabled: self.mask_update_enabled(),
+            entries: self
+                .entries()
+                .iter()
+                .map(|e| EntryState {
+                    name: e.name.clone(),
+                    kind: e.kind,
+                    data: e.data.snapshot(),
+                    mask: e.mask.clone(),
+                    config: e.config.clone(),
+                    state: e.state.clone(),
+                    parametrized: e.parametrized,
+                })
+                .collect(),
+            extra: BTreeMap::new(),
+        }
+    }
+
+    /// Loads a state. Everything is checked before anything changes, so a failed load leaves the
+    /// sparsifier as it was.
+    ///
+    /// * `strict = true`: afterwards the sparsifier holds exactly the state's entries (PyTorch's
+    ///   strict: everything held before is dropped).
+    /// * `strict = false`: entries of other names are kept; the state's entries are added, or replace
+    ///   same-name entries (PyTorch raises `KeyError` on any overlap).
+    ///
+    /// Where an entry of the same name, kind, shape and dtype is already held, the loaded data is
+    /// written **into its shared handle**, so a model holding that parameter sees the restored values
+    /// (PyTorch loads detached copies). Other entries get new handles.
+    pub fn load_state_dict(&mut self, state: SparsifierState<U>, strict: bool) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for e in &state.entries {
+            validate_name(&e.name)?;
+            if !seen.insert(e.name.as_str()) {
+                return Err(Error::invalid_state(format!("entry {:?} appears twice", e.name)));
+            }
+            if e.data.shape().len() > 2 && !self.updater().supports_nd() {
+                return Err(Error::UnsupportedShape {
+                    name: e.name.clone(),
+                    shape: e.data.shape().to_vec(),
+                });
+            }
+            e.mask.check_shape(&e.name, e.data.shape())?;
+            self.updater().validate(&e.name, &e.config)?;
+        }
+        let mut old: Vec<Entry<U>> = std::mem::take(self.entries_mut());
+        let mut loaded = Vec::with_capacity(state.entries.len());
+        for e in state.entries {
+            let reuse = old
+                .iter()
+                .position(|o| o.name == e.name)
+                .map(|i| old.remove(i))
+                .filter(|o| {
+                    let cur = o.data.read();
+                    o.kind == e.kind && cur.shape() == e.data.shape() && cur.dtype() == e.data.dtype()
+                })
+                .map(|o| o.data);
+            let data = match reuse {
+                Some(handle) => {
+                    handle.set(e.data);
+                    handle
+                }
+                None => Parameter::new(e.data).with_requires_grad(e.kind != DataKind::Tensor),
+            };
+            loaded.push(Entry {
+                name: e.name,
+                kind: e.kind,
+                data,
+                config: e.config,
+                mask: e.mask,
+                state: e.state,
+                parametrized: e.parametrized,
+            });
+        }
+        let entries = self.entries_mut();
+        if !strict {
+            entries.extend(old);
+        }
+        entries.extend(loaded);
+        self.set_mask_update_enabled(state.mask_update_enabled);
+        Ok(())
+    }
+
+    /// Saves the state to `path` atomically, streaming each entry's data from its handle (no copy of
+    /// the data is made).
+    pub fn save_state(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.save_state_with_extra(path, &BTreeMap::new())
+    }
+
+    /// [`save_state`](Self::save_state) with extra JSON state of other components (e.g. a scheduler).
+    pub fn save_state_with_extra(
+        &self,
+        path: impl AsRef<Path>,
+        extra: &BTreeMap<String, serde_json::Value>,
+    ) -> Result<()> {
+        let guards: Vec<_> = self.entries().iter().map(|e| e.data.read()).collect();
+        let refs: Vec<EntryRef<'_, U::Config, U::State>> = self
+            .entries()
+            .iter()
+            .zip(&guards)
+            .map(|(e, g)| EntryRef {
+                name: &e.name,
+                kind: e.kind,
+                data: g,
+                mask: &e.mask,
+                config: &e.config,
+                state: &e.state,
+                parametrized: e.parametrized,
+            })
+            .collect();
+        write_state(
+            path.as_ref(),
+            self.updater().name(),
+            self.mask_update_enabled(),
+            &refs,
+            extra,
+        )
+    }
+
+    /// Loads a state file saved by [`save_state`](Self::save_state) and returns its `extra` part.
+    pub fn load_state(
+        &mut self,
+        path: impl AsRef<Path>,
+        strict: bool,
+    ) -> Result<BTreeMap<String, serde_json::Value>> {
+        let mut sd = SparsifierState::<U>::load(path)?;
+        let extra = std::mem::take(&mut sd.extra);
+        self.load_state_dict(sd, strict)?;
+        Ok(extra)
+    }
+}
