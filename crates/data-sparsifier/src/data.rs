@@ -4,7 +4,9 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 use crate::embedding::{Embedding, EmbeddingBag};
+use crate::handle::{ExternalTensor, Handle};
 use crate::tensor::{Parameter, Tensor};
+use std::sync::Arc;
 
 /// What kind of data an entry is. A name keeps its kind: replacing it with another kind is an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -61,6 +63,9 @@ pub enum Data {
     Embedding(Embedding),
     /// An embedding-bag table.
     EmbeddingBag(EmbeddingBag),
+    /// Storage owned by another framework (e.g. a candle `Var`), held without copying and reported
+    /// as the given kind.
+    External(DataKind, Arc<dyn ExternalTensor>),
 }
 
 impl Data {
@@ -71,16 +76,18 @@ impl Data {
             Data::Parameter(_) => DataKind::Parameter,
             Data::Embedding(_) => DataKind::Embedding,
             Data::EmbeddingBag(_) => DataKind::EmbeddingBag,
+            Data::External(kind, _) => *kind,
         }
     }
     /// The shared handle the sparsifier will hold: a new one for a plain tensor, the caller's for the
     /// other kinds.
-    pub(crate) fn into_handle(self) -> Parameter {
+    pub(crate) fn into_handle(self) -> Handle {
         match self {
-            Data::Tensor(t) => Parameter::new(t).with_requires_grad(false),
-            Data::Parameter(p) => p,
-            Data::Embedding(e) => e.weight().clone(),
-            Data::EmbeddingBag(e) => e.weight().clone(),
+            Data::Tensor(t) => Handle::Native(Parameter::new(t).with_requires_grad(false)),
+            Data::Parameter(p) => Handle::Native(p),
+            Data::Embedding(e) => Handle::Native(e.weight().clone()),
+            Data::EmbeddingBag(e) => Handle::Native(e.weight().clone()),
+            Data::External(_, store) => Handle::External(store),
         }
     }
 }

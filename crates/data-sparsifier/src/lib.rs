@@ -12,6 +12,7 @@
 //! | tensors, typed slice views, shared [`Parameter`] handles | [`tensor`] |
 //! | bit-packed masks | [`mask`] |
 //! | the kinds of data a sparsifier takes | [`data`] |
+//! | where an entry's data lives (ours, or another framework's) | [`handle`] |
 //! | `Embedding` / `EmbeddingBag` lookup modules | [`embedding`] |
 //! | the container and the [`UpdateMask`] trait | [`sparsifier`] |
 //! | saved state (one safetensors file) | [`state`] |
@@ -27,6 +28,7 @@ pub mod data;
 pub mod dtype;
 pub mod embedding;
 pub mod error;
+pub mod handle;
 pub mod io;
 pub mod mask;
 pub mod random;
@@ -41,7 +43,8 @@ pub use data::{Data, DataKind};
 pub use dtype::{DType, Element};
 pub use embedding::{BagMode, Bags, Embedding, EmbeddingBag};
 pub use error::{Error, Result};
+pub use handle::{ExternalTensor, Handle};
 pub use mask::Mask;
 pub use sparsifier::{validate_name, Config, DataSparsifier, MaskedView, UpdateMask, Version};
-pub use state::{EntryState, SparsifierState, StateDict};
+pub use state::{write_state_file, EntryState, EntryView, SparsifierState, StateDict};
 pub use tensor::{Parameter, Slice, Storage, Tensor, TensorView};

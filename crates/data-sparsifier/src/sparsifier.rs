@@ -2,8 +2,6 @@
 //! [`UpdateMask`].
 
 use std::fmt;
-use std::sync::RwLockReadGuard;
-
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -11,7 +9,8 @@ use crate::data::{Data, DataKind};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::mask::Mask;
-use crate::tensor::{Parameter, Tensor, TensorView};
+use crate::handle::Handle;
+use crate::tensor::{Tensor, TensorView};
 
 /// A typed per-data configuration with a matching *patch* type for overrides.
 ///
@@ -118,7 +117,7 @@ pub enum Version {
 pub(crate) struct Entry<U: UpdateMask> {
     pub(crate) name: String,
     pub(crate) kind: DataKind,
-    pub(crate) data: Parameter,
+    pub(crate) data: Handle,
     pub(crate) config: U::Config,
     pub(crate) mask: Mask,
     pub(crate) state: U::State,
@@ -177,15 +176,16 @@ pub struct DataSparsifier<U: UpdateMask> {
     enable_mask_update: bool,
 }
 
-/// A zero-copy `mask · data` view of one entry: holds a read lock on the data while it lives.
+/// A lazy `mask · data` view of one entry. Nothing is copied until [`to_tensor`](Self::to_tensor);
+/// reads see the data as it is at that moment.
 pub struct MaskedView<'a> {
-    data: RwLockReadGuard<'a, Tensor>,
+    data: &'a Handle,
     mask: &'a Mask,
 }
 
 impl MaskedView<'_> {
     /// The shape.
-    pub fn shape(&self) -> &[usize] {
+    pub fn shape(&self) -> Vec<usize> {
         self.data.shape()
     }
     /// The dtype.
@@ -196,24 +196,26 @@ impl MaskedView<'_> {
     pub fn mask(&self) -> &Mask {
         self.mask
     }
-    /// The unmasked data (after a squash: the squashed data).
-    pub fn data(&self) -> TensorView<'_> {
-        self.data.view()
+    /// Runs `f` on a zero-copy view of the unmasked data (after a squash: the squashed data).
+    pub fn with_data<R>(&self, f: impl FnOnce(TensorView<'_>) -> Result<R>) -> Result<R> {
+        self.data.read(f)
     }
     /// Element `i` of `mask · data`, widened to f64.
     pub fn get_f64(&self, i: usize) -> Option<f64> {
-        let v = self.data.storage().as_slice().get_f64(i)?;
+        let v = self.data.read(|d| Ok(d.data().get_f64(i))).ok()??;
         Some(if self.mask.get(i) { v } else { 0.0 })
     }
     /// Materializes `mask · data` as a new tensor.
-    pub fn to_tensor(&self) -> Tensor {
-        let mut out = Tensor::zeros(self.data.dtype(), self.data.shape().to_vec());
-        crate::with_dtype!(self.data.dtype(), T => {
-            if let (Some(src), Some(dst)) = (self.data.as_slice::<T>(), out.as_slice_mut::<T>()) {
-                self.mask.apply_into(src, dst);
-            }
-        });
-        out
+    pub fn to_tensor(&self) -> Result<Tensor> {
+        self.data.read(|d| {
+            let mut out = Tensor::zeros(d.dtype(), d.shape().to_vec());
+            crate::with_dtype!(d.dtype(), T => {
+                if let (Some(src), Some(dst)) = (d.as_slice::<T>(), out.as_slice_mut::<T>()) {
+                    self.mask.apply_into(src, dst);
+                }
+            });
+            Ok(out)
+        })
     }
 }
 
@@ -460,14 +462,14 @@ impl<U: UpdateMask> DataSparsifier<U> {
         };
         let e = &self.entries[i];
         Ok(MaskedView {
-            data: e.data.read(),
+            data: &e.data,
             mask: &e.mask,
         })
     }
 
     /// Removes `name`, returning its data handle. The data is left as it is now (masked only if it
     /// was squashed).
-    pub fn remove_data(&mut self, name: &str) -> Result<Parameter> {
+    pub fn remove_data(&mut self, name: &str) -> Result<Handle> {
         let i = self.position(name).ok_or_else(|| self.unknown(name))?;
         Ok(self.entries.remove(i).data)
     }
@@ -487,11 +489,20 @@ impl<U: UpdateMask> DataSparsifier<U> {
             }
             self.updater.validate(&e.name, &e.config)?;
         }
+        let updater = &self.updater;
         for e in &mut self.entries {
-            let data = e.data.read();
-            self.updater
-                .update_mask(&e.name, data.view(), &e.config, &mut e.state, &mut e.mask)?;
-            e.mask.check_shape(&e.name, data.shape())?;
+            let Entry {
+                name,
+                data,
+                config,
+                state,
+                mask,
+                ..
+            } = e;
+            data.read(|view| {
+                updater.update_mask(name, view, config, state, mask)?;
+                mask.check_shape(name, view.shape())
+            })?;
         }
         Ok(())
     }
@@ -508,30 +519,34 @@ impl<U: UpdateMask> DataSparsifier<U> {
     /// A copy of the data of `name`: the original (an error after a squash) or `mask · data`.
     pub fn get_data(&self, name: &str, version: Version) -> Result<Tensor> {
         match version {
-            Version::Original => Ok(self.original(name)?.clone()),
-            Version::Masked => Ok(self.masked(name)?.to_tensor()),
+            Version::Original => self.with_original(name, |v| Ok(v.to_tensor())),
+            Version::Masked => self.masked(name)?.to_tensor(),
         }
     }
-    /// A zero-copy read lock on the original data of `name` (an error after a squash).
-    pub fn original(&self, name: &str) -> Result<RwLockReadGuard<'_, Tensor>> {
+    /// Runs `f` on a zero-copy view of the original data of `name` (an error after a squash).
+    pub fn with_original<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(TensorView<'_>) -> Result<R>,
+    ) -> Result<R> {
         let e = self.entry(name)?;
         if !e.parametrized {
             return Err(Error::Squashed {
                 name: name.to_string(),
             });
         }
-        Ok(e.data.read())
+        e.data.read(f)
     }
-    /// A zero-copy `mask · data` view of `name`.
+    /// A lazy `mask · data` view of `name`.
     pub fn masked(&self, name: &str) -> Result<MaskedView<'_>> {
         let e = self.entry(name)?;
         Ok(MaskedView {
-            data: e.data.read(),
+            data: &e.data,
             mask: &e.mask,
         })
     }
-    /// The shared data handle of `name` (the caller's own handle for parameters and embeddings).
-    pub fn data_handle(&self, name: &str) -> Result<&Parameter> {
+    /// The data handle of `name` (the caller's own handle for parameters and embeddings).
+    pub fn data_handle(&self, name: &str) -> Result<&Handle> {
         Ok(&self.entry(name)?.data)
     }
 
@@ -562,7 +577,7 @@ impl<U: UpdateMask> DataSparsifier<U> {
         for i in idx {
             let e = &mut self.entries[i];
             if leave_parametrized {
-                e.data.write().apply_mask(&e.mask)?;
+                e.data.apply_mask(&e.mask)?;
             }
             e.parametrized = false;
         }

@@ -29,7 +29,8 @@ use crate::error::{Error, Result};
 use crate::mask::Mask;
 use crate::safetensors_file::{self, MappedFile, SafetensorsWriter, TensorHeader};
 use crate::sparsifier::{validate_name, DataSparsifier, Entry, UpdateMask};
-use crate::tensor::{Parameter, Tensor};
+use crate::handle::Handle;
+use crate::tensor::{Parameter, Tensor, TensorView};
 
 /// The `format` metadata value of a saved state.
 pub const FORMAT: &str = "data-sparsifier/state";
@@ -99,11 +100,99 @@ fn mask_key(name: &str) -> String {
     format!("mask/{name}")
 }
 
+/// Where an entry's bytes come from when writing.
+trait DataSource {
+    fn dtype(&self) -> DType;
+    fn shape(&self) -> Vec<usize>;
+    fn write_to(&self, w: &mut SafetensorsWriter) -> Result<()>;
+}
+impl DataSource for Tensor {
+    fn dtype(&self) -> DType {
+        Tensor::dtype(self)
+    }
+    fn shape(&self) -> Vec<usize> {
+        Tensor::shape(self).to_vec()
+    }
+    fn write_to(&self, w: &mut SafetensorsWriter) -> Result<()> {
+        w.write(self.as_bytes())
+    }
+}
+impl DataSource for Handle {
+    fn dtype(&self) -> DType {
+        Handle::dtype(self)
+    }
+    fn shape(&self) -> Vec<usize> {
+        Handle::shape(self)
+    }
+    fn write_to(&self, w: &mut SafetensorsWriter) -> Result<()> {
+        self.read(|v| w.write(v.data().as_bytes()))
+    }
+}
+
+impl DataSource for TensorView<'_> {
+    fn dtype(&self) -> DType {
+        TensorView::dtype(self)
+    }
+    fn shape(&self) -> Vec<usize> {
+        TensorView::shape(self).to_vec()
+    }
+    fn write_to(&self, w: &mut SafetensorsWriter) -> Result<()> {
+        w.write(self.data().as_bytes())
+    }
+}
+
+/// One entry of a state written straight from borrowed data, see [`write_state_file`].
+#[derive(Debug, Clone, Copy)]
+pub struct EntryView<'a, C, S> {
+    /// The data name.
+    pub name: &'a str,
+    /// Its kind.
+    pub kind: DataKind,
+    /// Its data (e.g. a view into a memory-mapped checkpoint).
+    pub data: TensorView<'a>,
+    /// Its mask.
+    pub mask: &'a Mask,
+    /// Its config.
+    pub config: &'a C,
+    /// The implementer's per-name state.
+    pub state: &'a S,
+    /// False if `data` is already squashed.
+    pub parametrized: bool,
+}
+
+/// Writes a state file from borrowed views, streaming, without building a [`StateDict`] or a
+/// sparsifier (the CLI writes `--state` this way from a memory-mapped input). The file loads with
+/// [`StateDict::load`] and [`DataSparsifier::load_state`].
+pub fn write_state_file<C: Serialize, S: Serialize>(
+    path: impl AsRef<Path>,
+    sparsifier: &str,
+    entries: &[EntryView<'_, C, S>],
+    extra: &BTreeMap<String, serde_json::Value>,
+) -> Result<()> {
+    let refs: Vec<EntryRef<'_, C, S>> = entries
+        .iter()
+        .map(|e| EntryRef {
+            name: e.name,
+            kind: e.kind,
+            data: &e.data,
+            mask: e.mask,
+            config: e.config,
+            state: e.state,
+            parametrized: e.parametrized,
+        })
+        .collect();
+    for e in entries {
+        validate_name(e.name)?;
+        e.mask.check_shape(e.name, e.data.shape())?;
+    }
+    write_state(path.as_ref(), sparsifier, true, &refs, extra)
+}
+
 /// One entry's parts borrowed for writing.
 struct EntryRef<'a, C, S> {
     name: &'a str,
     kind: DataKind,
-    data: &'a Tensor,
+    data: &'a dyn DataSource,
     mask: &'a Mask,
     config: &'a C,
     state: &'a S,
@@ -126,7 +215,7 @@ fn write_state<C: Serialize, S: Serialize>(
                 name: e.name.to_string(),
                 kind: e.kind,
                 dtype: e.data.dtype(),
-                shape: e.data.shape().to_vec(),
+                shape: e.data.shape(),
                 parametrized: e.parametrized,
                 config: e.config,
                 state: e.state,
@@ -148,11 +237,13 @@ fn write_state<C: Serialize, S: Serialize>(
             e.data.dtype().to_safetensors(),
             e.data.shape(),
         ));
+        // A shape read later could differ if another holder replaced the data meanwhile; the
+        // writer's byte count check turns that into an error instead of a corrupt file.
         headers.push(TensorHeader::new(mask_key(e.name), safetensors::Dtype::U8, [p.len()]));
     }
     let mut w = SafetensorsWriter::create(path, &headers, Some(&metadata))?;
     for (e, p) in entries.iter().zip(&packed) {
-        w.write(e.data.as_bytes())?;
+        e.data.write_to(&mut w)?;
         w.write(p)?;
     }
     w.finish()
@@ -305,25 +396,27 @@ pub type SparsifierState<U> = StateDict<<U as UpdateMask>::Config, <U as UpdateM
 impl<U: UpdateMask> DataSparsifier<U> {
     /// A snapshot of every entry: data (copied), mask, config, implementer state, and whether it is
     /// still parametrized.
-    pub fn state_dict(&self) -> SparsifierState<U> {
-        StateDict {
+    pub fn state_dict(&self) -> Result<SparsifierState<U>> {
+        Ok(StateDict {
             sparsifier: self.updater().name().to_string(),
             mask_update_enabled: self.mask_update_enabled(),
             entries: self
                 .entries()
                 .iter()
-                .map(|e| EntryState {
-                    name: e.name.clone(),
-                    kind: e.kind,
-                    data: e.data.snapshot(),
-                    mask: e.mask.clone(),
-                    config: e.config.clone(),
-                    state: e.state.clone(),
-                    parametrized: e.parametrized,
+                .map(|e| {
+                    Ok(EntryState {
+                        name: e.name.clone(),
+                        kind: e.kind,
+                        data: e.data.snapshot()?,
+                        mask: e.mask.clone(),
+                        config: e.config.clone(),
+                        state: e.state.clone(),
+                        parametrized: e.parametrized,
+                    })
                 })
-                .collect(),
+                .collect::<Result<_>>()?,
             extra: BTreeMap::new(),
-        }
+        })
     }
 
     /// Loads a state. Everything is checked before anything changes, so a failed load leaves the
@@ -361,16 +454,19 @@ impl<U: UpdateMask> DataSparsifier<U> {
                 .position(|o| o.name == e.name)
                 .map(|i| old.remove(i))
                 .filter(|o| {
-                    let cur = o.data.read();
-                    o.kind == e.kind && cur.shape() == e.data.shape() && cur.dtype() == e.data.dtype()
+                    o.kind == e.kind
+                        && o.data.shape() == e.data.shape()
+                        && o.data.dtype() == e.data.dtype()
                 })
                 .map(|o| o.data);
             let data = match reuse {
                 Some(handle) => {
-                    handle.set(e.data);
+                    handle.set(e.data)?;
                     handle
                 }
-                None => Parameter::new(e.data).with_requires_grad(e.kind != DataKind::Tensor),
+                None => Handle::Native(
+                    Parameter::new(e.data).with_requires_grad(e.kind != DataKind::Tensor),
+                ),
             };
             loaded.push(Entry {
                 name: e.name,
@@ -403,15 +499,13 @@ impl<U: UpdateMask> DataSparsifier<U> {
         path: impl AsRef<Path>,
         extra: &BTreeMap<String, serde_json::Value>,
     ) -> Result<()> {
-        let guards: Vec<_> = self.entries().iter().map(|e| e.data.read()).collect();
-        let refs: Vec<EntryRef<'_, U::Config, U::State>> = self
+        let entries: Vec<EntryRef<'_, U::Config, U::State>> = self
             .entries()
             .iter()
-            .zip(&guards)
-            .map(|(e, g)| EntryRef {
+            .map(|e| EntryRef {
                 name: &e.name,
                 kind: e.kind,
-                data: g,
+                data: &e.data,
                 mask: &e.mask,
                 config: &e.config,
                 state: &e.state,
@@ -422,7 +516,7 @@ impl<U: UpdateMask> DataSparsifier<U> {
             path.as_ref(),
             self.updater().name(),
             self.mask_update_enabled(),
-            &refs,
+            &entries,
             extra,
         )
     }
