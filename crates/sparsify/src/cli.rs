@@ -175,6 +175,9 @@ pub struct DemoArgs {
     /// Seed of the generated checkpoint.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Scale of the embedding tables' row counts (for quick tests).
+    #[arg(long, default_value_t = 1.0, hide = true)]
+    pub scale: f64,
     /// Report format.
     #[arg(long, value_enum, default_value_t)]
     pub report: ReportFormat,

@@ -66,7 +66,7 @@ zeros_per_block = 2
 "#;
 
 /// Demo options.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DemoOptions {
     /// Output directory (a new temp dir if `None`).
     pub out: Option<PathBuf>,
@@ -74,6 +74,19 @@ pub struct DemoOptions {
     pub force: bool,
     /// Seed.
     pub seed: u64,
+    /// Scale of the table row counts (1.0 = the documented sizes; tests use less).
+    pub scale: f64,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            out: None,
+            force: false,
+            seed: 0,
+            scale: 1.0,
+        }
+    }
 }
 
 /// Per-table quality numbers.
@@ -111,7 +124,7 @@ enum Init {
     Counter,
 }
 
-fn layout() -> Vec<(String, Dtype, Vec<usize>, Init)> {
+fn layout(scale: f64) -> Vec<(String, Dtype, Vec<usize>, Init)> {
     let mut v = vec![
         (
             "bot_l.0.weight".to_string(),
@@ -129,6 +142,7 @@ fn layout() -> Vec<(String, Dtype, Vec<usize>, Init)> {
         ("bot_l.2.bias".into(), Dtype::F32, vec![16], Init::Bias),
     ];
     for (i, &(rows, dim)) in TABLES.iter().enumerate() {
+        let rows = ((rows as f64 * scale).round() as usize).max(16);
         v.push((
             format!("emb_l.{i}.weight"),
             Dtype::F32,
@@ -161,8 +175,8 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 /// Writes the DLRM-like checkpoint to `path`, one tensor in memory at a time.
-pub fn write_checkpoint(path: &Path, seed: u64) -> Result<()> {
-    let layout = layout();
+pub fn write_checkpoint(path: &Path, seed: u64, scale: f64) -> Result<()> {
+    let layout = layout(scale);
     let headers: Vec<TensorHeader> = layout
         .iter()
         .map(|(n, d, s, _)| TensorHeader::new(n.clone(), *d, s.clone()))
@@ -271,6 +285,12 @@ fn fresh_temp_dir() -> Result<PathBuf> {
 
 /// Runs the demo.
 pub fn demo(opts: &DemoOptions, ui: Ui) -> Result<DemoReport> {
+    if !(opts.scale > 0.0 && opts.scale <= 100.0) {
+        return Err(CliError::Usage(format!(
+            "--scale {} is out of range: give a factor in (0, 100]",
+            opts.scale
+        )));
+    }
     let dir = match &opts.out {
         Some(d) => {
             std::fs::create_dir_all(d).map_err(|e| CliError::io(d, e))?;
@@ -294,11 +314,14 @@ pub fn demo(opts: &DemoOptions, ui: Ui) -> Result<DemoReport> {
     ui.say(format!(
         "demo: writing a DLRM-like checkpoint ({} embedding tables, {} rows in all) to {}",
         TABLES.len(),
-        TABLES.iter().map(|t| t.0).sum::<usize>(),
+        TABLES
+            .iter()
+            .map(|t| ((t.0 as f64 * opts.scale).round() as usize).max(16))
+            .sum::<usize>(),
         input.display()
     ));
     let g0 = Instant::now();
-    write_checkpoint(&input, opts.seed)?;
+    write_checkpoint(&input, opts.seed, opts.scale)?;
     data_sparsifier::io::write_atomic(&config, CONFIG.as_bytes())
         .map_err(|e| CliError::lib(format!("writing {}", config.display()), e))?;
     let generate_seconds = g0.elapsed().as_secs_f64();

@@ -136,6 +136,7 @@ pub fn execute(cli: Cli) -> Result<()> {
                 out: a.out,
                 force: a.force,
                 seed: a.seed,
+                scale: a.scale,
             };
             let r = demo::demo(&opts, Ui { quiet: a.quiet })?;
             print_report(a.report, a.quiet, &r.render(), &r)
