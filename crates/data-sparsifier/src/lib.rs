@@ -14,6 +14,7 @@
 //! | the kinds of data a sparsifier takes | [`data`] |
 //! | `Embedding` / `EmbeddingBag` lookup modules | [`embedding`] |
 //! | the container and the [`UpdateMask`] trait | [`sparsifier`] |
+//! | block-norm sparsification (PyTorch's `DataNormSparsifier`) | [`norm`] |
 //! | saved state (one safetensors file) | [`state`] |
 //! | atomic file output | [`io`] |
 //!
@@ -28,6 +29,7 @@ pub mod embedding;
 pub mod error;
 pub mod io;
 pub mod mask;
+pub mod norm;
 pub mod random;
 pub mod sparsifier;
 pub mod state;
@@ -40,6 +42,10 @@ pub use dtype::{DType, Element};
 pub use embedding::{BagMode, Bags, Embedding, EmbeddingBag};
 pub use error::{Error, Result};
 pub use mask::Mask;
+pub use norm::{
+    compute_mask, pruned_block_count, DataNorm, DataNormConfig, DataNormPatch, DataNormSparsifier,
+    NanPolicy, Norm,
+};
 pub use sparsifier::{validate_name, Config, DataSparsifier, MaskedView, UpdateMask, Version};
 pub use state::{EntryState, StateDict};
 pub use tensor::{Parameter, Slice, Storage, Tensor, TensorView};
