@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::alloc;
 use crate::error::{CliError, Result};
-use crate::norm::{DataNorm, DataNormConfig, DataNormPatch};
 use crate::report;
+use data_sparsifier::norm::{DataNorm, DataNormConfig, DataNormPatch};
 
 /// What to benchmark.
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use data_sparsifier::DType;
 
-use crate::norm::{DataNormPatch, NanPolicy, Norm};
+use data_sparsifier::norm::{DataNormPatch, NanPolicy, Norm};
 
 /// Sparsify safetensors checkpoints and embedding tables with the block-norm data sparsifier.
 #[derive(Debug, Parser)]

@@ -36,8 +36,8 @@ use toml::Spanned;
 
 use crate::checkpoint::TensorEntry;
 use crate::error::{CliError, Result};
-use crate::norm::{DataNormConfig, DataNormPatch};
 use crate::select::{compile, is_glob, some_names};
+use data_sparsifier::norm::{DataNormConfig, DataNormPatch};
 
 /// One table of patch keys (`[defaults]` or an override), with where each key is.
 #[derive(Debug, Clone)]
@@ -354,7 +354,7 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::norm::Norm;
+    use data_sparsifier::norm::Norm;
     use safetensors::Dtype;
 
     fn ts() -> Vec<TensorEntry> {

@@ -47,8 +47,6 @@ pub mod config_file;
 pub mod demo;
 pub mod error;
 pub mod inspect;
-#[doc(hidden)]
-pub mod norm;
 pub mod report;
 pub mod run;
 pub mod select;

@@ -1,6 +1,6 @@
 //! Human-readable tables and number formatting shared by the commands.
 
-use crate::norm::{DataNormConfig, NanPolicy};
+use data_sparsifier::norm::{DataNormConfig, NanPolicy};
 
 /// Bytes as `12.3 MB` (decimal units, as GB/s are).
 pub fn bytes(n: u64) -> String {

@@ -32,8 +32,8 @@ use serde::Serialize;
 use crate::checkpoint::{sparsify_shape, Checkpoint, TypedData};
 use crate::config_file::{resolve, ConfigFile};
 use crate::error::{CliError, Result};
-use crate::norm::{compute_mask, DataNorm, DataNormConfig, DataNormPatch};
 use crate::report::{self, Table};
+use data_sparsifier::norm::{compute_mask, DataNorm, DataNormConfig, DataNormPatch};
 
 /// The metadata key added to the output (and `--masks`) file.
 pub const METADATA_KEY: &str = "sparsify";

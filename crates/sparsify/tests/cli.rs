@@ -6,10 +6,10 @@ use std::path::Path;
 
 use assert_cmd::Command;
 use common::*;
+use data_sparsifier::norm::{pruned_block_count, DataNormSparsifier};
 use data_sparsifier::Mask;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
-use sparsify::norm::DataNormSparsifier;
 
 fn sparsify() -> Command {
     Command::cargo_bin("sparsify").unwrap()
@@ -154,11 +154,7 @@ fn round_trip_run_then_inspect() {
         // Achieved sparsity matches the config: round(0.5 * blocks) whole 1x4 blocks.
         let numel: usize = i.shape().iter().product();
         let blocks = numel / 4;
-        assert_eq!(
-            zeroed,
-            ((0.5 * blocks as f64).round() as usize) * 4,
-            "{name}"
-        );
+        assert_eq!(zeroed, pruned_block_count(0.5, blocks) * 4, "{name}");
         let r = report["tensors"]
             .as_array()
             .unwrap()
@@ -169,7 +165,7 @@ fn round_trip_run_then_inspect() {
     }
 
     // The state reloads into DataNormSparsifier, with the original data and the masks.
-    let mut sp = DataNormSparsifier::new(sparsify::norm::DataNorm, Default::default()).unwrap();
+    let mut sp = DataNormSparsifier::data_norm(Default::default()).unwrap();
     let extra = sp.load_state(&state, true).unwrap();
     assert_eq!(extra["sparsify"]["names"]["z_emb"], "z.emb");
     assert_eq!(
