@@ -146,6 +146,9 @@ pub struct RunTotals {
     pub mask_seconds: f64,
     /// Sparsified bytes per mask-computing second, in GB/s.
     pub mask_gbps: f64,
+    /// Peak heap bytes allocated during the run (the mapped input not included); null when the
+    /// counting allocator is not installed (it is in the binary).
+    pub peak_alloc_bytes: Option<u64>,
 }
 
 /// The report of a run (what `--report json` prints).
@@ -196,6 +199,12 @@ impl RunReport {
             tt.gbps,
             tt.mask_gbps,
         ));
+        if let Some(p) = tt.peak_alloc_bytes {
+            out.push_str(&format!(
+                "peak heap memory: {} (the input is memory-mapped, not read into memory)\n",
+                report::bytes(p)
+            ));
+        }
         out.push_str(&format!("wrote {}", self.output));
         if let Some(m) = &self.masks {
             out.push_str(&format!(", masks {m}"));
@@ -320,6 +329,7 @@ fn write_dense_mask(mask: &Mask, w: &mut SafetensorsWriter) -> data_sparsifier::
 /// Runs `sparsify run`.
 pub fn run(opts: &RunOptions, ui: Ui) -> Result<RunReport> {
     let started = Instant::now();
+    let alloc_base = crate::alloc::reset_peak();
     check_paths(opts)?;
     let ck = Checkpoint::open(&opts.input)?;
     let source = opts.input.display().to_string();
@@ -578,6 +588,8 @@ pub fn run(opts: &RunOptions, ui: Ui) -> Result<RunReport> {
             gbps: report::gbps(file_bytes, seconds),
             mask_seconds,
             mask_gbps: report::gbps(sel_bytes, mask_seconds),
+            peak_alloc_bytes: crate::alloc::is_installed()
+                .then(|| crate::alloc::peak().saturating_sub(alloc_base) as u64),
         },
         tensors: reports,
     })
