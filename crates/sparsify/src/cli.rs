@@ -103,8 +103,12 @@ pub struct RunArgs {
     /// Do not sparsify the tensors matching this glob (repeatable).
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
-    /// TOML file with [defaults] and per-tensor [tensors."NAME-OR-GLOB"] configs.
-    #[arg(long = "config", value_name = "FILE.toml")]
+    /// The config file.
+    #[arg(
+        long = "config",
+        value_name = "FILE.toml",
+        help = "TOML file with [defaults] and per-tensor [tensors.\"NAME-OR-GLOB\"] configs"
+    )]
     pub config_file: Option<PathBuf>,
     #[command(flatten)]
     #[allow(missing_docs)]

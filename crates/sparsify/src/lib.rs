@@ -22,7 +22,7 @@
 //! | [`config_file`] | the `--config` TOML file and config precedence |
 //! | [`run`] | `sparsify run` (streaming; see its docs for the memory bound) |
 //! | [`inspect`] | `sparsify inspect` |
-//! | [`bench`] | `sparsify bench` |
+//! | [`bench`](mod@bench) | `sparsify bench` |
 //! | [`demo`] | `sparsify demo` |
 //! | [`report`] | tables and number formats |
 //! | [`alloc`] | the counting allocator behind `bench`'s peak memory |
@@ -31,12 +31,17 @@
 //! ## How large a file it handles
 //!
 //! `run` memory-maps the input and streams the output tensor by tensor, so the checkpoint's size is
-//! bounded by disk, not RAM. Resident memory beyond the (evictable) page cache of the mapping is
-//! about the largest selected tensor once more (its squashed output buffer) plus its mask (1 bit per
-//! element, and a 1 MiB buffer for `--masks`); `--state` adds every selected tensor's bit mask
-//! (numel / 8 bytes each) until the end. For example, on a machine with 16 GB of RAM: a 100 GB
-//! checkpoint whose largest selected table is 6 GB runs (6 GB of mapped pages being read + 6 GB
-//! output buffer + 0.2 GB mask); a single 10 GB table needs about 20 GB and would page.
+//! bounded by disk, not RAM. With `S` the byte size of the largest *selected* tensor, the heap
+//! peaks at about `S` (that tensor's squashed output buffer) `+ S/(8 * element size)` (its bit
+//! mask) `+ 3 MiB` (write buffers); the mask kernel's scratch (4 bytes per block for f32/f16/bf16,
+//! 8 for f64) is freed before the output buffer is allocated. The pages of the mapped input are
+//! page cache that the kernel evicts as needed; count `S` more for the tensor being read. So a
+//! machine with `R` bytes of RAM handles a checkpoint of any size whose largest selected tensor is
+//! below about `R / 2.2`: 16 GB of RAM runs a 100 GB checkpoint whose largest table is 6 GB.
+//! Measured: the 70 MB demo checkpoint (largest table 32 MB) peaks at 35 MB of heap.
+//! `--state` adds every selected tensor's bit mask (1/32 of f32 data) until the end, and copies of
+//! tensors whose bytes are not aligned in the input (files written by the safetensors libraries
+//! are aligned; an unaligned tensor is copied, one at a time, in the main pass too).
 #![warn(missing_docs)]
 
 pub mod alloc;

@@ -6,17 +6,17 @@
 //! written as streams into temp files that are fsynced and renamed into place at the end. Beyond
 //! the mapped file (page cache the kernel can evict), the process holds at most:
 //!
-//! * one sparsified tensor's output buffer (its size),
-//! * its mask (1 bit per element) and its dense `U8` mask chunk buffer (1 MiB) for `--masks`,
+//! * the mask kernel's scratch for one tensor (4 bytes per block, 8 for f64), then
+//! * one sparsified tensor's output buffer (its size), with its bit mask (1 bit per element) and,
+//!   for `--masks`, a 1 MiB dense chunk buffer; two 1 MiB write buffers;
 //! * a copy of the tensor only if its bytes are not aligned for its dtype in the file (files from
-//!   the `safetensors` libraries are aligned),
-//! * with `--state`: every sparsified tensor's bit-packed mask until the end (1/32 of the f32 data,
-//!   1/16 of f16/bf16), since the state file's header needs them all; unaligned tensors are copied
+//!   the `safetensors` libraries are aligned);
+//! * with `--state`: every sparsified tensor's bit mask until the end (1/32 of the f32 data, 1/16
+//!   of f16/bf16), since the state file's header needs them all; unaligned tensors are copied
 //!   again while the state file is written.
 //!
-//! So a checkpoint of any size runs on a machine whose RAM holds its largest selected tensor about
-//! twice (the tensor's pages and its output buffer) plus the masks: e.g. 16 GB of RAM handles a
-//! 100 GB checkpoint whose largest table is 6 GB.
+//! [`RunTotals::peak_alloc_bytes`] reports the measured heap peak. See the crate docs for what
+//! this means for file sizes.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
