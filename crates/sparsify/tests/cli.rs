@@ -683,3 +683,41 @@ fn memory_is_about_one_tensor_not_the_checkpoint() {
     // and the kernel's per-block keys: far below the 12 MB checkpoint.
     assert!(peak < 6_000_000, "peak heap {peak} bytes");
 }
+
+#[test]
+fn state_names_that_collide_and_directory_outputs_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    write(
+        &input,
+        &[
+            t("a.b", Dtype::F32, &[4, 4], 1),
+            t("a_b", Dtype::F32, &[4, 4], 2),
+        ],
+        &[],
+    );
+    let (out, st) = (dir.path().join("o.st"), dir.path().join("s.st"));
+    let e = fails(&["run", s(&input), "-o", s(&out), "--state", s(&st)]);
+    assert!(
+        e.contains("\"a.b\"") && e.contains("\"a_b\"") && e.contains("--state"),
+        "{e}"
+    );
+    assert!(!out.exists() && !st.exists());
+    // Without the clash it works, and the state reloads.
+    ok(&[
+        "run",
+        s(&input),
+        "-o",
+        s(&out),
+        "--state",
+        s(&st),
+        "--exclude",
+        "a_b",
+        "-q",
+    ]);
+    let mut sp = DataNormSparsifier::data_norm(Default::default()).unwrap();
+    sp.load_state(&st, true).unwrap();
+    assert_eq!(sp.names().collect::<Vec<_>>(), ["a_b"]);
+    let e = fails(&["run", s(&input), "-o", s(dir.path()), "--force"]);
+    assert!(e.contains("directory"), "{e}");
+}
