@@ -6,7 +6,8 @@
 //! written as streams into temp files that are fsynced and renamed into place at the end. Beyond
 //! the mapped file (page cache the kernel can evict), the process holds at most:
 //!
-//! * the mask kernel's scratch for one tensor (4 bytes per block, 8 for f64), then
+//! * the mask kernel's scratch for one tensor (a fraction of it: 17% of a 1x4-blocked f32 tensor,
+//!   mask included, as `sparsify bench` measures), then
 //! * one sparsified tensor's output buffer (its size), with its bit mask (1 bit per element) and,
 //!   for `--masks`, a 1 MiB dense chunk buffer; two 1 MiB write buffers;
 //! * a copy of the tensor only if its bytes are not aligned for its dtype in the file (files from
