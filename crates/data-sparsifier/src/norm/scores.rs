@@ -1,0 +1,616 @@
+//! Block scores: the per-dtype arithmetic that reproduces PyTorch's `avg_pool2d` bit for bit, and
+//! the fused, parallel score pass.
+//!
+//! PyTorch scores a block as `avg_pool2d(|x| or x*x)` with `ceil_mode=True`. Its CPU kernel sums a
+//! window row by row, cell by cell, starting from 0 in the accumulator type (`f32` for `f32`, `f16`
+//! and `bf16`; `f64` for `f64`), then divides by the number of cells that exist and, for `f16` and
+//! `bf16`, rounds the mean back to the data type. For L2 on `f16`/`bf16`, `x*x` is first rounded to
+//! the data type. The same order of operations is used here, so near-equal scores order exactly as
+//! in PyTorch.
+//!
+//! A score is kept as its *key*: the bit pattern of the (non-negative) score in the data's
+//! precision, which orders like the score; NaN maps to the largest key, so it ranks last.
+
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use crate::dtype::Element;
+
+/// An order-preserving integer image of a non-negative score or cell value (`u16`, `u32`, `u64`).
+pub(crate) trait Key: Copy + Ord + Eq + Send + Sync + Default + Debug + 'static {
+    /// The largest key: NaN.
+    const MAX: Self;
+    /// The smallest key.
+    const MIN: Self;
+    /// Width in bits.
+    const BITS: u32;
+    /// A key and an index packed so that comparing the packed values compares keys, then indices.
+    type Packed: Copy + Ord + Send + Sync + Default + Debug;
+    /// Packs with an index (ties → lower index first).
+    fn pack(self, idx: u32) -> Self::Packed;
+    /// Widens to u64 (for radix selection).
+    fn to_u64(self) -> u64;
+    /// Narrows from u64.
+    fn from_u64(v: u64) -> Self;
+}
+
+macro_rules! impl_key {
+    ($t:ty, $p:ty) => {
+        impl Key for $t {
+            const MAX: Self = <$t>::MAX;
+            const MIN: Self = 0;
+            const BITS: u32 = <$t>::BITS;
+            type Packed = $p;
+            #[inline(always)]
+            fn pack(self, idx: u32) -> $p {
+                ((self as $p) << 32) | idx as $p
+            }
+            #[inline(always)]
+            fn to_u64(self) -> u64 {
+                self as u64
+            }
+            #[inline(always)]
+            fn from_u64(v: u64) -> Self {
+                v as $t
+            }
+        }
+    };
+}
+impl_key!(u16, u64);
+impl_key!(u32, u64);
+impl_key!(u64, u128);
+
+/// The per-dtype arithmetic of PyTorch's block and cell scores.
+pub(crate) trait ScoreElem: Element {
+    /// Key type: the width of the data type.
+    type Key: Key;
+    /// `|x|` widened to the accumulator (exact).
+    fn l1(self) -> Self::Acc;
+    /// `x*x` computed in the data type (rounded to it), widened to the accumulator.
+    fn l2(self) -> Self::Acc;
+    /// Key of `|x|`.
+    fn l1_key(self) -> Self::Key;
+    /// Key of `x*x` rounded to the data type.
+    fn l2_key(self) -> Self::Key;
+    /// Key of a block score: `sum / count` in the accumulator, rounded to the data type.
+    fn score_key(sum: Self::Acc, count: usize) -> Self::Key;
+}
+
+impl ScoreElem for f32 {
+    type Key = u32;
+    #[inline(always)]
+    fn l1(self) -> f32 {
+        self.abs()
+    }
+    #[inline(always)]
+    fn l2(self) -> f32 {
+        self * self
+    }
+    #[inline(always)]
+    fn l1_key(self) -> u32 {
+        f32_key(self.abs())
+    }
+    #[inline(always)]
+    fn l2_key(self) -> u32 {
+        f32_key(self * self)
+    }
+    #[inline(always)]
+    fn score_key(sum: f32, count: usize) -> u32 {
+        f32_key(sum / count as f32)
+    }
+}
+
+impl ScoreElem for f64 {
+    type Key = u64;
+    #[inline(always)]
+    fn l1(self) -> f64 {
+        self.abs()
+    }
+    #[inline(always)]
+    fn l2(self) -> f64 {
+        self * self
+    }
+    #[inline(always)]
+    fn l1_key(self) -> u64 {
+        f64_key(self.abs())
+    }
+    #[inline(always)]
+    fn l2_key(self) -> u64 {
+        f64_key(self * self)
+    }
+    #[inline(always)]
+    fn score_key(sum: f64, count: usize) -> u64 {
+        f64_key(sum / count as f64)
+    }
+}
+
+macro_rules! impl_half {
+    ($t:ty, $nan_mask:expr) => {
+        impl ScoreElem for $t {
+            type Key = u16;
+            #[inline(always)]
+            fn l1(self) -> f32 {
+                self.to_f32().abs()
+            }
+            #[inline(always)]
+            fn l2(self) -> f32 {
+                let x = self.to_f32();
+                <$t>::from_f32(x * x).to_f32()
+            }
+            #[inline(always)]
+            fn l1_key(self) -> u16 {
+                half_key(self.to_bits() & 0x7fff, $nan_mask)
+            }
+            #[inline(always)]
+            fn l2_key(self) -> u16 {
+                let x = self.to_f32();
+                half_key(<$t>::from_f32(x * x).to_bits() & 0x7fff, $nan_mask)
+            }
+            #[inline(always)]
+            fn score_key(sum: f32, count: usize) -> u16 {
+                half_key(
+                    <$t>::from_f32(sum / count as f32).to_bits() & 0x7fff,
+                    $nan_mask,
+                )
+            }
+        }
+    };
+}
+// Exponent bits all set: inf if the mantissa is 0, NaN otherwise.
+impl_half!(f16, 0x7c00);
+impl_half!(bf16, 0x7f80);
+
+/// Key of a non-negative f32 (or NaN → MAX).
+#[inline(always)]
+fn f32_key(v: f32) -> u32 {
+    if v.is_nan() {
+        u32::MAX
+    } else {
+        v.to_bits() & 0x7fff_ffff
+    }
+}
+#[inline(always)]
+fn f64_key(v: f64) -> u64 {
+    if v.is_nan() {
+        u64::MAX
+    } else {
+        v.to_bits() & 0x7fff_ffff_ffff_ffff
+    }
+}
+/// Key of the magnitude bits of a half-precision value; NaN → MAX.
+#[inline(always)]
+fn half_key(bits: u16, exp_mask: u16) -> u16 {
+    if bits & exp_mask == exp_mask && bits & !exp_mask != 0 {
+        u16::MAX
+    } else {
+        bits
+    }
+}
+
+/// L1 or L2, as a type, so the inner loops are monomorphized.
+pub(crate) trait NormKind: Copy + Send + Sync + 'static {
+    /// The cell's contribution to a block sum.
+    fn cell<T: ScoreElem>(x: T) -> T::Acc;
+    /// The cell's key for within-block selection.
+    fn cell_key<T: ScoreElem>(x: T) -> T::Key;
+}
+/// Mean absolute value.
+#[derive(Clone, Copy)]
+pub(crate) struct L1;
+/// Mean square.
+#[derive(Clone, Copy)]
+pub(crate) struct L2;
+impl NormKind for L1 {
+    #[inline(always)]
+    fn cell<T: ScoreElem>(x: T) -> T::Acc {
+        x.l1()
+    }
+    #[inline(always)]
+    fn cell_key<T: ScoreElem>(x: T) -> T::Key {
+        x.l1_key()
+    }
+}
+impl NormKind for L2 {
+    #[inline(always)]
+    fn cell<T: ScoreElem>(x: T) -> T::Acc {
+        x.l2()
+    }
+    #[inline(always)]
+    fn cell_key<T: ScoreElem>(x: T) -> T::Key {
+        x.l2_key()
+    }
+}
+
+/// The block grid over a 2-D `h × w` matrix.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Grid {
+    pub h: usize,
+    pub w: usize,
+    pub bh: usize,
+    pub bw: usize,
+    /// Block rows, `ceil(h / bh)`.
+    pub nbr: usize,
+    /// Block columns, `ceil(w / bw)`.
+    pub nbc: usize,
+}
+
+impl Grid {
+    pub fn new(h: usize, w: usize, bh: usize, bw: usize) -> Self {
+        Grid {
+            h,
+            w,
+            bh,
+            bw,
+            nbr: h.div_ceil(bh),
+            nbc: w.div_ceil(bw),
+        }
+    }
+    /// Number of blocks.
+    pub fn num_blocks(&self) -> usize {
+        self.nbr * self.nbc
+    }
+    /// Data rows of block row `br`.
+    #[inline]
+    pub fn rows_of(&self, br: usize) -> std::ops::Range<usize> {
+        let r0 = br * self.bh;
+        r0..(r0 + self.bh).min(self.h)
+    }
+    /// Data columns of block column `bc`.
+    #[inline]
+    pub fn cols_of(&self, bc: usize) -> std::ops::Range<usize> {
+        let c0 = bc * self.bw;
+        c0..(c0 + self.bw).min(self.w)
+    }
+}
+
+/// Blocks handled together by the vectorized loops (one lane per block).
+const LANES: usize = 8;
+
+/// Adds `BW` consecutive cells per block into `acc` (`row.len() == acc.len() * BW`). Each block's
+/// cells are added in order, so a block's sum is the same sequence of additions as PyTorch's; the
+/// lanes are independent blocks, which is what lets the loop vectorize.
+#[inline(always)]
+fn accumulate_exact<T: ScoreElem, N: NormKind, const BW: usize>(row: &[T], acc: &mut [T::Acc]) {
+    debug_assert_eq!(row.len(), acc.len() * BW);
+    let mut a_it = acc.chunks_exact_mut(LANES);
+    let mut r_it = row.chunks_exact(LANES * BW);
+    for (a, r) in (&mut a_it).zip(&mut r_it) {
+        let mut s = [T::acc_zero(); LANES];
+        s.copy_from_slice(a);
+        for j in 0..BW {
+            for b in 0..LANES {
+                s[b] = s[b] + N::cell(r[b * BW + j]);
+            }
+        }
+        a.copy_from_slice(&s);
+    }
+    for (a, c) in a_it
+        .into_remainder()
+        .iter_mut()
+        .zip(r_it.remainder().chunks_exact(BW))
+    {
+        let mut s = *a;
+        for &x in c {
+            s = s + N::cell(x);
+        }
+        *a = s;
+    }
+}
+
+/// Keys of `keys.len()` whole blocks of `BW` consecutive cells (`data.len() == keys.len() * BW`),
+/// one data row per block: sums and keys in one vectorized loop.
+#[inline(always)]
+fn keys_exact<T: ScoreElem, N: NormKind, const BW: usize>(data: &[T], keys: &mut [T::Key]) {
+    debug_assert_eq!(data.len(), keys.len() * BW);
+    let mut k_it = keys.chunks_exact_mut(LANES);
+    let mut d_it = data.chunks_exact(LANES * BW);
+    for (k, d) in (&mut k_it).zip(&mut d_it) {
+        let mut s = [T::acc_zero(); LANES];
+        for j in 0..BW {
+            for b in 0..LANES {
+                s[b] = s[b] + N::cell(d[b * BW + j]);
+            }
+        }
+        for b in 0..LANES {
+            k[b] = T::score_key(s[b], BW);
+        }
+    }
+    for (k, c) in k_it
+        .into_remainder()
+        .iter_mut()
+        .zip(d_it.remainder().chunks_exact(BW))
+    {
+        let mut s = T::acc_zero();
+        for &x in c {
+            s = s + N::cell(x);
+        }
+        *k = T::score_key(s, BW);
+    }
+}
+
+/// [`keys_exact`] with a run-time block width.
+fn keys_exact_dyn<T: ScoreElem, N: NormKind>(data: &[T], keys: &mut [T::Key], bw: usize) {
+    for (k, c) in keys.iter_mut().zip(data.chunks_exact(bw)) {
+        let mut s = T::acc_zero();
+        for &x in c {
+            s = s + N::cell(x);
+        }
+        *k = T::score_key(s, bw);
+    }
+}
+
+/// Adds one data row into the per-block-column sums (the last block may be partial).
+#[inline(always)]
+fn accumulate_row<T: ScoreElem, N: NormKind>(row: &[T], acc: &mut [T::Acc], bw: usize) {
+    let full = row.len() / bw;
+    let (head, tail) = row.split_at(full * bw);
+    match bw {
+        1 => accumulate_exact::<T, N, 1>(head, &mut acc[..full]),
+        2 => accumulate_exact::<T, N, 2>(head, &mut acc[..full]),
+        4 => accumulate_exact::<T, N, 4>(head, &mut acc[..full]),
+        8 => accumulate_exact::<T, N, 8>(head, &mut acc[..full]),
+        16 => accumulate_exact::<T, N, 16>(head, &mut acc[..full]),
+        _ => {
+            for (a, c) in acc[..full].iter_mut().zip(head.chunks_exact(bw)) {
+                let mut s = *a;
+                for &x in c {
+                    s = s + N::cell(x);
+                }
+                *a = s;
+            }
+        }
+    }
+    if !tail.is_empty() {
+        let mut s = acc[full];
+        for &x in tail {
+            s = s + N::cell(x);
+        }
+        acc[full] = s;
+    }
+}
+
+/// Writes the keys of block rows `br0..` into `out` (`nbc` keys per block row).
+fn block_rows_keys<T: ScoreElem, N: NormKind>(
+    data: &[T],
+    g: &Grid,
+    br0: usize,
+    out: &mut [T::Key],
+    acc: &mut Vec<T::Acc>,
+) {
+    let nbrs = out.len() / g.nbc;
+    if g.bh == 1 && g.w % g.bw == 0 {
+        // Every block is `bw` consecutive cells: the task's rows are one run of whole blocks.
+        let d = &data[br0 * g.w..(br0 + nbrs) * g.w];
+        match g.bw {
+            1 => keys_exact::<T, N, 1>(d, out),
+            2 => keys_exact::<T, N, 2>(d, out),
+            4 => keys_exact::<T, N, 4>(d, out),
+            8 => keys_exact::<T, N, 8>(d, out),
+            16 => keys_exact::<T, N, 16>(d, out),
+            bw => keys_exact_dyn::<T, N>(d, out, bw),
+        }
+        return;
+    }
+    acc.resize(g.nbc, T::acc_zero());
+    let full = g.w / g.bw;
+    for (i, row_keys) in out.chunks_mut(g.nbc).enumerate() {
+        let br = br0 + i;
+        acc.fill(T::acc_zero());
+        let rows = g.rows_of(br);
+        let nrows = rows.len();
+        for r in rows {
+            accumulate_row::<T, N>(&data[r * g.w..(r + 1) * g.w], acc, g.bw);
+        }
+        let count = nrows * g.bw;
+        for (o, &s) in row_keys[..full].iter_mut().zip(&acc[..full]) {
+            *o = T::score_key(s, count);
+        }
+        if full < g.nbc {
+            row_keys[full] = T::score_key(acc[full], nrows * (g.w - full * g.bw));
+        }
+    }
+}
+
+/// The key of one block, computed on its own (same additions in the same order as the pass).
+pub(crate) fn block_key<T: ScoreElem, N: NormKind>(
+    data: &[T],
+    g: &Grid,
+    br: usize,
+    bc: usize,
+) -> T::Key {
+    let mut s = T::acc_zero();
+    let (rows, cols) = (g.rows_of(br), g.cols_of(bc));
+    let count = rows.len() * cols.len();
+    for r in rows {
+        for &x in &data[r * g.w + cols.start..r * g.w + cols.end] {
+            s = s + N::cell(x);
+        }
+    }
+    T::score_key(s, count)
+}
+
+/// A key interval `[lo, hi]` expected to hold the k-th smallest key, found from a sample.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Bracket<K> {
+    pub lo: K,
+    pub hi: K,
+    /// Most keys to collect strictly inside `(lo, hi)` before giving up on the bracket.
+    pub cap: usize,
+}
+
+/// Block codes: where a block's key lies relative to a bracket `[lo, hi]`.
+pub(crate) mod code {
+    /// `key < lo`.
+    pub const BELOW: u8 = 0;
+    /// `key == lo`.
+    pub const AT_LO: u8 = 1;
+    /// `lo < key < hi` (the key is kept in the task's candidate list).
+    pub const INSIDE: u8 = 2;
+    /// `key == hi` (and `hi != lo`).
+    pub const AT_HI: u8 = 3;
+    /// `key > hi`.
+    pub const ABOVE: u8 = 4;
+}
+
+/// The code of `k` relative to `[lo, hi]` (branch-free).
+#[inline(always)]
+pub(crate) fn code_of<K: Key>(k: K, lo: K, hi: K) -> u8 {
+    // BELOW 0, AT_LO 1, INSIDE 2, AT_HI 3, ABOVE 4; with lo == hi only 0, 1, 4 occur.
+    let ge_lo = (k >= lo) as u8;
+    let gt_lo = (k > lo) as u8;
+    let ge_hi = (k >= hi) as u8 & gt_lo;
+    let gt_hi = (k > hi) as u8;
+    ge_lo + gt_lo + ge_hi + gt_hi
+}
+
+/// What the coded score pass learned about one task's block rows.
+#[derive(Debug, Default)]
+pub(crate) struct TaskStats<K> {
+    /// Blocks coded `BELOW`.
+    pub lt: usize,
+    /// Blocks coded `AT_LO`.
+    pub eq_lo: usize,
+    /// Blocks coded `AT_HI`.
+    pub eq_hi: usize,
+    /// Blocks with a NaN score.
+    pub nan: usize,
+    /// Keys of the blocks coded `INSIDE`, in block order.
+    pub inside: Vec<K>,
+}
+
+/// The score pass of the fast path: computes every block key (into a small per-task buffer that
+/// stays in cache) and stores only its one-byte [`code`] relative to the bracket, collecting the
+/// few keys strictly inside it. Tasks are `brs_per_task` block rows. Returns `None` if more than
+/// `bracket.cap` keys fell inside (the caller then falls back to exact keys).
+pub(crate) fn coded_pass<T: ScoreElem, N: NormKind>(
+    data: &[T],
+    g: &Grid,
+    codes: &mut [u8],
+    brs_per_task: usize,
+    b: Bracket<T::Key>,
+) -> Option<Vec<TaskStats<T::Key>>> {
+    let collected = AtomicUsize::new(0);
+    let overflow = AtomicBool::new(false);
+    let per_task = brs_per_task.max(1) * g.nbc;
+    let stats: Vec<TaskStats<T::Key>> = codes
+        .par_chunks_mut(per_task)
+        .enumerate()
+        .map_init(
+            || (Vec::new(), Vec::new()),
+            |(acc, keys), (task, out)| {
+                keys.resize(out.len(), T::Key::MIN);
+                block_rows_keys::<T, N>(data, g, task * brs_per_task.max(1), keys, acc);
+                let mut st = TaskStats::default();
+                for (ks, cs) in keys.chunks(4096).zip(out.chunks_mut(4096)) {
+                    let (mut lt, mut el, mut eh, mut ins, mut na) = (0u32, 0u32, 0u32, 0u32, 0u32);
+                    for (&k, c) in ks.iter().zip(cs.iter_mut()) {
+                        let x = code_of(k, b.lo, b.hi);
+                        *c = x;
+                        lt += (x == code::BELOW) as u32;
+                        el += (x == code::AT_LO) as u32;
+                        ins += (x == code::INSIDE) as u32;
+                        eh += (x == code::AT_HI) as u32;
+                        na += (k == T::Key::MAX) as u32;
+                    }
+                    st.lt += lt as usize;
+                    st.eq_lo += el as usize;
+                    st.eq_hi += eh as usize;
+                    st.nan += na as usize;
+                    if ins > 0 && !overflow.load(Ordering::Relaxed) {
+                        if collected.fetch_add(ins as usize, Ordering::Relaxed) + ins as usize
+                            > b.cap
+                        {
+                            overflow.store(true, Ordering::Relaxed);
+                        } else {
+                            // Branch-free compaction of the inside keys.
+                            let start = st.inside.len();
+                            st.inside.resize(start + ks.len(), T::Key::MIN);
+                            let dst = &mut st.inside[start..];
+                            let last = dst.len() - 1;
+                            let mut n = 0usize;
+                            for (&k, &x) in ks.iter().zip(cs.iter()) {
+                                dst[n] = k;
+                                n = (n + (x == code::INSIDE) as usize).min(last);
+                            }
+                            st.inside.truncate(start + ins as usize);
+                        }
+                    }
+                }
+                st
+            },
+        )
+        .collect();
+    (!overflow.load(Ordering::Relaxed)).then_some(stats)
+}
+
+/// The exact score pass: every block key into `keys` (row-major block order), in parallel tasks of
+/// `brs_per_task` block rows. Returns whether some score is NaN.
+pub(crate) fn keys_pass<T: ScoreElem, N: NormKind>(
+    data: &[T],
+    g: &Grid,
+    keys: &mut [T::Key],
+    brs_per_task: usize,
+) -> bool {
+    let per_task = brs_per_task.max(1) * g.nbc;
+    keys.par_chunks_mut(per_task)
+        .enumerate()
+        .map_init(Vec::new, |acc, (task, out)| {
+            block_rows_keys::<T, N>(data, g, task * brs_per_task.max(1), out, acc);
+            out.iter().any(|&k| k == T::Key::MAX)
+        })
+        .reduce(|| false, |a, b| a | b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_keys_order_like_values() {
+        let vals = [0.0f32, 1e-7, 0.001, 0.5, 1.0, 2.0, 65504.0, f32::INFINITY];
+        for w in vals.windows(2) {
+            assert!(f16::from_f32(w[0]).l1_key() < f16::from_f32(w[1]).l1_key());
+            assert!(bf16::from_f32(w[0]).l1_key() < bf16::from_f32(w[1]).l1_key());
+            assert!(f32_key(w[0]) < f32_key(w[1]));
+            assert!(f64_key(w[0] as f64) < f64_key(w[1] as f64));
+        }
+        assert_eq!(f16::NAN.l1_key(), u16::MAX);
+        assert_eq!(bf16::NAN.l2_key(), u16::MAX);
+        assert_eq!(f16::INFINITY.l1_key(), 0x7c00);
+        assert_eq!(f32::NAN.l2_key(), u32::MAX);
+        assert_eq!((-0.0f32).l1_key(), 0);
+    }
+
+    #[test]
+    fn pass_matches_single_block_keys() {
+        let (h, w) = (7, 13);
+        let data: Vec<f32> = (0..h * w)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        for (bh, bw) in [
+            (1, 1),
+            (1, 4),
+            (2, 3),
+            (3, 5),
+            (4, 4),
+            (8, 16),
+            (1, 16),
+            (2, 2),
+        ] {
+            let g = Grid::new(h, w, bh, bw);
+            let mut keys = vec![0u32; g.num_blocks()];
+            keys_pass::<f32, L2>(&data, &g, &mut keys, 1);
+            for br in 0..g.nbr {
+                for bc in 0..g.nbc {
+                    assert_eq!(
+                        keys[br * g.nbc + bc],
+                        block_key::<f32, L2>(&data, &g, br, bc)
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! `sparsify bench`: times the library's `step` and `squash_mask` in-process on a generated table.
+
+use std::time::Instant;
+
+use data_sparsifier::random::Rng;
+use data_sparsifier::{with_dtype, Config, DType, DataSparsifier, Element, Parameter, Tensor};
+use serde::Serialize;
+
+use crate::alloc;
+use crate::error::{CliError, Result};
+use crate::report;
+use data_sparsifier::norm::{DataNorm, DataNormConfig, DataNormPatch};
+
+/// What to benchmark.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Table rows.
+    pub rows: usize,
+    /// Table columns.
+    pub cols: usize,
+    /// Element type.
+    pub dtype: DType,
+    /// Config (over the built-in defaults).
+    pub flags: DataNormPatch,
+    /// Timed repeats.
+    pub repeat: usize,
+    /// Seed of the generated table.
+    pub seed: u64,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            rows: 1_000_000,
+            cols: 64,
+            dtype: DType::F32,
+            flags: DataNormPatch::default(),
+            repeat: 5,
+            seed: 0,
+        }
+    }
+}
+
+/// What `bench --report json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Table rows.
+    pub rows: usize,
+    /// Table columns.
+    pub cols: usize,
+    /// Element type.
+    pub dtype: String,
+    /// The config.
+    pub config: DataNormConfig,
+    /// Timed repeats.
+    pub repeat: usize,
+    /// Threads available to the library.
+    pub threads: usize,
+    /// Table size in bytes.
+    pub bytes: u64,
+    /// Median seconds of `step`.
+    pub step_seconds: f64,
+    /// Median seconds of `squash_mask`.
+    pub squash_seconds: f64,
+    /// Table bytes per median `step` second, GB/s.
+    pub step_gbps: f64,
+    /// Table bytes per median `squash_mask` second, GB/s.
+    pub squash_gbps: f64,
+    /// Every repeat's `step` seconds.
+    pub step_seconds_all: Vec<f64>,
+    /// Every repeat's `squash_mask` seconds.
+    pub squash_seconds_all: Vec<f64>,
+    /// Peak bytes allocated beyond the table while adding the table, stepping and squashing (the
+    /// mask included), the maximum over repeats; null if the counting allocator is not installed.
+    pub peak_extra_bytes: Option<u64>,
+    /// `peak_extra_bytes / bytes`.
+    pub peak_extra_fraction: Option<f64>,
+    /// Fraction of elements the mask zeroed.
+    pub sparsity: f64,
+    /// Seconds spent generating the table (not timed in the results).
+    pub generate_seconds: f64,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+/// A `rows x cols` table of standard-normal values.
+pub fn generate(rows: usize, cols: usize, dtype: DType, seed: u64) -> Result<Tensor> {
+    let n = rows.checked_mul(cols).ok_or_else(|| {
+        CliError::Usage(format!(
+            "--rows {rows} x --cols {cols} overflows: use a smaller table"
+        ))
+    })?;
+    let mut rng = Rng::new(seed);
+    let t = with_dtype!(dtype, T => {
+        let v: Vec<T> = (0..n).map(|_| T::from_f64(rng.normal())).collect();
+        Tensor::from_vec(v, [rows, cols])
+    });
+    t.map_err(|e| CliError::lib("generating the table", e))
+}
+
+/// Runs the benchmark.
+pub fn bench(opts: &BenchOptions) -> Result<BenchReport> {
+    if opts.repeat == 0 {
+        return Err(CliError::Usage("--repeat must be at least 1".into()));
+    }
+    let mut config = DataNormConfig::default();
+    config.apply(&opts.flags);
+    config
+        .validate("bench")
+        .map_err(|e| CliError::Usage(format!("bad bench config: {e}")))?;
+    let g0 = Instant::now();
+    let table = generate(opts.rows, opts.cols, opts.dtype, opts.seed)?;
+    let generate_seconds = g0.elapsed().as_secs_f64();
+    let bytes = table.size_in_bytes() as u64;
+    let lib = |e| CliError::lib("benchmark", e);
+    let (mut steps, mut squashes) = (Vec::new(), Vec::new());
+    let mut peak_extra = 0u64;
+    let mut sparsity = 0.0;
+    for _ in 0..opts.repeat {
+        let param = Parameter::new(table.clone());
+        let base = alloc::reset_peak();
+        let mut sp = DataSparsifier::new(DataNorm, config.clone()).map_err(lib)?;
+        sp.add_data("table", &param).map_err(lib)?;
+        let t0 = Instant::now();
+        sp.step().map_err(lib)?;
+        let t1 = Instant::now();
+        sp.squash_mask(None, true).map_err(lib)?;
+        let t2 = Instant::now();
+        peak_extra = peak_extra.max(alloc::peak().saturating_sub(base) as u64);
+        sparsity = sp.get_mask("table").map_err(lib)?.sparsity();
+        steps.push((t1 - t0).as_secs_f64());
+        squashes.push((t2 - t1).as_secs_f64());
+    }
+    let (step, squash) = (median(&steps), median(&squashes));
+    let installed = alloc::is_installed();
+    Ok(BenchReport {
+        rows: opts.rows,
+        cols: opts.cols,
+        dtype: opts.dtype.to_string(),
+        config,
+        repeat: opts.repeat,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        bytes,
+        step_seconds: step,
+        squash_seconds: squash,
+        step_gbps: report::gbps(bytes, step),
+        squash_gbps: report::gbps(bytes, squash),
+        step_seconds_all: steps,
+        squash_seconds_all: squashes,
+        peak_extra_bytes: installed.then_some(peak_extra),
+        peak_extra_fraction: installed.then(|| {
+            if bytes == 0 {
+                0.0
+            } else {
+                peak_extra as f64 / bytes as f64
+            }
+        }),
+        sparsity,
+        generate_seconds,
+    })
+}
+
+impl BenchReport {
+    /// The human-readable summary.
+    pub fn render(&self) -> String {
+        let spread = |v: &[f64]| {
+            let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = v.iter().copied().fold(0.0, f64::max);
+            format!("min {}, max {}", report::seconds(min), report::seconds(max))
+        };
+        let mut out = format!(
+            "bench: {} x {} {} table ({}), {}, {} repeats, {} threads; {} zeroed\n",
+            self.rows,
+            self.cols,
+            self.dtype,
+            report::bytes(self.bytes),
+            report::config(&self.config),
+            self.repeat,
+            self.threads,
+            report::percent(self.sparsity),
+        );
+        out.push_str(&format!(
+            "step    median {:>9}  {:6.2} GB/s  ({})\n",
+            report::seconds(self.step_seconds),
+            self.step_gbps,
+            spread(&self.step_seconds_all)
+        ));
+        out.push_str(&format!(
+            "squash  median {:>9}  {:6.2} GB/s  ({})\n",
+            report::seconds(self.squash_seconds),
+            self.squash_gbps,
+            spread(&self.squash_seconds_all)
+        ));
+        match (self.peak_extra_bytes, self.peak_extra_fraction) {
+            (Some(b), Some(f)) => out.push_str(&format!(
+                "peak extra memory (add_data + step + squash, mask included): {} ({} of the table)\n",
+                report::bytes(b),
+                report::percent(f)
+            )),
+            _ => out.push_str("peak extra memory: not measured (counting allocator not installed)\n"),
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiny_bench_runs() {
+        let r = bench(&BenchOptions {
+            rows: 16,
+            cols: 8,
+            repeat: 3,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(r.bytes, 16 * 8 * 4);
+        assert_eq!(r.step_seconds_all.len(), 3);
+        assert!((r.sparsity - 0.5).abs() < 1e-9);
+        assert!(r.render().contains("GB/s"));
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}

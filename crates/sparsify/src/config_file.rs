@@ -1,0 +1,454 @@
+//! The `--config FILE.toml` file, and how a tensor's config is resolved.
+//!
+//! ```toml
+//! # defaults for every selected tensor (any key may be left out)
+//! [defaults]
+//! sparsity_level = 0.8
+//! sparse_block_shape = [1, 4]
+//! zeros_per_block = 4        # leave out for the whole block
+//! norm = "L2"                # "L1" or "L2"
+//! nan_policy = "error"       # "error" or "rank_last"
+//!
+//! # per-tensor overrides, by exact name or glob (the per-name configs of `add_data`)
+//! [tensors."top_l.*.weight"]
+//! sparsity_level = 1.0
+//! zeros_per_block = 2
+//!
+//! [tensors."emb_l.0.weight"]
+//! sparsity_level = 0.9
+//! ```
+//!
+//! Precedence, lowest first: built-in defaults, the file's `[defaults]`, command-line flags, the
+//! file's glob overrides that match the tensor (in file order), its exact-name override.
+//!
+//! Every mistake is an error naming the file, the line and the key: an unknown key, a value of the
+//! wrong type or out of range, an override naming a tensor the input does not hold (or a glob that
+//! matches none), and an exact-name override of a tensor that is not selected.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+
+use data_sparsifier::Config;
+use globset::GlobMatcher;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::checkpoint::TensorEntry;
+use crate::error::{CliError, Result};
+use crate::select::{compile, is_glob, some_names};
+use data_sparsifier::norm::{DataNormConfig, DataNormPatch};
+
+/// One table of patch keys (`[defaults]` or an override), with where each key is.
+#[derive(Debug, Clone)]
+pub struct PatchTable {
+    /// `[defaults]` or `[tensors."NAME"]`.
+    pub label: String,
+    /// The line of the table's header (or first key).
+    pub line: usize,
+    /// The keys it sets and their lines.
+    pub keys: Vec<(String, usize)>,
+    /// The patch.
+    pub patch: DataNormPatch,
+}
+
+impl PatchTable {
+    fn line_of(&self, key: &str) -> usize {
+        self.keys
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, l)| *l)
+            .unwrap_or(self.line)
+    }
+}
+
+/// A per-tensor override.
+#[derive(Debug, Clone)]
+pub struct Override {
+    /// The name or glob.
+    pub pattern: String,
+    /// The compiled glob, if the pattern is one.
+    pub glob: Option<GlobMatcher>,
+    /// Its keys.
+    pub table: PatchTable,
+}
+
+impl Override {
+    /// Whether this override applies to `name`.
+    pub fn matches(&self, name: &str) -> bool {
+        match &self.glob {
+            Some(g) => g.is_match(name),
+            None => self.pattern == name,
+        }
+    }
+}
+
+/// A parsed config file.
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    /// The file's path as shown in messages.
+    pub path: String,
+    /// The `[defaults]` table.
+    pub defaults: Option<PatchTable>,
+    /// The `[tensors."..."]` tables, in file order.
+    pub overrides: Vec<Override>,
+}
+
+type RawTable = BTreeMap<String, Spanned<toml::Value>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    defaults: Option<Spanned<RawTable>>,
+    tensors: Option<BTreeMap<String, Spanned<RawTable>>>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+impl ConfigFile {
+    /// Reads and parses `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                CliError::Usage(format!(
+                    "config file {} does not exist: check the --config path",
+                    path.display()
+                ))
+            } else {
+                CliError::io(path, e)
+            }
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses config text; `path` is used in messages.
+    pub fn parse(text: &str, path: &str) -> Result<Self> {
+        let err = |span: Option<Range<usize>>, message: String| CliError::ConfigFile {
+            file: path.to_string(),
+            line: span.map(|s| line_of(text, s.start)).unwrap_or(1),
+            message,
+        };
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
+            let mut message = e.message().trim().to_string();
+            let top_key = patch_keys()
+                .into_iter()
+                .find(|k| message.starts_with(&format!("unknown field `{k}`, expected `defaults`")));
+            if top_key.is_some() {
+                message.push_str(": put config keys under [defaults], or under [tensors.\"NAME\"] for one tensor");
+            }
+            err(e.span(), message)
+        })?;
+        let table = |label: String, line: usize, raw: &RawTable| -> Result<PatchTable> {
+            let mut keys = Vec::new();
+            let mut all = toml::Table::new();
+            let mut entries: Vec<_> = raw.iter().collect();
+            entries.sort_by_key(|(_, v)| v.span().start);
+            for (k, v) in entries {
+                let key_line = line_of(text, v.span().start);
+                let mut one = toml::Table::new();
+                one.insert(k.clone(), v.get_ref().clone());
+                toml::Value::Table(one)
+                    .try_into::<DataNormPatch>()
+                    .map_err(|e| CliError::ConfigFile {
+                        file: path.to_string(),
+                        line: key_line,
+                        message: format!("{label} key `{k}`: {}", e.message().trim()),
+                    })?;
+                keys.push((k.clone(), key_line));
+                all.insert(k.clone(), v.get_ref().clone());
+            }
+            let patch = toml::Value::Table(all)
+                .try_into::<DataNormPatch>()
+                .map_err(|e| CliError::ConfigFile {
+                    file: path.to_string(),
+                    line,
+                    message: format!("{label}: {}", e.message().trim()),
+                })?;
+            Ok(PatchTable {
+                label,
+                line,
+                keys,
+                patch,
+            })
+        };
+        let defaults = match &raw.defaults {
+            Some(d) => Some(table(
+                "[defaults]".into(),
+                line_of(text, d.span().start),
+                d.get_ref(),
+            )?),
+            None => None,
+        };
+        let mut overrides = Vec::new();
+        if let Some(ts) = &raw.tensors {
+            let mut list: Vec<_> = ts.iter().collect();
+            list.sort_by_key(|(_, v)| v.span().start);
+            for (k, v) in list {
+                let pattern = k.clone();
+                let label = format!("[tensors.{pattern:?}]");
+                let line = line_of(text, v.span().start);
+                let glob = if is_glob(&pattern) {
+                    Some(
+                        compile(&pattern, "tensor pattern").map_err(|e| CliError::ConfigFile {
+                            file: path.to_string(),
+                            line,
+                            message: e.to_string(),
+                        })?,
+                    )
+                } else {
+                    None
+                };
+                let table = table(label, line, v.get_ref())?;
+                overrides.push(Override {
+                    pattern,
+                    glob,
+                    table,
+                });
+            }
+        }
+        Ok(ConfigFile {
+            path: path.to_string(),
+            defaults,
+            overrides,
+        })
+    }
+}
+
+/// The keys a patch can set (read from its serde form, so it follows the library's fields).
+pub fn patch_keys() -> Vec<String> {
+    match serde_json::to_value(DataNormPatch::default()) {
+        Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Whether `patch` sets `key` (generic over the patch's fields, through its serde form).
+pub fn patch_sets(patch: &DataNormPatch, key: &str) -> bool {
+    serde_json::to_value(patch)
+        .ok()
+        .and_then(|v| v.get(key).map(|x| !x.is_null()))
+        .unwrap_or(false)
+}
+
+/// The command-line flag that sets a config key.
+pub fn flag_of(key: &str) -> String {
+    match key {
+        "sparse_block_shape" => "--block".into(),
+        other => format!("--{}", other.replace('_', "-")),
+    }
+}
+
+/// Resolves the config of every selected tensor. See the module docs for the precedence.
+pub fn resolve(
+    file: Option<&ConfigFile>,
+    flags: &DataNormPatch,
+    tensors: &[TensorEntry],
+    selected: &[usize],
+    source: &str,
+) -> Result<(DataNormConfig, Vec<DataNormConfig>)> {
+    let mut base = DataNormConfig::default();
+    let file_defaults = file.and_then(|f| f.defaults.as_ref());
+    if let Some(d) = file_defaults {
+        base.apply(&d.patch);
+    }
+    base.apply(flags);
+    // Points an invalid value at where it was set.
+    let blame = |name: &str, e: data_sparsifier::Error, overrides: &[&Override]| -> CliError {
+        let key = match &e {
+            data_sparsifier::Error::InvalidConfig { key, .. } => *key,
+            _ => return CliError::lib(format!("config of {name:?}"), e),
+        };
+        let f = file.map(|f| f.path.clone()).unwrap_or_default();
+        for o in overrides.iter().rev() {
+            if patch_sets(&o.table.patch, key) {
+                return CliError::ConfigFile {
+                    file: f,
+                    line: o.table.line_of(key),
+                    message: format!("{} key `{key}`: {e}", o.table.label),
+                };
+            }
+        }
+        if patch_sets(flags, key) {
+            return CliError::Usage(format!("{}: {e}", flag_of(key)));
+        }
+        if let Some(d) = file_defaults.filter(|d| patch_sets(&d.patch, key)) {
+            return CliError::ConfigFile {
+                file: f,
+                line: d.line_of(key),
+                message: format!("{} key `{key}`: {e}", d.label),
+            };
+        }
+        CliError::Usage(e.to_string())
+    };
+    base.validate("defaults")
+        .map_err(|e| blame("defaults", e, &[]))?;
+
+    let overrides: &[Override] = file.map(|f| f.overrides.as_slice()).unwrap_or(&[]);
+    let is_selected = {
+        let mut v = vec![false; tensors.len()];
+        selected.iter().for_each(|&i| v[i] = true);
+        v
+    };
+    for o in overrides {
+        let f = file.map(|f| f.path.clone()).unwrap_or_default();
+        let hits: Vec<usize> = (0..tensors.len())
+            .filter(|&i| o.matches(&tensors[i].name))
+            .collect();
+        if hits.is_empty() {
+            return Err(CliError::ConfigFile {
+                file: f,
+                line: o.table.line,
+                message: format!(
+                    "{}: {} {:?} is not in {source} ({}); fix the name or remove the override",
+                    o.table.label,
+                    if o.glob.is_some() {
+                        "no tensor matching"
+                    } else {
+                        "no tensor named"
+                    },
+                    o.pattern,
+                    some_names(tensors)
+                ),
+            });
+        }
+        if o.glob.is_none() && !is_selected[hits[0]] {
+            return Err(CliError::ConfigFile {
+                file: f,
+                line: o.table.line,
+                message: format!(
+                    "{}: tensor {:?} is not selected for sparsification: add --tensors {:?}, or remove the override",
+                    o.table.label, o.pattern, o.pattern
+                ),
+            });
+        }
+    }
+    let mut configs = Vec::with_capacity(selected.len());
+    for &i in selected {
+        let name = &tensors[i].name;
+        let mut applied: Vec<&Override> = overrides
+            .iter()
+            .filter(|o| o.glob.is_some() && o.matches(name))
+            .collect();
+        applied.extend(
+            overrides
+                .iter()
+                .filter(|o| o.glob.is_none() && o.matches(name)),
+        );
+        let mut c = base.clone();
+        for o in &applied {
+            c.apply(&o.table.patch);
+        }
+        c.validate(name).map_err(|e| blame(name, e, &applied))?;
+        configs.push(c);
+    }
+    Ok((base, configs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use data_sparsifier::norm::Norm;
+    use safetensors::Dtype;
+
+    fn ts() -> Vec<TensorEntry> {
+        ["emb.0", "emb.1", "fc", "bias"]
+            .iter()
+            .map(|n| TensorEntry {
+                name: n.to_string(),
+                dtype: Dtype::F32,
+                shape: vec![4, 4],
+                range: 0..0,
+            })
+            .collect()
+    }
+
+    fn msg(text: &str) -> String {
+        ConfigFile::parse(text, "c.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn precedence_defaults_flags_globs_exact() {
+        let text = "[defaults]\nsparsity_level = 0.7\nnorm = \"L2\"\n\n[tensors.\"emb.*\"]\nsparsity_level = 0.9\n[tensors.\"emb.1\"]\nsparsity_level = 0.1\n";
+        let f = ConfigFile::parse(text, "c.toml").unwrap();
+        assert_eq!(f.overrides.len(), 2);
+        let flags = DataNormPatch {
+            sparsity_level: Some(0.3),
+            ..Default::default()
+        };
+        let (base, cs) = resolve(Some(&f), &flags, &ts(), &[0, 1, 2], "in").unwrap();
+        assert_eq!(base.sparsity_level, 0.3);
+        assert_eq!(base.norm, Norm::L2);
+        assert_eq!(
+            cs.iter().map(|c| c.sparsity_level).collect::<Vec<_>>(),
+            [0.9, 0.1, 0.3]
+        );
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let m = msg("[defaults]\nsparsity_level = 0.5\nsparsity = 0.3\n");
+        assert!(
+            m.starts_with("c.toml:3:") && m.contains("`sparsity`"),
+            "{m}"
+        );
+        let m = msg("[defaults]\n\nnorm = \"L3\"\n");
+        assert!(m.starts_with("c.toml:3:") && m.contains("`norm`"), "{m}");
+        let m = msg("sparsity_level = 0.5\n");
+        assert!(
+            m.starts_with("c.toml:1:") && m.contains("[defaults]"),
+            "{m}"
+        );
+        let m = msg("[defaults]\nsparsity_level = \n");
+        assert!(m.starts_with("c.toml:2:"), "{m}");
+        let m = msg("[tensors.\"a\"]\n[tensors.\"b\"]\nblock = [1, 2]\n");
+        assert!(m.starts_with("c.toml:3:") && m.contains("`block`"), "{m}");
+
+        let f = ConfigFile::parse(
+            "[defaults]\nnorm = \"L1\"\n\nsparsity_level = 1.5\n",
+            "c.toml",
+        )
+        .unwrap();
+        let e = resolve(Some(&f), &Default::default(), &ts(), &[0], "in")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("c.toml:4:") && e.contains("sparsity_level"),
+            "{e}"
+        );
+        let f = ConfigFile::parse("[tensors.\"fc\"]\nzeros_per_block = 9\n", "c.toml").unwrap();
+        let e = resolve(Some(&f), &Default::default(), &ts(), &[2], "in")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("c.toml:2:") && e.contains("zeros_per_block"),
+            "{e}"
+        );
+        let f = ConfigFile::parse("\n[tensors.\"nope\"]\nnorm = \"L1\"\n", "c.toml").unwrap();
+        let e = resolve(Some(&f), &Default::default(), &ts(), &[0], "in")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("c.toml:2:") && e.contains("\"nope\""), "{e}");
+        let f = ConfigFile::parse("[tensors.\"x*\"]\nnorm = \"L1\"\n", "c.toml").unwrap();
+        assert!(resolve(Some(&f), &Default::default(), &ts(), &[0], "in").is_err());
+        let f = ConfigFile::parse("[tensors.\"bias\"]\nnorm = \"L1\"\n", "c.toml").unwrap();
+        let e = resolve(Some(&f), &Default::default(), &ts(), &[0], "in")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not selected"), "{e}");
+        let flags = DataNormPatch {
+            zeros_per_block: Some(9),
+            ..Default::default()
+        };
+        let e = resolve(None, &flags, &ts(), &[0], "in")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--zeros-per-block"), "{e}");
+    }
+}

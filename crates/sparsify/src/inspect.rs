@@ -1,0 +1,199 @@
+//! `sparsify inspect`: what a safetensors file holds, and how sparse each tensor is.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use safetensors::Dtype;
+use serde::Serialize;
+
+use crate::checkpoint::Checkpoint;
+use crate::error::Result;
+use crate::report::{self, Table};
+
+/// One tensor of the inspected file.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorInfo {
+    /// Its name.
+    pub name: String,
+    /// Its dtype (safetensors spelling).
+    pub dtype: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its data size.
+    pub bytes: u64,
+    /// Number of elements.
+    pub numel: u64,
+    /// Number of elements equal to zero (`-0.0` counts for floats).
+    pub zeros: u64,
+    /// `zeros / numel` (0 for an empty tensor).
+    pub zero_fraction: f64,
+    /// Whether it is a floating-point tensor `sparsify run` can sparsify.
+    pub float: bool,
+}
+
+/// Totals over the file.
+#[derive(Debug, Clone, Serialize)]
+pub struct InspectTotals {
+    /// Number of tensors.
+    pub tensors: usize,
+    /// File size.
+    pub file_bytes: u64,
+    /// Tensor data bytes.
+    pub bytes: u64,
+    /// Elements.
+    pub numel: u64,
+    /// Zero elements.
+    pub zeros: u64,
+    /// Zero fraction over all elements.
+    pub zero_fraction: f64,
+    /// Zero fraction over floating-point elements.
+    pub float_zero_fraction: f64,
+}
+
+/// What `inspect --report json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct InspectReport {
+    /// The file.
+    pub file: String,
+    /// The `__metadata__`.
+    pub metadata: BTreeMap<String, String>,
+    /// The tensors, in file order.
+    pub tensors: Vec<TensorInfo>,
+    /// Totals.
+    pub totals: InspectTotals,
+}
+
+/// Counts zero elements of little-endian `bytes` of `dtype`, at any alignment. For floats the sign
+/// bit is ignored (so `-0.0` is zero); for integers and bool, all bytes must be zero.
+pub fn count_zeros(dtype: Dtype, bytes: &[u8]) -> u64 {
+    fn count<const N: usize>(bytes: &[u8], sign_mask: u128) -> u64 {
+        bytes
+            .chunks_exact(N)
+            .filter(|c| {
+                let mut v = 0u128;
+                for (i, b) in c.iter().enumerate() {
+                    v |= (*b as u128) << (8 * i);
+                }
+                v & !sign_mask == 0
+            })
+            .count() as u64
+    }
+    match dtype {
+        Dtype::F64 => count::<8>(bytes, 1 << 63),
+        Dtype::F32 => count::<4>(bytes, 1 << 31),
+        Dtype::F16 | Dtype::BF16 => count::<2>(bytes, 1 << 15),
+        Dtype::F8_E4M3 | Dtype::F8_E5M2 => count::<1>(bytes, 1 << 7),
+        other => match other.size() {
+            8 => count::<8>(bytes, 0),
+            4 => count::<4>(bytes, 0),
+            2 => count::<2>(bytes, 0),
+            _ => count::<1>(bytes, 0),
+        },
+    }
+}
+
+/// Inspects `path`.
+pub fn inspect(path: &Path) -> Result<InspectReport> {
+    let ck = Checkpoint::open(path)?;
+    let mut tensors = Vec::with_capacity(ck.tensors().len());
+    for t in ck.tensors() {
+        let bytes = ck.bytes(t);
+        let numel = t.numel() as u64;
+        let zeros = count_zeros(t.dtype, bytes);
+        tensors.push(TensorInfo {
+            name: t.name.clone(),
+            dtype: format!("{:?}", t.dtype),
+            shape: t.shape.clone(),
+            bytes: bytes.len() as u64,
+            numel,
+            zeros,
+            zero_fraction: if numel == 0 {
+                0.0
+            } else {
+                zeros as f64 / numel as f64
+            },
+            float: t.float_dtype().is_some(),
+        });
+    }
+    let sum = |f: &dyn Fn(&TensorInfo) -> u64, only_float: bool| -> u64 {
+        tensors
+            .iter()
+            .filter(|t| !only_float || t.float)
+            .map(f)
+            .sum()
+    };
+    let (numel, zeros) = (sum(&|t| t.numel, false), sum(&|t| t.zeros, false));
+    let (fnumel, fzeros) = (sum(&|t| t.numel, true), sum(&|t| t.zeros, true));
+    let frac = |z: u64, n: u64| if n == 0 { 0.0 } else { z as f64 / n as f64 };
+    Ok(InspectReport {
+        file: path.display().to_string(),
+        metadata: ck.metadata().cloned().unwrap_or_default(),
+        totals: InspectTotals {
+            tensors: tensors.len(),
+            file_bytes: ck.file_len() as u64,
+            bytes: sum(&|t| t.bytes, false),
+            numel,
+            zeros,
+            zero_fraction: frac(zeros, numel),
+            float_zero_fraction: frac(fzeros, fnumel),
+        },
+        tensors,
+    })
+}
+
+impl InspectReport {
+    /// The human-readable table.
+    pub fn render(&self) -> String {
+        let mut t = Table::new(&["tensor", "dtype", "shape", ">bytes", ">zeros"]);
+        for r in &self.tensors {
+            t.row(vec![
+                r.name.clone(),
+                r.dtype.clone(),
+                report::shape(&r.shape),
+                report::bytes(r.bytes),
+                report::percent(r.zero_fraction),
+            ]);
+        }
+        let mut out = format!("{}\n", self.file);
+        out.push_str(&t.render());
+        let tt = &self.totals;
+        out.push_str(&format!(
+            "total: {} tensors, {} of data ({} file), {} zeros ({} of floating-point elements)\n",
+            tt.tensors,
+            report::bytes(tt.bytes),
+            report::bytes(tt.file_bytes),
+            report::percent(tt.zero_fraction),
+            report::percent(tt.float_zero_fraction),
+        ));
+        for (k, v) in &self.metadata {
+            let v = if v.chars().count() > 200 {
+                format!("{}...", v.chars().take(200).collect::<String>())
+            } else {
+                v.clone()
+            };
+            out.push_str(&format!("metadata {k}: {v}\n"));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zeros_of_every_kind() {
+        let f: Vec<u8> = [0.0f32, -0.0, 1.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(count_zeros(Dtype::F32, &f), 2);
+        let i: Vec<u8> = [0i32, i32::MIN, 3]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(count_zeros(Dtype::I32, &i), 1);
+        assert_eq!(count_zeros(Dtype::U8, &[0, 1, 0]), 2);
+        assert_eq!(count_zeros(Dtype::F16, &[0, 0x80, 0, 0x3c]), 1);
+    }
+}

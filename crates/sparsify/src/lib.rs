@@ -1,0 +1,214 @@
+//! # sparsify
+//!
+//! The command-line tool over safetensors checkpoints: a thin layer over the `data-sparsifier`
+//! library, which does all the sparsifying. It is a library as well as a binary so that tests can
+//! call every command in-process.
+//!
+//! ```text
+//! sparsify run INPUT.safetensors -o OUTPUT.safetensors [--tensors GLOB]... [--exclude GLOB]...
+//!     [--sparsity-level F] [--block HxW] [--zeros-per-block N] [--norm l1|l2]
+//!     [--nan-policy error|rank-last] [--config FILE.toml] [--masks MASKS.safetensors]
+//!     [--state STATE.safetensors] [--force] [--report text|json] [--quiet]
+//! sparsify inspect FILE.safetensors [--report json]
+//! sparsify bench [--rows R] [--cols C] [--dtype f32|f16|bf16|f64] [config flags] [--repeat N]
+//! sparsify demo [--out DIR]
+//! ```
+//!
+//! | module | what |
+//! |---|---|
+//! | [`cli`] | arguments |
+//! | [`checkpoint`] | memory-mapped, validated input |
+//! | [`select`] | which tensors are sparsified |
+//! | [`config_file`] | the `--config` TOML file and config precedence |
+//! | [`run`] | `sparsify run` (streaming; see its docs for the memory bound) |
+//! | [`inspect`] | `sparsify inspect` |
+//! | [`bench`](mod@bench) | `sparsify bench` |
+//! | [`demo`] | `sparsify demo` |
+//! | [`report`] | tables and number formats |
+//! | [`alloc`] | the counting allocator behind `bench`'s peak memory |
+//! | [`error`] | one-line errors, exit status 2 |
+//!
+//! ## How large a file it handles
+//!
+//! `run` memory-maps the input and streams the output tensor by tensor, so the checkpoint's size is
+//! bounded by disk, not RAM. With `S` the byte size of the largest *selected* tensor, the heap
+//! peaks at about `S` (that tensor's squashed output buffer) `+ S/(8 * element size)` (its bit
+//! mask) `+ 3 MiB` (write buffers); the mask kernel's scratch is smaller (`sparsify bench`
+//! measures it: 17% of a 1x4-blocked f32 table, mask included) and freed before the output buffer
+//! is allocated. The pages of the mapped input are
+//! page cache that the kernel evicts as needed; count `S` more for the tensor being read. So a
+//! machine with `R` bytes of RAM handles a checkpoint of any size whose largest selected tensor is
+//! below about `R / 2.2`: 16 GB of RAM runs a 100 GB checkpoint whose largest table is 6 GB.
+//! Measured: the 70 MB demo checkpoint (largest table 32 MB) peaks at 35 MB of heap.
+//! `--state` adds every selected tensor's bit mask (1/32 of f32 data) until the end, and copies of
+//! tensors whose bytes are not aligned in the input (files written by the safetensors libraries
+//! are aligned; an unaligned tensor is copied, one at a time, in the main pass too).
+#![warn(missing_docs)]
+
+pub mod alloc;
+pub mod bench;
+pub mod checkpoint;
+pub mod cli;
+pub mod config_file;
+pub mod demo;
+pub mod error;
+pub mod inspect;
+pub mod report;
+pub mod run;
+pub mod select;
+
+use std::ffi::OsString;
+use std::io::Write;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, ReportFormat};
+use crate::error::{CliError, Result};
+use crate::run::Ui;
+
+/// Prints to stdout, ignoring a closed pipe (e.g. `sparsify inspect f | head`).
+fn print_stdout(s: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(s.as_bytes());
+    let _ = out.flush();
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    let s = serde_json::to_string_pretty(v)
+        .map_err(|e| CliError::Usage(format!("cannot encode the report as JSON: {e}")))?;
+    print_stdout(&(s + "\n"));
+    Ok(())
+}
+
+/// Prints a human report: on stdout in text mode, else on stderr (unless quiet) under the JSON.
+fn print_report<T: serde::Serialize>(
+    format: ReportFormat,
+    quiet: bool,
+    text: &str,
+    v: &T,
+) -> Result<()> {
+    match format {
+        ReportFormat::Text => {
+            print_stdout(text);
+            Ok(())
+        }
+        ReportFormat::Json => {
+            if !quiet {
+                eprint!("{text}");
+            }
+            print_json(v)
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub fn execute(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run(a) => {
+            let opts = run::RunOptions {
+                input: a.input,
+                output: a.output,
+                tensors: a.tensors,
+                exclude: a.exclude,
+                flags: a.config.patch(),
+                config: a.config_file,
+                masks: a.masks,
+                state: a.state,
+                force: a.force,
+            };
+            let r = run::run(&opts, Ui { quiet: a.quiet })?;
+            print_report(a.report, a.quiet, &r.render(), &r)
+        }
+        Command::Inspect(a) => {
+            let r = inspect::inspect(&a.file)?;
+            print_report(a.report, false, &r.render(), &r)
+        }
+        Command::Bench(a) => {
+            let opts = bench::BenchOptions {
+                rows: a.rows,
+                cols: a.cols,
+                dtype: a.dtype,
+                flags: a.config.patch(),
+                repeat: a.repeat as usize,
+                seed: a.seed,
+            };
+            let r = bench::bench(&opts)?;
+            print_report(a.report, false, &r.render(), &r)
+        }
+        Command::Demo(a) => {
+            let opts = demo::DemoOptions {
+                out: a.out,
+                force: a.force,
+                seed: a.seed,
+                scale: a.scale,
+            };
+            let r = demo::demo(&opts, Ui { quiet: a.quiet })?;
+            print_report(a.report, a.quiet, &r.render(), &r)
+        }
+    }
+}
+
+/// Folds a clap error into one line (without the usage block).
+fn clap_one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let mut parts = Vec::new();
+    for line in text.lines() {
+        let l = line.trim();
+        if l.starts_with("Usage:") || l.starts_with("For more information") {
+            break;
+        }
+        if !l.is_empty() {
+            parts.push(l.trim_start_matches("error:").trim().to_string());
+        }
+    }
+    format!("{} (see 'sparsify --help')", parts.join(" "))
+}
+
+/// The whole program: parses `args`, runs, prints any error as one line, and returns the exit
+/// status (0 ok, 2 error).
+pub fn main_with(args: impl IntoIterator<Item = OsString>) -> u8 {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let loc = info
+            .location()
+            .map(|l| format!(" at {l}"))
+            .unwrap_or_default();
+        eprintln!(
+            "error: internal error (a bug in sparsify, please report it): {}{loc}",
+            msg.replace('\n', " ")
+        );
+    }));
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    print_stdout(&e.render().to_string());
+                    0
+                }
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    eprint!("{}", e.render());
+                    2
+                }
+                _ => {
+                    eprintln!("error: {}", clap_one_line(&e));
+                    2
+                }
+            };
+        }
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(cli))) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            eprintln!("error: {}", e.one_line());
+            e.exit_code()
+        }
+        Err(_) => 2,
+    }
+}
