@@ -46,8 +46,58 @@ impl MappedFile {
     }
 }
 
+/// Bounds every tensor's data offsets by the file size before the `safetensors` parser sees them.
+///
+/// The parser (0.4.5, and 0.8.0 alike) adds header offsets without overflow checks in its final size
+/// check, so a header claiming an offset near `usize::MAX` panics in debug builds and wraps in
+/// release. Everything else (short files, bad lengths, bad JSON) is left to the parser to report.
+///
+/// ```
+/// use data_sparsifier::safetensors_file::check_offsets;
+/// let header = br#"{"t":{"dtype":"F32","shape":[4611686018427387903],"data_offsets":[0,18446744073709551612]}}"#;
+/// let mut file = (header.len() as u64).to_le_bytes().to_vec();
+/// file.extend_from_slice(header);
+/// assert!(check_offsets(&file).is_err());
+/// ```
+pub fn check_offsets(bytes: &[u8]) -> std::result::Result<(), String> {
+    let Some(len_bytes) = bytes.get(..8) else {
+        return Ok(());
+    };
+    let mut arr = [0u8; 8];
+    arr.copy_from_slice(len_bytes);
+    let Some(header) = usize::try_from(u64::from_le_bytes(arr))
+        .ok()
+        .and_then(|n| n.checked_add(8))
+        .and_then(|end| bytes.get(8..end))
+    else {
+        return Ok(());
+    };
+    let data_len = (bytes.len() - 8 - header.len()) as u64;
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(header)
+    else {
+        return Ok(());
+    };
+    for (name, info) in map.iter().filter(|(n, _)| *n != "__metadata__") {
+        let offsets = info.get("data_offsets").and_then(|o| o.as_array());
+        if offsets.is_some_and(|o| o.iter().any(|o| o.as_u64().is_some_and(|o| o > data_len))) {
+            return Err(format!(
+                "the data of tensor {name:?} would end past the end of the file (truncated?)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn checked(bytes: &[u8], source: &str) -> Result<()> {
+    check_offsets(bytes).map_err(|message| Error::Safetensors {
+        source_name: Some(source.to_string()),
+        message,
+    })
+}
+
 /// Parses safetensors bytes, mapping the parser's error into [`Error::Safetensors`].
 pub fn parse<'a>(bytes: &'a [u8], source: &str) -> Result<safetensors::SafeTensors<'a>> {
+    checked(bytes, source)?;
     safetensors::SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors {
         source_name: Some(source.to_string()),
         message: e.to_string(),
@@ -56,6 +106,7 @@ pub fn parse<'a>(bytes: &'a [u8], source: &str) -> Result<safetensors::SafeTenso
 
 /// Reads only the `__metadata__` of safetensors bytes.
 pub fn read_metadata(bytes: &[u8], source: &str) -> Result<Option<BTreeMap<String, String>>> {
+    checked(bytes, source)?;
     let (_, meta) =
         safetensors::SafeTensors::read_metadata(bytes).map_err(|e| Error::Safetensors {
             source_name: Some(source.to_string()),

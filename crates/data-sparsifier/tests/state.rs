@@ -377,3 +377,13 @@ proptest! {
         let _ = load_bytes(&bytes);
     }
 }
+
+#[test]
+fn huge_header_offsets_are_an_error_not_a_panic() {
+    // safetensors' own parser adds these offsets unchecked (a panic in debug builds).
+    let header = br#"{"__metadata__":{"format":"data-sparsifier/state"},"data/x":{"dtype":"F32","shape":[4611686018427387903],"data_offsets":[0,18446744073709551612]}}"#;
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(header);
+    file.extend_from_slice(&[0; 4]);
+    assert!(matches!(load_bytes(&file), Err(Error::Safetensors { .. })));
+}

@@ -79,46 +79,6 @@ fn describe(e: &SafeTensorError) -> String {
     }
 }
 
-/// Bounds every tensor's data offsets by the file size before the `safetensors` parser sees them:
-/// its final size check adds offsets without overflow checks, so a header claiming an offset near
-/// `usize::MAX` would panic (debug) or wrap (release) there. Everything else is left to the parser.
-fn precheck(bytes: &[u8]) -> std::result::Result<(), String> {
-    let Some(len_bytes) = bytes.get(..8) else {
-        return Ok(()); // the parser reports the short header
-    };
-    let mut arr = [0u8; 8];
-    arr.copy_from_slice(len_bytes);
-    let n = u64::from_le_bytes(arr);
-    let Some(header) = usize::try_from(n)
-        .ok()
-        .and_then(|n| n.checked_add(8))
-        .and_then(|end| bytes.get(8..end))
-    else {
-        return Ok(()); // the parser reports the bad length
-    };
-    let data_len = (bytes.len() - 8 - header.len()) as u64;
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(header)
-    else {
-        return Ok(()); // the parser reports the bad JSON
-    };
-    for (name, info) in &map {
-        if name == "__metadata__" {
-            continue;
-        }
-        let offsets = info.get("data_offsets").and_then(|o| o.as_array());
-        if let Some(offsets) = offsets {
-            for o in offsets {
-                if o.as_u64().is_some_and(|o| o > data_len) {
-                    return Err(format!(
-                        "the data of tensor {name:?} would end past the end of the file (truncated?)"
-                    ));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 impl Checkpoint {
     /// Maps and validates `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
@@ -160,7 +120,7 @@ impl Checkpoint {
     pub fn parse(
         bytes: &[u8],
     ) -> std::result::Result<(Vec<TensorEntry>, Option<BTreeMap<String, String>>), String> {
-        precheck(bytes)?;
+        data_sparsifier::safetensors_file::check_offsets(bytes)?;
         let (header_len, meta) =
             safetensors::SafeTensors::read_metadata(bytes).map_err(|e| describe(&e))?;
         let base = 8 + header_len;
