@@ -16,6 +16,7 @@
 //! | `Embedding` / `EmbeddingBag` lookup modules | [`embedding`] |
 //! | the container and the [`UpdateMask`] trait | [`sparsifier`] |
 //! | saved state (one safetensors file) | [`state`] |
+//! | data scheduler: a config field over steps/epochs | [`scheduler`] |
 //! | atomic file output | [`io`] |
 //! | memory-mapped reading, streaming order-preserving writing | [`safetensors_file`] |
 //!
@@ -33,6 +34,7 @@ pub mod io;
 pub mod mask;
 pub mod random;
 pub mod safetensors_file;
+pub mod scheduler;
 pub mod sparsifier;
 pub mod state;
 pub mod tensor;
