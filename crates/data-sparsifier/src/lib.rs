@@ -15,6 +15,7 @@
 //! | where an entry's data lives (ours, or another framework's) | [`handle`] |
 //! | `Embedding` / `EmbeddingBag` lookup modules | [`embedding`] |
 //! | the container and the [`UpdateMask`] trait | [`sparsifier`] |
+//! | block-norm sparsification (PyTorch's `DataNormSparsifier`) | [`norm`] |
 //! | saved state (one safetensors file) | [`state`] |
 //! | data scheduler: a config field over steps/epochs | [`scheduler`] |
 //! | atomic file output | [`io`] |
@@ -32,6 +33,7 @@ pub mod error;
 pub mod handle;
 pub mod io;
 pub mod mask;
+pub mod norm;
 pub mod random;
 pub mod safetensors_file;
 pub mod scheduler;
@@ -47,6 +49,10 @@ pub use embedding::{BagMode, Bags, Embedding, EmbeddingBag};
 pub use error::{Error, Result};
 pub use handle::{ExternalTensor, Handle};
 pub use mask::Mask;
+pub use norm::{
+    compute_mask, pruned_block_count, DataNorm, DataNormConfig, DataNormPatch, DataNormSparsifier,
+    NanPolicy, Norm,
+};
 pub use sparsifier::{validate_name, Config, DataSparsifier, MaskedView, UpdateMask, Version};
 pub use state::{write_state_file, EntryState, EntryView, SparsifierState, StateDict};
 pub use tensor::{Parameter, Slice, Storage, Tensor, TensorView};

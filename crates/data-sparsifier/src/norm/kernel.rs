@@ -1,0 +1,575 @@
+//! The mask kernel: orchestrates the score pass and the selection, then writes the mask 64 bits at
+//! a time in one parallel pass over row chunks.
+//!
+//! Mask layout reminder: cell `(r, c)` of an `h × w` matrix is bit `(r·w + c) % 64` of word
+//! `(r·w + c) / 64`. Tasks own whole words: a task's rows start on a word boundary (`r·w % 64 == 0`)
+//! and on a block-row boundary, so tasks never share a word.
+
+use rayon::prelude::*;
+
+use super::config::{DataNormConfig, NanPolicy, Norm};
+use super::pruned_block_count;
+use super::scores::{self, Grid, Key, NormKind, ScoreElem, L1, L2};
+use super::select::{self, Threshold};
+use crate::error::{Error, Result};
+use crate::mask::Mask;
+
+/// Target cells per parallel task.
+const TASK_CELLS: usize = 1 << 17;
+
+fn gcd(mut a: usize, mut b: usize) -> usize {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// How rows are split into parallel tasks.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    /// Block rows per task: their data rows fill whole mask words.
+    brs: usize,
+    /// Mask words per task.
+    words: usize,
+}
+
+impl Plan {
+    fn new(g: &Grid) -> Plan {
+        // Smallest row count that is a multiple of bh and whose cell count is a multiple of 64.
+        let word_rows = 64 / gcd(g.w % 64, 64).max(1);
+        let word_rows = if g.w % 64 == 0 { 1 } else { word_rows };
+        let unit = g.bh / gcd(g.bh, word_rows) * word_rows;
+        let unit_cells = unit.saturating_mul(g.w).max(1);
+        let rows = unit.saturating_mul((TASK_CELLS / unit_cells).max(1));
+        Plan {
+            brs: rows / g.bh,
+            words: rows.saturating_mul(g.w) / 64,
+        }
+    }
+}
+
+/// Which blocks the mask pass prunes.
+#[derive(Clone, Copy, Debug)]
+enum Prune<K> {
+    /// Every block.
+    All,
+    /// Blocks with a key `<= thr`.
+    Le(K),
+    /// Blocks with a key `< thr`, plus a per-task budget of blocks `== thr` (lowest index first).
+    Budget(K),
+}
+
+/// Appends bits to a word slice, least significant first.
+struct BitWriter<'a> {
+    out: &'a mut [u64],
+    idx: usize,
+    acc: u64,
+    pos: u32,
+}
+
+impl<'a> BitWriter<'a> {
+    fn new(out: &'a mut [u64]) -> Self {
+        BitWriter {
+            out,
+            idx: 0,
+            acc: 0,
+            pos: 0,
+        }
+    }
+    /// Appends the low `n` bits of `bits` (`1 <= n <= 64`; higher bits must be zero).
+    #[inline(always)]
+    fn push(&mut self, bits: u64, n: u32) {
+        debug_assert!((1..=64).contains(&n) && (n == 64 || bits >> n == 0));
+        self.acc |= bits << self.pos;
+        let total = self.pos + n;
+        if total >= 64 {
+            self.out[self.idx] = self.acc;
+            self.idx += 1;
+            self.acc = if self.pos == 0 {
+                0
+            } else {
+                bits >> (64 - self.pos)
+            };
+            self.pos = total - 64;
+        } else {
+            self.pos = total;
+        }
+    }
+    /// Appends the first `n` bits of a word slice.
+    #[inline(always)]
+    fn push_words(&mut self, src: &[u64], n: usize) {
+        let full = n / 64;
+        if self.pos == 0 {
+            self.out[self.idx..self.idx + full].copy_from_slice(&src[..full]);
+            self.idx += full;
+        } else {
+            for &w in &src[..full] {
+                self.push(w, 64);
+            }
+        }
+        let rem = (n % 64) as u32;
+        if rem > 0 {
+            self.push(src[full] & low_bits(rem), rem);
+        }
+    }
+    /// Appends `n` copies of one bit.
+    #[inline(always)]
+    fn push_fill(&mut self, keep: bool, mut n: usize) {
+        let v = if keep { u64::MAX } else { 0 };
+        while n >= 64 {
+            self.push(v, 64);
+            n -= 64;
+        }
+        if n > 0 {
+            self.push(v & low_bits(n as u32), n as u32);
+        }
+    }
+    fn finish(self) {
+        if self.pos > 0 {
+            self.out[self.idx] = self.acc;
+        }
+    }
+}
+
+/// The low `n` bits set (`n <= 64`).
+#[inline(always)]
+fn low_bits(n: u32) -> u64 {
+    if n >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << n) - 1
+    }
+}
+
+/// `len <= 64` bits of a bitset starting at bit `start` (bits past the end read as 0).
+#[inline(always)]
+fn get_bits(bits: &[u64], start: usize, len: u32) -> u64 {
+    let (w, o) = (start / 64, (start % 64) as u32);
+    let lo = bits.get(w).copied().unwrap_or(0) >> o;
+    let v = if o == 0 {
+        lo
+    } else {
+        lo | (bits.get(w + 1).copied().unwrap_or(0) << (64 - o))
+    };
+    v & low_bits(len)
+}
+
+/// ORs the low `n` bits of `v` into a bitset at bit `start` (`n <= 64`).
+#[inline(always)]
+fn or_bits(bits: &mut [u64], start: usize, v: u64, n: u32) {
+    let (w, o) = (start / 64, (start % 64) as u32);
+    bits[w] |= v << o;
+    if o != 0 && o + n > 64 {
+        bits[w + 1] |= v >> (64 - o);
+    }
+}
+
+/// Spreads flag `i` of `f` to bits `i·bw .. (i+1)·bw` (`bw` a power of two up to 64; `64 / bw`
+/// flags).
+#[inline(always)]
+fn spread(f: u64, bw: usize) -> u64 {
+    match bw {
+        1 => f,
+        2 => {
+            let mut x = f & 0xFFFF_FFFF;
+            x = (x | (x << 16)) & 0x0000_FFFF_0000_FFFF;
+            x = (x | (x << 8)) & 0x00FF_00FF_00FF_00FF;
+            x = (x | (x << 4)) & 0x0F0F_0F0F_0F0F_0F0F;
+            x = (x | (x << 2)) & 0x3333_3333_3333_3333;
+            x = (x | (x << 1)) & 0x5555_5555_5555_5555;
+            x * 0x3
+        }
+        4 => {
+            let mut x = f & 0xFFFF;
+            x = (x | (x << 24)) & 0x0000_00FF_0000_00FF;
+            x = (x | (x << 12)) & 0x000F_000F_000F_000F;
+            x = (x | (x << 6)) & 0x0303_0303_0303_0303;
+            x = (x | (x << 3)) & 0x1111_1111_1111_1111;
+            x * 0xF
+        }
+        8 => {
+            let mut x = f & 0xFF;
+            x = (x | (x << 28)) & 0x0000_000F_0000_000F;
+            x = (x | (x << 14)) & 0x0003_0003_0003_0003;
+            x = (x | (x << 7)) & 0x0101_0101_0101_0101;
+            x * 0xFF
+        }
+        16 => {
+            let mut x = f & 0xF;
+            x = (x | (x << 30)) & 0x0000_0003_0000_0003;
+            x = (x | (x << 15)) & 0x0001_0001_0001_0001;
+            x * 0xFFFF
+        }
+        32 => ((f & 1) | ((f & 2) << 31)) * 0xFFFF_FFFF,
+        _ => {
+            if f & 1 == 1 {
+                u64::MAX
+            } else {
+                0
+            }
+        }
+    }
+}
+
+/// Builds the `w`-bit row pattern of one block row: 1 for the cells of kept blocks.
+fn row_pattern(kept: &[u64], g: &Grid, out: &mut [u64]) {
+    let bw = g.bw;
+    if bw.is_power_of_two() && bw <= 64 {
+        let per = 64 / bw;
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = spread(get_bits(kept, j * per, per as u32), bw);
+        }
+    } else {
+        let mut wr = BitWriter::new(out);
+        for bc in 0..g.nbc {
+            let k = (kept[bc / 64] >> (bc % 64)) & 1 == 1;
+            wr.push_fill(k, g.cols_of(bc).len());
+        }
+        wr.finish();
+    }
+}
+
+/// Bits of the cells to keep in pruned block `(br, bc)` when only the `z` smallest of its `m` real
+/// cells are zeroed (`0 < z < m`), ORed into the per-row bitsets `rows` (one per data row of the
+/// block row, `row_words` words each). Cells are compared by key, then by row-major index in the
+/// block: lower first.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn keep_cells<T: ScoreElem, N: NormKind>(
+    data: &[T],
+    g: &Grid,
+    br: usize,
+    bc: usize,
+    z: usize,
+    rows: &mut [u64],
+    row_words: usize,
+    heap: &mut Vec<<T::Key as Key>::Packed>,
+) {
+    let (rr, cc) = (g.rows_of(br), g.cols_of(bc));
+    let (nr, cw) = (rr.len(), cc.len());
+    let m = nr * cw;
+    let mut stack = [<T::Key as Key>::Packed::default(); 64];
+    let vals: &mut [<T::Key as Key>::Packed] = if m <= 64 {
+        &mut stack[..m]
+    } else {
+        heap.clear();
+        heap.resize(m, Default::default());
+        &mut heap[..]
+    };
+    let mut i = 0u32;
+    for r in rr.clone() {
+        for &x in &data[r * g.w + cc.start..r * g.w + cc.end] {
+            vals[i as usize] = N::cell_key(x).pack(i);
+            i += 1;
+        }
+    }
+    // t = the z-th smallest packed value; exactly z values are <= t (packed values are distinct).
+    let t = if m <= 8 {
+        let mut t = vals[0];
+        for &v in vals.iter() {
+            let rank = vals.iter().filter(|&&u| u < v).count();
+            if rank == z - 1 {
+                t = v;
+            }
+        }
+        t
+    } else {
+        let mut scratch = [<T::Key as Key>::Packed::default(); 64];
+        let mut heap2;
+        let s: &mut [<T::Key as Key>::Packed] = if m <= 64 {
+            scratch[..m].copy_from_slice(vals);
+            &mut scratch[..m]
+        } else {
+            heap2 = vals.to_vec();
+            &mut heap2[..]
+        };
+        *s.select_nth_unstable(z - 1).1
+    };
+    for (ri, row_vals) in vals.chunks(cw).enumerate() {
+        let row = &mut rows[ri * row_words..(ri + 1) * row_words];
+        for (piece, pv) in row_vals.chunks(64).enumerate() {
+            let mut bits = 0u64;
+            for (j, &v) in pv.iter().enumerate() {
+                bits |= ((v > t) as u64) << j;
+            }
+            or_bits(row, cc.start + piece * 64, bits, pv.len() as u32);
+        }
+    }
+}
+
+/// Writes the whole mask (`words`) given which blocks are pruned.
+#[allow(clippy::too_many_arguments)]
+fn mask_pass<T: ScoreElem, N: NormKind>(
+    data: &[T],
+    g: &Grid,
+    plan: &Plan,
+    zpb: usize,
+    keys: &[T::Key],
+    prune: Prune<T::Key>,
+    budgets: &[usize],
+    words: &mut [u64],
+) {
+    let row_words = g.w.div_ceil(64);
+    let kept_words = g.nbc.div_ceil(64);
+    let vpb = g.bh * g.bw;
+    let partial_possible = zpb < vpb;
+    words
+        .par_chunks_mut(plan.words.max(1))
+        .enumerate()
+        .for_each(|(task, out)| {
+            let br0 = task * plan.brs;
+            let br1 = ((task + 1) * plan.brs).min(g.nbr);
+            let mut budget = budgets.get(task).copied().unwrap_or(0);
+            let mut kept = vec![0u64; kept_words];
+            let mut pat = vec![0u64; row_words];
+            let mut rows_buf = if partial_possible {
+                vec![0u64; row_words * g.bh]
+            } else {
+                Vec::new()
+            };
+            let mut heap = Vec::new();
+            let mut wr = BitWriter::new(out);
+            for br in br0..br1 {
+                let nrows = g.rows_of(br).len();
+                // Kept flags of this block row, 1 bit per block.
+                let mut n_pruned = 0usize;
+                match prune {
+                    Prune::All => {
+                        kept.fill(0);
+                        n_pruned = g.nbc;
+                    }
+                    Prune::Le(thr) => {
+                        let row_keys = &keys[br * g.nbc..(br + 1) * g.nbc];
+                        for (kw, ks) in kept.iter_mut().zip(row_keys.chunks(64)) {
+                            let mut bits = 0u64;
+                            for (j, &k) in ks.iter().enumerate() {
+                                bits |= ((k > thr) as u64) << j;
+                            }
+                            n_pruned += ks.len() - bits.count_ones() as usize;
+                            *kw = bits;
+                        }
+                    }
+                    Prune::Budget(thr) => {
+                        let row_keys = &keys[br * g.nbc..(br + 1) * g.nbc];
+                        for (kw, ks) in kept.iter_mut().zip(row_keys.chunks(64)) {
+                            let mut bits = 0u64;
+                            for (j, &k) in ks.iter().enumerate() {
+                                let keep = if k == thr && budget > 0 {
+                                    budget -= 1;
+                                    false
+                                } else {
+                                    k >= thr
+                                };
+                                bits |= (keep as u64) << j;
+                            }
+                            n_pruned += ks.len() - bits.count_ones() as usize;
+                            *kw = bits;
+                        }
+                    }
+                }
+                if n_pruned == 0 {
+                    for _ in 0..nrows {
+                        wr.push_fill(true, g.w);
+                    }
+                    continue;
+                }
+                // Whether some pruned block of this row keeps cells: one with more real cells than
+                // zpb (the widest block of the row has nrows * min(bw, w) cells).
+                let whole = !(partial_possible && zpb < nrows * g.bw.min(g.w));
+                if n_pruned == g.nbc && whole {
+                    for _ in 0..nrows {
+                        wr.push_fill(false, g.w);
+                    }
+                    continue;
+                }
+                row_pattern(&kept, g, &mut pat);
+                if whole {
+                    for _ in 0..nrows {
+                        wr.push_words(&pat, g.w);
+                    }
+                    continue;
+                }
+                let rows = &mut rows_buf[..nrows * row_words];
+                for r in rows.chunks_mut(row_words) {
+                    r.copy_from_slice(&pat);
+                }
+                for bc in 0..g.nbc {
+                    if (kept[bc / 64] >> (bc % 64)) & 1 == 1 {
+                        continue;
+                    }
+                    let m = nrows * g.cols_of(bc).len();
+                    if zpb < m {
+                        keep_cells::<T, N>(data, g, br, bc, zpb, rows, row_words, &mut heap);
+                    }
+                }
+                for r in rows.chunks(row_words) {
+                    wr.push_words(r, g.w);
+                }
+            }
+            wr.finish();
+        });
+}
+
+/// The NaN error for the first NaN of `data` (a parallel scan; only on the error path).
+fn nan_error<T: ScoreElem>(name: &str, data: &[T], w: usize) -> Error {
+    let index = data.par_iter().position_first(|x| x.is_nan()).unwrap_or(0);
+    Error::NanInData {
+        name: name.to_string(),
+        index,
+        row: index / w.max(1),
+        col: index % w.max(1),
+    }
+}
+
+/// Computes the mask of `h × w` data (`data.len() == h·w`, both > 0) into `mask` (same element
+/// count). The config is already validated.
+pub(crate) fn run<T: ScoreElem>(
+    name: &str,
+    data: &[T],
+    h: usize,
+    w: usize,
+    config: &DataNormConfig,
+    mask: &mut Mask,
+) -> Result<()> {
+    match config.norm {
+        Norm::L1 => run_norm::<T, L1>(name, data, h, w, config, mask),
+        Norm::L2 => run_norm::<T, L2>(name, data, h, w, config, mask),
+    }
+}
+
+fn run_norm<T: ScoreElem, N: NormKind>(
+    name: &str,
+    data: &[T],
+    h: usize,
+    w: usize,
+    config: &DataNormConfig,
+    mask: &mut Mask,
+) -> Result<()> {
+    let (bh, bw) = config.sparse_block_shape;
+    let g = Grid::new(h, w, bh, bw);
+    let nb = g.num_blocks();
+    let zpb = config.zeros_per_block_effective();
+    let k = pruned_block_count(config.sparsity_level, nb);
+    let nan_error_policy = config.nan_policy == NanPolicy::Error;
+
+    if k == 0 || zpb == 0 {
+        // Nothing is zeroed.
+        if nan_error_policy && data.par_iter().any(|x| x.is_nan()) {
+            return Err(nan_error(name, data, w));
+        }
+        mask.fill(true);
+        return Ok(());
+    }
+    let plan = Plan::new(&g);
+    if k == nb {
+        // Every block is pruned (e.g. N:M sparsity): no scores are needed.
+        if nan_error_policy && data.par_iter().any(|x| x.is_nan()) {
+            return Err(nan_error(name, data, w));
+        }
+        mask_pass::<T, N>(
+            data,
+            &g,
+            &plan,
+            zpb,
+            &[],
+            Prune::All,
+            &[],
+            &mut mask.words_mut(),
+        );
+        return Ok(());
+    }
+
+    let bracket = (nb > select::SMALL).then(|| {
+        let pos = select::sample_positions(nb);
+        let sample: Vec<T::Key> = pos
+            .par_iter()
+            .map(|&i| scores::block_key::<T, N>(data, &g, i / g.nbc, i % g.nbc))
+            .collect();
+        select::bracket_from_sample(sample, nb, k)
+    });
+    let mut keys = vec![T::Key::default(); nb];
+    let stats = scores::score_pass::<T, N>(data, &g, &mut keys, plan.brs, bracket);
+    if nan_error_policy && stats.has_nan {
+        return Err(nan_error(name, data, w));
+    }
+    let thr: Threshold<T::Key> = match &bracket {
+        None => select::small_select(&keys, k),
+        Some(b) => match select::from_bracket(b, stats, k) {
+            Some(t) => t,
+            None => select::radix_select(&keys, k),
+        },
+    };
+    let (prune, budgets) = if thr.need_eq == thr.count_eq {
+        (Prune::Le(thr.key), Vec::new())
+    } else {
+        let budgets = select::eq_budgets(&keys, plan.brs * g.nbc, thr.key, thr.need_eq);
+        (Prune::Budget(thr.key), budgets)
+    };
+    mask_pass::<T, N>(
+        data,
+        &g,
+        &plan,
+        zpb,
+        &keys,
+        prune,
+        &budgets,
+        &mut mask.words_mut(),
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_matches_naive() {
+        for bw in [1usize, 2, 4, 8, 16, 32, 64] {
+            for seed in 0..50u64 {
+                let f = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (seed << 7);
+                let per = 64 / bw;
+                let mut want = 0u64;
+                for i in 0..per {
+                    if (f >> i) & 1 == 1 {
+                        want |= low_bits(bw as u32) << (i * bw);
+                    }
+                }
+                assert_eq!(spread(f & low_bits(per as u32), bw), want, "bw {bw}");
+            }
+        }
+    }
+
+    #[test]
+    fn bit_writer_round_trips() {
+        let mut out = vec![0u64; 4];
+        let mut wr = BitWriter::new(&mut out);
+        let mut model = Vec::new();
+        for (i, n) in [3u32, 64, 1, 17, 60, 64, 2].iter().enumerate() {
+            let bits = (0x5A5A_5A5A_5A5A_5A5Au64.rotate_left(i as u32)) & low_bits(*n);
+            wr.push(bits, *n);
+            model.extend((0..*n).map(|j| (bits >> j) & 1 == 1));
+        }
+        wr.finish();
+        for (i, &b) in model.iter().enumerate() {
+            assert_eq!((out[i / 64] >> (i % 64)) & 1 == 1, b, "bit {i}");
+        }
+    }
+
+    #[test]
+    fn plans_align_tasks_to_words_and_block_rows() {
+        for (h, w, bh) in [
+            (1000, 64, 1),
+            (1000, 3, 4),
+            (50, 7, 3),
+            (10, 100, 7),
+            (5, 1, 2),
+        ] {
+            let g = Grid::new(h, w, bh, 2);
+            let p = Plan::new(&g);
+            let rows = p.brs * bh;
+            assert!(rows > 0);
+            assert_eq!(rows * w % 64, 0);
+            assert_eq!(p.words * 64, rows * w);
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! Linear-time selection of the pruning threshold, with the tie-break "lowest block index first".
+//!
+//! Given the block keys and `k`, find the k-th smallest key `thr`. Every block with a key below
+//! `thr` is pruned, plus the first `need_eq` blocks (in row-major block order) whose key equals
+//! `thr`. Nothing is sorted:
+//!
+//! 1. a sample of block keys (computed straight from the data, before the score pass) gives a
+//!    narrow key interval expected to hold the k-th key;
+//! 2. the score pass counts the keys below and at the ends of that interval and collects the few
+//!    strictly inside ([`score_pass`](super::scores::score_pass));
+//! 3. `select_nth_unstable` on those few finds `thr`.
+//!
+//! If the interval missed (unlucky sample, or more keys inside than expected), a radix select on the
+//! key bits (16 bits per parallel histogram pass) finds `thr` exactly instead. Either way the result
+//! is exact; only the time differs.
+
+use rayon::prelude::*;
+
+use super::scores::{Bracket, Key, PassStats};
+
+/// Keys at most this many are selected by copying them (no bracket).
+pub(crate) const SMALL: usize = 1 << 15;
+/// Sample size for the bracket.
+const SAMPLE: usize = 1 << 14;
+
+/// The pruning threshold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Threshold<K> {
+    /// The k-th smallest key.
+    pub key: K,
+    /// Blocks with a key `< key`.
+    pub count_lt: usize,
+    /// Blocks with a key `== key`.
+    pub count_eq: usize,
+    /// How many of the `== key` blocks are pruned (lowest block index first): `k - count_lt`.
+    pub need_eq: usize,
+}
+
+impl<K: Key> Threshold<K> {
+    fn new(key: K, count_lt: usize, count_eq: usize, k: usize) -> Self {
+        debug_assert!(count_lt < k && k <= count_lt + count_eq);
+        Threshold {
+            key,
+            count_lt,
+            count_eq,
+            need_eq: k - count_lt,
+        }
+    }
+}
+
+/// Deterministic sample positions in `0..n` (one per stride, jittered by a hash).
+pub(crate) fn sample_positions(n: usize) -> Vec<usize> {
+    let s = SAMPLE.min(n);
+    let stride = n / s;
+    (0..s)
+        .map(|i| {
+            let mut z = (i as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            i * stride + (z % stride.max(1) as u64) as usize
+        })
+        .collect()
+}
+
+/// The bracket for rank `k` (1-based) of `n` keys from a sample of keys.
+pub(crate) fn bracket_from_sample<K: Key>(mut sample: Vec<K>, n: usize, k: usize) -> Bracket<K> {
+    sample.sort_unstable();
+    let s = sample.len();
+    let p = k as f64 / n as f64;
+    let q = (p * s as f64) as isize - 1;
+    let delta = (4.0 * (s as f64 * p * (1.0 - p)).sqrt()) as isize + 8;
+    let lo = if q - delta < 0 {
+        K::MIN
+    } else {
+        sample[(q - delta) as usize]
+    };
+    let hi = if q + delta >= s as isize {
+        K::MAX
+    } else {
+        sample[(q + delta) as usize]
+    };
+    Bracket {
+        lo,
+        hi,
+        cap: (n / 16).max(4096),
+    }
+}
+
+/// The threshold from the score pass's bracket statistics, or `None` if the bracket missed.
+pub(crate) fn from_bracket<K: Key>(
+    b: &Bracket<K>,
+    mut st: PassStats<K>,
+    k: usize,
+) -> Option<Threshold<K>> {
+    if k <= st.lt_lo {
+        return None;
+    }
+    if k <= st.lt_lo + st.eq_lo {
+        return Some(Threshold::new(b.lo, st.lt_lo, st.eq_lo, k));
+    }
+    if st.overflow {
+        return None;
+    }
+    let below = st.lt_lo + st.eq_lo;
+    let c = st.inside.len();
+    if k <= below + c {
+        let (_, &mut key, _) = st.inside.select_nth_unstable(k - below - 1);
+        let lt = st.inside.iter().filter(|&&x| x < key).count();
+        let eq = st.inside.iter().filter(|&&x| x == key).count();
+        return Some(Threshold::new(key, below + lt, eq, k));
+    }
+    if b.hi != b.lo && k <= below + c + st.eq_hi {
+        return Some(Threshold::new(b.hi, below + c, st.eq_hi, k));
+    }
+    None
+}
+
+/// The threshold for a small key set: copy and `select_nth_unstable`.
+pub(crate) fn small_select<K: Key>(keys: &[K], k: usize) -> Threshold<K> {
+    let mut v = keys.to_vec();
+    let (_, &mut key, _) = v.select_nth_unstable(k - 1);
+    let (lt, eq) = count_lt_eq_seq(keys, key);
+    Threshold::new(key, lt, eq, k)
+}
+
+fn count_lt_eq_seq<K: Key>(keys: &[K], key: K) -> (usize, usize) {
+    keys.iter().fold((0, 0), |(lt, eq), &x| {
+        (lt + (x < key) as usize, eq + (x == key) as usize)
+    })
+}
+
+const PAR_KEYS: usize = 1 << 16;
+
+/// The exact k-th smallest key (1-based `k`, `1 <= k <= keys.len()`) by radix selection on 16-bit
+/// digits, most significant first: one parallel histogram pass per digit, over the keys that share
+/// the digits found so far. No extra memory beyond the 65536-bin histograms.
+pub(crate) fn radix_select<K: Key>(keys: &[K], k: usize) -> Threshold<K> {
+    const DIGIT: u32 = 16;
+    let mut prefix: u64 = 0;
+    let mut known = 0u32;
+    let mut rank = k; // 1-based rank among keys that match the prefix
+    while known < K::BITS {
+        let shift = K::BITS - known - DIGIT;
+        let matches = |x: u64| known == 0 || (x >> (shift + DIGIT)) == prefix;
+        let hist = keys
+            .par_chunks(PAR_KEYS)
+            .fold(
+                || vec![0usize; 1 << DIGIT],
+                |mut h, c| {
+                    for &x in c {
+                        let x = x.to_u64();
+                        if matches(x) {
+                            h[((x >> shift) & 0xffff) as usize] += 1;
+                        }
+                    }
+                    h
+                },
+            )
+            .reduce(
+                || vec![0usize; 1 << DIGIT],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            );
+        let mut digit = 0usize;
+        for (d, &c) in hist.iter().enumerate() {
+            if rank <= c {
+                digit = d;
+                break;
+            }
+            rank -= c;
+        }
+        prefix = (prefix << DIGIT) | digit as u64;
+        known += DIGIT;
+    }
+    let key = K::from_u64(prefix);
+    let (lt, eq) = count_lt_eq(keys, key);
+    Threshold::new(key, lt, eq, k)
+}
+
+/// Parallel count of keys `< key` and `== key`.
+pub(crate) fn count_lt_eq<K: Key>(keys: &[K], key: K) -> (usize, usize) {
+    keys.par_chunks(PAR_KEYS)
+        .map(|c| count_lt_eq_seq(c, key))
+        .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+}
+
+/// Per-task counts of keys `== key`, `per_task` keys per task (the mask pass's tasks), turned into
+/// each task's share of the `need` equal keys to prune: the lowest block indices get them.
+pub(crate) fn eq_budgets<K: Key>(keys: &[K], per_task: usize, key: K, need: usize) -> Vec<usize> {
+    let counts: Vec<usize> = keys
+        .par_chunks(per_task.max(1))
+        .map(|c| c.iter().filter(|&&x| x == key).count())
+        .collect();
+    let mut left = need;
+    counts
+        .into_iter()
+        .map(|c| {
+            let take = c.min(left);
+            left -= take;
+            take
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn naive<K: Key>(keys: &[K], k: usize) -> Threshold<K> {
+        let mut v = keys.to_vec();
+        v.sort();
+        let key = v[k - 1];
+        let (lt, eq) = count_lt_eq_seq(keys, key);
+        Threshold::new(key, lt, eq, k)
+    }
+
+    proptest! {
+        #[test]
+        fn radix_and_small_match_sorting(keys in proptest::collection::vec(0u32..50, 1..300), kf in 0.0f64..1.0, shift in 0u32..20) {
+            let keys: Vec<u32> = keys.into_iter().map(|x| x << shift).collect();
+            let k = 1 + ((keys.len() - 1) as f64 * kf) as usize;
+            let want = naive(&keys, k);
+            prop_assert_eq!(radix_select(&keys, k), want);
+            prop_assert_eq!(small_select(&keys, k), want);
+            let k64: Vec<u64> = keys.iter().map(|&x| (x as u64) << 20 | 7).collect();
+            let t = radix_select(&k64, k);
+            prop_assert_eq!(t, naive(&k64, k));
+            let k16: Vec<u16> = keys.iter().map(|&x| (x >> shift) as u16).collect();
+            prop_assert_eq!(radix_select(&k16, k), naive(&k16, k));
+        }
+
+        #[test]
+        fn bracket_is_exact_when_it_hits(keys in proptest::collection::vec(0u32..1000, 1..3000), kf in 0.0f64..1.0) {
+            let n = keys.len();
+            let k = 1 + ((n - 1) as f64 * kf) as usize;
+            let sample: Vec<u32> = sample_positions(n).iter().map(|&i| keys[i]).collect();
+            let b = bracket_from_sample(sample, n, k);
+            let mut st = PassStats::default();
+            for &x in &keys {
+                st.lt_lo += (x < b.lo) as usize;
+                st.eq_lo += (x == b.lo) as usize;
+                if b.hi != b.lo { st.eq_hi += (x == b.hi) as usize; }
+                if x > b.lo && x < b.hi { st.inside.push(x); }
+            }
+            if let Some(t) = from_bracket(&b, st, k) {
+                prop_assert_eq!(t, naive(&keys, k));
+            }
+        }
+    }
+
+    #[test]
+    fn budgets_go_to_the_lowest_indices() {
+        let keys = [3u32, 1, 3, 3, 0, 3, 3];
+        assert_eq!(eq_budgets(&keys, 2, 3, 3), vec![1, 2, 0, 0]);
+        assert_eq!(eq_budgets(&keys, 3, 3, 5), vec![2, 2, 1]);
+    }
+
+    #[test]
+    fn sample_positions_are_in_range_and_spread() {
+        for n in [1usize, 5, 100, 16384, 16385, 1 << 20] {
+            let p = sample_positions(n);
+            assert!(p.iter().all(|&i| i < n));
+            assert!(p.windows(2).all(|w| w[0] < w[1]));
+        }
+    }
+}
