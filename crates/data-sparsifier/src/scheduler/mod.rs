@@ -76,6 +76,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::norm::DataNormConfig;
 use crate::sparsifier::{Config, DataSparsifier, UpdateMask};
 use crate::state::SparsifierState;
 
@@ -155,6 +156,28 @@ impl<C> fmt::Debug for Param<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Param({:?} in [{}, {}])", self.name, self.min, self.max)
     }
+}
+
+impl DataNormConfig {
+    /// The scheduled `sparsity_level` of a [`DataNormConfig`], range `[0, 1]`.
+    ///
+    /// ```
+    /// use data_sparsifier::norm::{DataNormConfig, DataNormSparsifier};
+    /// use data_sparsifier::scheduler::{DataScheduler, ZhuGupta};
+    /// use data_sparsifier::Tensor;
+    /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// sp.add_data("w", Tensor::zeros(data_sparsifier::DType::F32, [8, 8])).unwrap();
+    /// let schedule = ZhuGupta::new(Some(0.0), 0.9, 0, 10, 1).unwrap();
+    /// let sched = DataScheduler::new(&mut sp, DataNormConfig::SPARSITY_LEVEL, schedule).unwrap();
+    /// assert_eq!(sp.config("w").unwrap().sparsity_level, 0.0);
+    /// assert_eq!(sched.base_value("w"), Some(0.5));
+    /// ```
+    pub const SPARSITY_LEVEL: Param<DataNormConfig> = Param::<DataNormConfig>::new(
+        "sparsity_level",
+        |c| c.sparsity_level,
+        |c, v| c.sparsity_level = v,
+    )
+    .with_range(0.0, 1.0);
 }
 
 /// A warning a scheduler step can report.
