@@ -18,6 +18,7 @@
 //! | block-norm sparsification (PyTorch's `DataNormSparsifier`) | [`norm`] |
 //! | saved state (one safetensors file) | [`state`] |
 //! | data scheduler: a config field over steps/epochs | [`scheduler`] |
+//! | training-loop hooks (post-training, training-aware) | [`hooks`] |
 //! | atomic file output | [`io`] |
 //! | memory-mapped reading, streaming order-preserving writing | [`safetensors_file`] |
 //!
@@ -31,6 +32,7 @@ pub mod dtype;
 pub mod embedding;
 pub mod error;
 pub mod handle;
+pub mod hooks;
 pub mod io;
 pub mod mask;
 pub mod norm;
