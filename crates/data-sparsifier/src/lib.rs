@@ -19,6 +19,7 @@
 //! | saved state (one safetensors file) | [`state`] |
 //! | data scheduler: a config field over steps/epochs | [`scheduler`] |
 //! | training-loop hooks (post-training, training-aware) | [`hooks`] |
+//! | candle models, zero-copy (feature `candle`) | `candle` |
 //! | atomic file output | [`io`] |
 //! | memory-mapped reading, streaming order-preserving writing | [`safetensors_file`] |
 //!
@@ -27,6 +28,8 @@
 //! for a complete custom sparsifier.
 #![warn(missing_docs)]
 
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod data;
 pub mod dtype;
 pub mod embedding;
