@@ -511,3 +511,70 @@ fn embedding_bag_trains_and_is_sparsified_in_place() {
         .count();
     assert_eq!(zero_rows, 15);
 }
+
+/// Gradual pruning of a live candle model: Zhu & Gupta raises the level each epoch, the forward
+/// pass trains through the current mask, and the final squash leaves the model's own Var sparse.
+#[test]
+fn gradual_pruning_trains_through_the_mask_then_squashes() {
+    use candle_nn::Optimizer;
+    use data_sparsifier::scheduler::{DataScheduler, ZhuGupta};
+    let x = dc::to_candle(&randn([64, 16], DType::F32, 11), &CPU).unwrap();
+    let w_true = dc::to_candle(&randn([4, 16], DType::F32, 12), &CPU).unwrap();
+    let y = x.matmul(&w_true.t().unwrap()).unwrap();
+    let w =
+        Var::from_tensor(&dc::to_candle(&randn([4, 16], DType::F32, 13), &CPU).unwrap()).unwrap();
+
+    let mut sp = DataNormSparsifier::data_norm(cfg()).unwrap();
+    sp.add_data("w", dc::var(&w).unwrap()).unwrap();
+    let zg = ZhuGupta::new(Some(0.0), 0.75, 1, 4, 1).unwrap();
+    let mut sched = DataScheduler::new(&mut sp, DataNormConfig::SPARSITY_LEVEL, zg).unwrap();
+    let mut opt = candle_nn::SGD::new(vec![w.clone()], 0.05).unwrap();
+    let loss = |mask: &Mask| {
+        let m = dc::mask_tensor(mask, CDType::F32, &CPU).unwrap();
+        let wm = w.as_tensor().mul(&m).unwrap();
+        x.matmul(&wm.t().unwrap())
+            .unwrap()
+            .sub(&y)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+    };
+    let mut levels = vec![];
+    for _epoch in 0..7 {
+        sp.step().unwrap();
+        let mask = sp.get_mask("w").unwrap().clone();
+        for _ in 0..20 {
+            opt.backward_step(&loss(&mask)).unwrap();
+        }
+        let _ = sched.step(&mut sp).unwrap();
+        levels.push(sp.config("w").unwrap().sparsity_level);
+    }
+    assert_eq!(levels[levels.len() - 1], 0.75);
+    assert!(levels.windows(2).all(|p| p[1] >= p[0]));
+    sp.step().unwrap();
+    let mask = sp.get_mask("w").unwrap().clone();
+    let masked_loss = loss(&mask).to_scalar::<f32>().unwrap();
+    sp.squash_mask(None, true).unwrap();
+    // 75% of the 16 blocks of 4 are zero in the Var itself; the plain forward equals the masked one.
+    assert_eq!(
+        flat_f32(w.as_tensor())
+            .iter()
+            .filter(|&&v| v == 0.0)
+            .count(),
+        48
+    );
+    let plain = x
+        .matmul(&w.as_tensor().t().unwrap())
+        .unwrap()
+        .sub(&y)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(plain, masked_loss);
+}
