@@ -9,8 +9,8 @@ use rayon::prelude::*;
 
 use super::config::{DataNormConfig, NanPolicy, Norm};
 use super::pruned_block_count;
-use super::scores::{self, Grid, Key, NormKind, ScoreElem, L1, L2};
-use super::select::{self, Threshold};
+use super::scores::{self, code, Grid, Key, NormKind, ScoreElem, TaskStats, L1, L2};
+use super::select::{self, Cut};
 use crate::error::{Error, Result};
 use crate::mask::Mask;
 
@@ -48,15 +48,14 @@ impl Plan {
     }
 }
 
-/// Which blocks the mask pass prunes.
-#[derive(Clone, Copy, Debug)]
-enum Prune<K> {
-    /// Every block.
+/// Where the mask pass learns which blocks are pruned.
+enum Source<'a, K> {
+    /// Every block is pruned.
     All,
-    /// Blocks with a key `<= thr`.
-    Le(K),
-    /// Blocks with a key `< thr`, plus a per-task budget of blocks `== thr` (lowest index first).
-    Budget(K),
+    /// Stored block codes and the coded pass's per-task statistics (candidate keys).
+    Coded(&'a [u8], &'a [TaskStats<K>]),
+    /// Exact block keys (coded on the fly against `[thr, thr]`).
+    Keys(&'a [K]),
 }
 
 /// Appends bits to a word slice, least significant first.
@@ -304,24 +303,33 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
     g: &Grid,
     plan: &Plan,
     zpb: usize,
-    keys: &[T::Key],
-    prune: Prune<T::Key>,
-    budgets: &[usize],
+    src: Source<'_, T::Key>,
+    cut: Option<&Cut<T::Key>>,
     words: &mut [u64],
 ) {
     let row_words = g.w.div_ceil(64);
     let kept_words = g.nbc.div_ceil(64);
     let vpb = g.bh * g.bw;
     let partial_possible = zpb < vpb;
+    let (c, thr) = match cut {
+        Some(cut) => (cut.code, cut.thr),
+        None => (code::ABOVE, T::Key::MAX),
+    };
     words
         .par_chunks_mut(plan.words.max(1))
         .enumerate()
         .for_each(|(task, out)| {
             let br0 = task * plan.brs;
             let br1 = ((task + 1) * plan.brs).min(g.nbr);
-            let mut budget = budgets.get(task).copied().unwrap_or(0);
+            let mut budget = cut.and_then(|c| c.budgets.get(task)).copied().unwrap_or(0);
+            let inside: &[T::Key] = match &src {
+                Source::Coded(_, stats) => &stats[task].inside,
+                _ => &[],
+            };
+            let mut cursor = 0usize;
             let mut kept = vec![0u64; kept_words];
             let mut pat = vec![0u64; row_words];
+            let mut scratch_codes = Vec::new();
             let mut rows_buf = if partial_possible {
                 vec![0u64; row_words * g.bh]
             } else {
@@ -333,38 +341,56 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
                 let nrows = g.rows_of(br).len();
                 // Kept flags of this block row, 1 bit per block.
                 let mut n_pruned = 0usize;
-                match prune {
-                    Prune::All => {
-                        kept.fill(0);
-                        n_pruned = g.nbc;
+                let codes: &[u8] = match &src {
+                    Source::All => &[],
+                    Source::Coded(codes, _) => &codes[br * g.nbc..(br + 1) * g.nbc],
+                    Source::Keys(keys) => {
+                        scratch_codes.clear();
+                        scratch_codes.extend(
+                            keys[br * g.nbc..(br + 1) * g.nbc]
+                                .iter()
+                                .map(|&k| scores::code_of(k, thr, thr)),
+                        );
+                        &scratch_codes
                     }
-                    Prune::Le(thr) => {
-                        let row_keys = &keys[br * g.nbc..(br + 1) * g.nbc];
-                        for (kw, ks) in kept.iter_mut().zip(row_keys.chunks(64)) {
-                            let mut bits = 0u64;
-                            for (j, &k) in ks.iter().enumerate() {
-                                bits |= ((k > thr) as u64) << j;
-                            }
-                            n_pruned += ks.len() - bits.count_ones() as usize;
-                            *kw = bits;
+                };
+                if let Source::All = src {
+                    kept.fill(0);
+                    n_pruned = g.nbc;
+                } else {
+                    for (kw, cs) in kept.iter_mut().zip(codes.chunks(64)) {
+                        let (mut keep, mut at) = (0u64, 0u64);
+                        for (j, &x) in cs.iter().enumerate() {
+                            keep |= ((x > c) as u64) << j;
+                            at |= ((x == c) as u64) << j;
                         }
-                    }
-                    Prune::Budget(thr) => {
-                        let row_keys = &keys[br * g.nbc..(br + 1) * g.nbc];
-                        for (kw, ks) in kept.iter_mut().zip(row_keys.chunks(64)) {
-                            let mut bits = 0u64;
-                            for (j, &k) in ks.iter().enumerate() {
-                                let keep = if k == thr && budget > 0 {
+                        // Blocks in the cut's code, in block order.
+                        while at != 0 {
+                            let j = at.trailing_zeros();
+                            at &= at - 1;
+                            let prune = if c == code::INSIDE {
+                                let v = inside[cursor];
+                                cursor += 1;
+                                if v < thr {
+                                    true
+                                } else if v == thr && budget > 0 {
                                     budget -= 1;
-                                    false
+                                    true
                                 } else {
-                                    k >= thr
-                                };
-                                bits |= (keep as u64) << j;
+                                    false
+                                }
+                            } else if budget > 0 {
+                                budget -= 1;
+                                true
+                            } else {
+                                false
+                            };
+                            if !prune {
+                                keep |= 1 << j;
                             }
-                            n_pruned += ks.len() - bits.count_ones() as usize;
-                            *kw = bits;
                         }
+                        n_pruned += cs.len() - keep.count_ones() as usize;
+                        *kw = keep;
                     }
                 }
                 if n_pruned == 0 {
@@ -432,18 +458,21 @@ pub(crate) fn run<T: ScoreElem>(
     mask: &mut Mask,
 ) -> Result<()> {
     match config.norm {
-        Norm::L1 => run_norm::<T, L1>(name, data, h, w, config, mask),
-        Norm::L2 => run_norm::<T, L2>(name, data, h, w, config, mask),
+        Norm::L1 => run_norm::<T, L1>(name, data, h, w, config, mask, select::SMALL),
+        Norm::L2 => run_norm::<T, L2>(name, data, h, w, config, mask, select::SMALL),
     }
 }
 
-fn run_norm<T: ScoreElem, N: NormKind>(
+/// [`run`] for one norm. `small`: up to this many blocks, exact keys are used directly (tests pass
+/// 0 to exercise the sampled fast path on small data).
+pub(crate) fn run_norm<T: ScoreElem, N: NormKind>(
     name: &str,
     data: &[T],
     h: usize,
     w: usize,
     config: &DataNormConfig,
     mask: &mut Mask,
+    small: usize,
 ) -> Result<()> {
     let (bh, bw) = config.sparse_block_shape;
     let g = Grid::new(h, w, bh, bw);
@@ -471,50 +500,48 @@ fn run_norm<T: ScoreElem, N: NormKind>(
             &g,
             &plan,
             zpb,
-            &[],
-            Prune::All,
-            &[],
+            Source::All,
+            None,
             &mut mask.words_mut(),
         );
         return Ok(());
     }
 
-    let bracket = (nb > select::SMALL).then(|| {
+    if nb > small {
+        // Fast path: a sampled key interval, one byte per block.
         let pos = select::sample_positions(nb);
         let sample: Vec<T::Key> = pos
             .par_iter()
             .map(|&i| scores::block_key::<T, N>(data, &g, i / g.nbc, i % g.nbc))
             .collect();
-        select::bracket_from_sample(sample, nb, k)
-    });
+        let b = select::bracket_from_sample(sample, nb, k);
+        let mut codes = vec![0u8; nb];
+        if let Some(stats) = scores::coded_pass::<T, N>(data, &g, &mut codes, plan.brs, b) {
+            if nan_error_policy && stats.iter().any(|s| s.nan > 0) {
+                return Err(nan_error(name, data, w));
+            }
+            if let Some(cut) = select::cut_from_stats(&b, &stats, k) {
+                let src = Source::Coded(&codes, &stats);
+                mask_pass::<T, N>(data, &g, &plan, zpb, src, Some(&cut), &mut mask.words_mut());
+                return Ok(());
+            }
+        }
+    }
+
+    // Exact keys: small data, or the sampled interval missed.
     let mut keys = vec![T::Key::default(); nb];
-    let stats = scores::score_pass::<T, N>(data, &g, &mut keys, plan.brs, bracket);
-    if nan_error_policy && stats.has_nan {
+    let has_nan = scores::keys_pass::<T, N>(data, &g, &mut keys, plan.brs);
+    if nan_error_policy && has_nan {
         return Err(nan_error(name, data, w));
     }
-    let thr: Threshold<T::Key> = match &bracket {
-        None => select::small_select(&keys, k),
-        Some(b) => match select::from_bracket(b, stats, k) {
-            Some(t) => t,
-            None => select::radix_select(&keys, k),
-        },
-    };
-    let (prune, budgets) = if thr.need_eq == thr.count_eq {
-        (Prune::Le(thr.key), Vec::new())
+    let thr = if nb <= small {
+        select::small_select(&keys, k)
     } else {
-        let budgets = select::eq_budgets(&keys, plan.brs * g.nbc, thr.key, thr.need_eq);
-        (Prune::Budget(thr.key), budgets)
+        select::radix_select(&keys, k)
     };
-    mask_pass::<T, N>(
-        data,
-        &g,
-        &plan,
-        zpb,
-        &keys,
-        prune,
-        &budgets,
-        &mut mask.words_mut(),
-    );
+    let cut = select::cut_from_keys(&keys, plan.brs * g.nbc, &thr);
+    let src = Source::Keys(&keys);
+    mask_pass::<T, N>(data, &g, &plan, zpb, src, Some(&cut), &mut mask.words_mut());
     Ok(())
 }
 
@@ -570,6 +597,53 @@ mod tests {
             assert!(rows > 0);
             assert_eq!(rows * w % 64, 0);
             assert_eq!(p.words * 64, rows * w);
+        }
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The sampled fast path (forced with `small = 0`) and the exact-key path give the same mask.
+    fn both_paths<T: ScoreElem>(data: &[T], h: usize, w: usize, cfg: &DataNormConfig) {
+        let mut a = Mask::ones([h, w]);
+        let mut b = Mask::zeros([h, w]);
+        let run_small = |m: &mut Mask, small: usize| match cfg.norm {
+            Norm::L1 => run_norm::<T, L1>("t", data, h, w, cfg, m, small),
+            Norm::L2 => run_norm::<T, L2>("t", data, h, w, cfg, m, small),
+        };
+        run_small(&mut a, 0).unwrap();
+        run_small(&mut b, usize::MAX).unwrap();
+        assert_eq!(a, b, "{h}x{w} {cfg:?}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn fast_path_equals_exact_path(
+            h in 1usize..40, w in 1usize..40, bh in 1usize..5, bw in 1usize..6,
+            sl in 0.0f64..=1.0, zpb in 0usize..30, l2 in any::<bool>(), levels in 1u32..6,
+            seed in any::<u64>(),
+        ) {
+            let mut s = seed;
+            let data: Vec<f32> = (0..h * w).map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 33) % levels as u64) as f32 - (levels / 2) as f32
+            }).collect();
+            let cfg = DataNormConfig {
+                sparsity_level: sl,
+                sparse_block_shape: (bh, bw),
+                zeros_per_block: Some(zpb.min(bh * bw)),
+                norm: if l2 { Norm::L2 } else { Norm::L1 },
+                ..Default::default()
+            };
+            both_paths(&data, h, w, &cfg);
+            let d64: Vec<f64> = data.iter().map(|&x| x as f64 * 0.37).collect();
+            both_paths(&d64, h, w, &cfg);
+            let d16: Vec<half::f16> = data.iter().map(|&x| half::f16::from_f32(x * 0.37)).collect();
+            both_paths(&d16, h, w, &cfg);
         }
     }
 }

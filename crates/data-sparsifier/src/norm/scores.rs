@@ -266,70 +266,151 @@ impl Grid {
     }
 }
 
-/// Adds the cells of one data row into the per-block-column sums, `BW` cells per block (the last
-/// block may be partial). Each block's cells are added in order, so the sum of a block is the same
-/// sequence of additions as PyTorch's.
+/// Blocks handled together by the vectorized loops (one lane per block).
+const LANES: usize = 8;
+
+/// Adds `BW` consecutive cells per block into `acc` (`row.len() == acc.len() * BW`). Each block's
+/// cells are added in order, so a block's sum is the same sequence of additions as PyTorch's; the
+/// lanes are independent blocks, which is what lets the loop vectorize.
 #[inline(always)]
-fn accumulate_row<T: ScoreElem, N: NormKind, const BW: usize>(row: &[T], acc: &mut [T::Acc]) {
-    let full = row.len() / BW;
-    for (a, c) in acc[..full].iter_mut().zip(row.chunks_exact(BW)) {
+fn accumulate_exact<T: ScoreElem, N: NormKind, const BW: usize>(row: &[T], acc: &mut [T::Acc]) {
+    debug_assert_eq!(row.len(), acc.len() * BW);
+    let mut a_it = acc.chunks_exact_mut(LANES);
+    let mut r_it = row.chunks_exact(LANES * BW);
+    for (a, r) in (&mut a_it).zip(&mut r_it) {
+        let mut s = [T::acc_zero(); LANES];
+        s.copy_from_slice(a);
+        for j in 0..BW {
+            for b in 0..LANES {
+                s[b] = s[b] + N::cell(r[b * BW + j]);
+            }
+        }
+        a.copy_from_slice(&s);
+    }
+    for (a, c) in a_it
+        .into_remainder()
+        .iter_mut()
+        .zip(r_it.remainder().chunks_exact(BW))
+    {
         let mut s = *a;
         for &x in c {
             s = s + N::cell(x);
         }
         *a = s;
     }
-    if full < acc.len() {
+}
+
+/// Keys of `keys.len()` whole blocks of `BW` consecutive cells (`data.len() == keys.len() * BW`),
+/// one data row per block: sums and keys in one vectorized loop.
+#[inline(always)]
+fn keys_exact<T: ScoreElem, N: NormKind, const BW: usize>(data: &[T], keys: &mut [T::Key]) {
+    debug_assert_eq!(data.len(), keys.len() * BW);
+    let mut k_it = keys.chunks_exact_mut(LANES);
+    let mut d_it = data.chunks_exact(LANES * BW);
+    for (k, d) in (&mut k_it).zip(&mut d_it) {
+        let mut s = [T::acc_zero(); LANES];
+        for j in 0..BW {
+            for b in 0..LANES {
+                s[b] = s[b] + N::cell(d[b * BW + j]);
+            }
+        }
+        for b in 0..LANES {
+            k[b] = T::score_key(s[b], BW);
+        }
+    }
+    for (k, c) in k_it
+        .into_remainder()
+        .iter_mut()
+        .zip(d_it.remainder().chunks_exact(BW))
+    {
+        let mut s = T::acc_zero();
+        for &x in c {
+            s = s + N::cell(x);
+        }
+        *k = T::score_key(s, BW);
+    }
+}
+
+/// [`keys_exact`] with a run-time block width.
+fn keys_exact_dyn<T: ScoreElem, N: NormKind>(data: &[T], keys: &mut [T::Key], bw: usize) {
+    for (k, c) in keys.iter_mut().zip(data.chunks_exact(bw)) {
+        let mut s = T::acc_zero();
+        for &x in c {
+            s = s + N::cell(x);
+        }
+        *k = T::score_key(s, bw);
+    }
+}
+
+/// Adds one data row into the per-block-column sums (the last block may be partial).
+#[inline(always)]
+fn accumulate_row<T: ScoreElem, N: NormKind>(row: &[T], acc: &mut [T::Acc], bw: usize) {
+    let full = row.len() / bw;
+    let (head, tail) = row.split_at(full * bw);
+    match bw {
+        1 => accumulate_exact::<T, N, 1>(head, &mut acc[..full]),
+        2 => accumulate_exact::<T, N, 2>(head, &mut acc[..full]),
+        4 => accumulate_exact::<T, N, 4>(head, &mut acc[..full]),
+        8 => accumulate_exact::<T, N, 8>(head, &mut acc[..full]),
+        16 => accumulate_exact::<T, N, 16>(head, &mut acc[..full]),
+        _ => {
+            for (a, c) in acc[..full].iter_mut().zip(head.chunks_exact(bw)) {
+                let mut s = *a;
+                for &x in c {
+                    s = s + N::cell(x);
+                }
+                *a = s;
+            }
+        }
+    }
+    if !tail.is_empty() {
         let mut s = acc[full];
-        for &x in &row[full * BW..] {
+        for &x in tail {
             s = s + N::cell(x);
         }
         acc[full] = s;
     }
 }
 
-/// [`accumulate_row`] with a run-time block width.
-#[inline(always)]
-fn accumulate_row_dyn<T: ScoreElem, N: NormKind>(row: &[T], acc: &mut [T::Acc], bw: usize) {
-    for (a, c) in acc.iter_mut().zip(row.chunks(bw)) {
-        let mut s = *a;
-        for &x in c {
-            s = s + N::cell(x);
-        }
-        *a = s;
-    }
-}
-
-/// Writes the keys of block row `br` into `out` (`nbc` keys), using `acc` as scratch.
-#[inline(always)]
-fn block_row_keys<T: ScoreElem, N: NormKind>(
+/// Writes the keys of block rows `br0..` into `out` (`nbc` keys per block row).
+fn block_rows_keys<T: ScoreElem, N: NormKind>(
     data: &[T],
     g: &Grid,
-    br: usize,
-    acc: &mut [T::Acc],
+    br0: usize,
     out: &mut [T::Key],
+    acc: &mut Vec<T::Acc>,
 ) {
-    acc.fill(T::acc_zero());
-    let rows = g.rows_of(br);
-    let nrows = rows.len();
-    for r in rows {
-        let row = &data[r * g.w..(r + 1) * g.w];
+    let nbrs = out.len() / g.nbc;
+    if g.bh == 1 && g.w % g.bw == 0 {
+        // Every block is `bw` consecutive cells: the task's rows are one run of whole blocks.
+        let d = &data[br0 * g.w..(br0 + nbrs) * g.w];
         match g.bw {
-            1 => accumulate_row::<T, N, 1>(row, acc),
-            2 => accumulate_row::<T, N, 2>(row, acc),
-            4 => accumulate_row::<T, N, 4>(row, acc),
-            8 => accumulate_row::<T, N, 8>(row, acc),
-            16 => accumulate_row::<T, N, 16>(row, acc),
-            bw => accumulate_row_dyn::<T, N>(row, acc, bw),
+            1 => keys_exact::<T, N, 1>(d, out),
+            2 => keys_exact::<T, N, 2>(d, out),
+            4 => keys_exact::<T, N, 4>(d, out),
+            8 => keys_exact::<T, N, 8>(d, out),
+            16 => keys_exact::<T, N, 16>(d, out),
+            bw => keys_exact_dyn::<T, N>(d, out, bw),
         }
+        return;
     }
+    acc.resize(g.nbc, T::acc_zero());
     let full = g.w / g.bw;
-    let count = nrows * g.bw;
-    for (o, &s) in out[..full].iter_mut().zip(&acc[..full]) {
-        *o = T::score_key(s, count);
-    }
-    if full < g.nbc {
-        out[full] = T::score_key(acc[full], nrows * (g.w - full * g.bw));
+    for (i, row_keys) in out.chunks_mut(g.nbc).enumerate() {
+        let br = br0 + i;
+        acc.fill(T::acc_zero());
+        let rows = g.rows_of(br);
+        let nrows = rows.len();
+        for r in rows {
+            accumulate_row::<T, N>(&data[r * g.w..(r + 1) * g.w], acc, g.bw);
+        }
+        let count = nrows * g.bw;
+        for (o, &s) in row_keys[..full].iter_mut().zip(&acc[..full]) {
+            *o = T::score_key(s, count);
+        }
+        if full < g.nbc {
+            row_keys[full] = T::score_key(acc[full], nrows * (g.w - full * g.bw));
+        }
     }
 }
 
@@ -351,105 +432,136 @@ pub(crate) fn block_key<T: ScoreElem, N: NormKind>(
     T::score_key(s, count)
 }
 
-/// A key interval `[lo, hi]` expected to hold the k-th smallest key, found from a sample; the score
-/// pass counts the keys below and at its ends and collects those strictly inside.
+/// A key interval `[lo, hi]` expected to hold the k-th smallest key, found from a sample.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Bracket<K> {
     pub lo: K,
     pub hi: K,
-    /// Most keys to collect strictly inside before giving up on the bracket.
+    /// Most keys to collect strictly inside `(lo, hi)` before giving up on the bracket.
     pub cap: usize,
 }
 
-/// What the score pass learned about the keys.
-#[derive(Debug, Default)]
-pub(crate) struct PassStats<K> {
-    /// Whether some block score is NaN.
-    pub has_nan: bool,
-    /// Keys `< lo`.
-    pub lt_lo: usize,
-    /// Keys `== lo`.
-    pub eq_lo: usize,
-    /// Keys `== hi` (0 when `hi == lo`).
-    pub eq_hi: usize,
-    /// Keys strictly inside `(lo, hi)`, unless `overflow`.
-    pub inside: Vec<K>,
-    /// More than `cap` keys were inside: `inside` is incomplete.
-    pub overflow: bool,
+/// Block codes: where a block's key lies relative to a bracket `[lo, hi]`.
+pub(crate) mod code {
+    /// `key < lo`.
+    pub const BELOW: u8 = 0;
+    /// `key == lo`.
+    pub const AT_LO: u8 = 1;
+    /// `lo < key < hi` (the key is kept in the task's candidate list).
+    pub const INSIDE: u8 = 2;
+    /// `key == hi` (and `hi != lo`).
+    pub const AT_HI: u8 = 3;
+    /// `key > hi`.
+    pub const ABOVE: u8 = 4;
 }
 
-/// Computes every block key into `keys` (row-major block order) in one parallel pass over the
-/// data, `brs_per_task` block rows per task, and gathers the bracket statistics on the way.
-pub(crate) fn score_pass<T: ScoreElem, N: NormKind>(
+/// The code of `k` relative to `[lo, hi]` (branch-free).
+#[inline(always)]
+pub(crate) fn code_of<K: Key>(k: K, lo: K, hi: K) -> u8 {
+    // BELOW 0, AT_LO 1, INSIDE 2, AT_HI 3, ABOVE 4; with lo == hi only 0, 1, 4 occur.
+    let ge_lo = (k >= lo) as u8;
+    let gt_lo = (k > lo) as u8;
+    let ge_hi = (k >= hi) as u8 & gt_lo;
+    let gt_hi = (k > hi) as u8;
+    ge_lo + gt_lo + ge_hi + gt_hi
+}
+
+/// What the coded score pass learned about one task's block rows.
+#[derive(Debug, Default)]
+pub(crate) struct TaskStats<K> {
+    /// Blocks coded `BELOW`.
+    pub lt: usize,
+    /// Blocks coded `AT_LO`.
+    pub eq_lo: usize,
+    /// Blocks coded `AT_HI`.
+    pub eq_hi: usize,
+    /// Blocks with a NaN score.
+    pub nan: usize,
+    /// Keys of the blocks coded `INSIDE`, in block order.
+    pub inside: Vec<K>,
+}
+
+/// The score pass of the fast path: computes every block key (into a small per-task buffer that
+/// stays in cache) and stores only its one-byte [`code`] relative to the bracket, collecting the
+/// few keys strictly inside it. Tasks are `brs_per_task` block rows. Returns `None` if more than
+/// `bracket.cap` keys fell inside (the caller then falls back to exact keys).
+pub(crate) fn coded_pass<T: ScoreElem, N: NormKind>(
+    data: &[T],
+    g: &Grid,
+    codes: &mut [u8],
+    brs_per_task: usize,
+    b: Bracket<T::Key>,
+) -> Option<Vec<TaskStats<T::Key>>> {
+    let collected = AtomicUsize::new(0);
+    let overflow = AtomicBool::new(false);
+    let per_task = brs_per_task.max(1) * g.nbc;
+    let stats: Vec<TaskStats<T::Key>> = codes
+        .par_chunks_mut(per_task)
+        .enumerate()
+        .map_init(
+            || (Vec::new(), Vec::new()),
+            |(acc, keys), (task, out)| {
+                keys.resize(out.len(), T::Key::MIN);
+                block_rows_keys::<T, N>(data, g, task * brs_per_task.max(1), keys, acc);
+                let mut st = TaskStats::default();
+                for (ks, cs) in keys.chunks(4096).zip(out.chunks_mut(4096)) {
+                    let (mut lt, mut el, mut eh, mut ins, mut na) = (0u32, 0u32, 0u32, 0u32, 0u32);
+                    for (&k, c) in ks.iter().zip(cs.iter_mut()) {
+                        let x = code_of(k, b.lo, b.hi);
+                        *c = x;
+                        lt += (x == code::BELOW) as u32;
+                        el += (x == code::AT_LO) as u32;
+                        ins += (x == code::INSIDE) as u32;
+                        eh += (x == code::AT_HI) as u32;
+                        na += (k == T::Key::MAX) as u32;
+                    }
+                    st.lt += lt as usize;
+                    st.eq_lo += el as usize;
+                    st.eq_hi += eh as usize;
+                    st.nan += na as usize;
+                    if ins > 0 && !overflow.load(Ordering::Relaxed) {
+                        if collected.fetch_add(ins as usize, Ordering::Relaxed) + ins as usize
+                            > b.cap
+                        {
+                            overflow.store(true, Ordering::Relaxed);
+                        } else {
+                            // Branch-free compaction of the inside keys.
+                            let start = st.inside.len();
+                            st.inside.resize(start + ks.len(), T::Key::MIN);
+                            let dst = &mut st.inside[start..];
+                            let last = dst.len() - 1;
+                            let mut n = 0usize;
+                            for (&k, &x) in ks.iter().zip(cs.iter()) {
+                                dst[n] = k;
+                                n = (n + (x == code::INSIDE) as usize).min(last);
+                            }
+                            st.inside.truncate(start + ins as usize);
+                        }
+                    }
+                }
+                st
+            },
+        )
+        .collect();
+    (!overflow.load(Ordering::Relaxed)).then_some(stats)
+}
+
+/// The exact score pass: every block key into `keys` (row-major block order), in parallel tasks of
+/// `brs_per_task` block rows. Returns whether some score is NaN.
+pub(crate) fn keys_pass<T: ScoreElem, N: NormKind>(
     data: &[T],
     g: &Grid,
     keys: &mut [T::Key],
     brs_per_task: usize,
-    bracket: Option<Bracket<T::Key>>,
-) -> PassStats<T::Key> {
-    let nbc = g.nbc;
-    let collected = AtomicUsize::new(0);
-    let overflow = AtomicBool::new(false);
-    let has_nan = AtomicBool::new(false);
-    let brs_per_task = brs_per_task.max(1);
-    let partials: Vec<(usize, usize, usize, Vec<T::Key>)> = keys
-        .par_chunks_mut(brs_per_task * nbc)
+) -> bool {
+    let per_task = brs_per_task.max(1) * g.nbc;
+    keys.par_chunks_mut(per_task)
         .enumerate()
-        .map(|(task, out)| {
-            let mut acc = vec![T::acc_zero(); nbc];
-            let br0 = task * brs_per_task;
-            let (mut lt, mut eq_lo, mut eq_hi) = (0usize, 0usize, 0usize);
-            let mut inside = Vec::new();
-            let mut nan = false;
-            for (i, row_keys) in out.chunks_mut(nbc).enumerate() {
-                block_row_keys::<T, N>(data, g, br0 + i, &mut acc, row_keys);
-                nan |= row_keys.iter().fold(false, |a, &k| a | (k == T::Key::MAX));
-                if let Some(b) = &bracket {
-                    for &k in row_keys.iter() {
-                        lt += (k < b.lo) as usize;
-                        eq_lo += (k == b.lo) as usize;
-                        eq_hi += (k == b.hi) as usize;
-                    }
-                    if !overflow.load(Ordering::Relaxed) {
-                        let before = inside.len();
-                        inside.extend(row_keys.iter().filter(|&&k| k > b.lo && k < b.hi));
-                        let added = inside.len() - before;
-                        if added > 0
-                            && collected.fetch_add(added, Ordering::Relaxed) + added > b.cap
-                        {
-                            overflow.store(true, Ordering::Relaxed);
-                            inside = Vec::new();
-                        }
-                    }
-                }
-            }
-            if nan {
-                has_nan.store(true, Ordering::Relaxed);
-            }
-            (lt, eq_lo, eq_hi, inside)
+        .map_init(Vec::new, |acc, (task, out)| {
+            block_rows_keys::<T, N>(data, g, task * brs_per_task.max(1), out, acc);
+            out.iter().any(|&k| k == T::Key::MAX)
         })
-        .collect();
-    let mut stats = PassStats {
-        has_nan: has_nan.load(Ordering::Relaxed),
-        ..Default::default()
-    };
-    let overflow = overflow.load(Ordering::Relaxed);
-    stats.overflow = overflow;
-    let same = bracket.map(|b| b.lo == b.hi).unwrap_or(true);
-    for (lt, eq_lo, eq_hi, inside) in partials {
-        stats.lt_lo += lt;
-        stats.eq_lo += eq_lo;
-        if !same {
-            stats.eq_hi += eq_hi;
-        }
-        if !overflow {
-            stats.inside.extend(inside);
-        }
-    }
-    if overflow {
-        stats.inside = Vec::new();
-    }
-    stats
+        .reduce(|| false, |a, b| a | b)
 }
 
 #[cfg(test)]
@@ -490,7 +602,7 @@ mod tests {
         ] {
             let g = Grid::new(h, w, bh, bw);
             let mut keys = vec![0u32; g.num_blocks()];
-            score_pass::<f32, L2>(&data, &g, &mut keys, 1, None);
+            keys_pass::<f32, L2>(&data, &g, &mut keys, 1);
             for br in 0..g.nbr {
                 for bc in 0..g.nbc {
                     assert_eq!(

@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use super::scores::{Bracket, Key, PassStats};
+use super::scores::{code, Bracket, Key, TaskStats};
 
 /// Keys at most this many are selected by copying them (no bracket).
 pub(crate) const SMALL: usize = 1 << 15;
@@ -87,33 +87,91 @@ pub(crate) fn bracket_from_sample<K: Key>(mut sample: Vec<K>, n: usize, k: usize
     }
 }
 
-/// The threshold from the score pass's bracket statistics, or `None` if the bracket missed.
-pub(crate) fn from_bracket<K: Key>(
+/// Where the cut between pruned and kept blocks falls, in terms of block [`code`]s: every block
+/// coded below `code` is pruned, every block coded above it is kept, and blocks coded `code` are
+/// pruned if their key is below `thr` (only for `INSIDE`, where the keys are known) or, for a key
+/// equal to `thr`, while their task's budget lasts (lowest block index first).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Cut<K> {
+    /// The code holding the k-th smallest key.
+    pub code: u8,
+    /// The k-th smallest key.
+    pub thr: K,
+    /// Per task: how many blocks with a key equal to `thr` it prunes.
+    pub budgets: Vec<usize>,
+}
+
+/// Shares `need` among tasks with `counts` candidates each, lowest tasks first.
+fn share(need: usize, counts: impl Iterator<Item = usize>) -> Vec<usize> {
+    let mut left = need;
+    counts
+        .map(|c| {
+            let take = c.min(left);
+            left -= take;
+            take
+        })
+        .collect()
+}
+
+/// The cut for rank `k` from the coded pass's per-task statistics, or `None` if the k-th key is
+/// outside the bracket.
+pub(crate) fn cut_from_stats<K: Key>(
     b: &Bracket<K>,
-    mut st: PassStats<K>,
+    stats: &[TaskStats<K>],
     k: usize,
-) -> Option<Threshold<K>> {
-    if k <= st.lt_lo {
+) -> Option<Cut<K>> {
+    let lt: usize = stats.iter().map(|s| s.lt).sum();
+    let eq_lo: usize = stats.iter().map(|s| s.eq_lo).sum();
+    let inside: usize = stats.iter().map(|s| s.inside.len()).sum();
+    let eq_hi: usize = stats.iter().map(|s| s.eq_hi).sum();
+    if k <= lt {
         return None;
     }
-    if k <= st.lt_lo + st.eq_lo {
-        return Some(Threshold::new(b.lo, st.lt_lo, st.eq_lo, k));
+    if k <= lt + eq_lo {
+        return Some(Cut {
+            code: code::AT_LO,
+            thr: b.lo,
+            budgets: share(k - lt, stats.iter().map(|s| s.eq_lo)),
+        });
     }
-    if st.overflow {
-        return None;
+    let below = lt + eq_lo;
+    if k <= below + inside {
+        let mut all: Vec<K> = Vec::with_capacity(inside);
+        for s in stats {
+            all.extend_from_slice(&s.inside);
+        }
+        let (_, &mut thr, _) = all.select_nth_unstable(k - below - 1);
+        let n_lt = all.iter().filter(|&&x| x < thr).count();
+        let need = k - below - n_lt;
+        let budgets = share(
+            need,
+            stats
+                .iter()
+                .map(|s| s.inside.iter().filter(|&&x| x == thr).count()),
+        );
+        return Some(Cut {
+            code: code::INSIDE,
+            thr,
+            budgets,
+        });
     }
-    let below = st.lt_lo + st.eq_lo;
-    let c = st.inside.len();
-    if k <= below + c {
-        let (_, &mut key, _) = st.inside.select_nth_unstable(k - below - 1);
-        let lt = st.inside.iter().filter(|&&x| x < key).count();
-        let eq = st.inside.iter().filter(|&&x| x == key).count();
-        return Some(Threshold::new(key, below + lt, eq, k));
-    }
-    if b.hi != b.lo && k <= below + c + st.eq_hi {
-        return Some(Threshold::new(b.hi, below + c, st.eq_hi, k));
+    if b.hi != b.lo && k <= below + inside + eq_hi {
+        return Some(Cut {
+            code: code::AT_HI,
+            thr: b.hi,
+            budgets: share(k - below - inside, stats.iter().map(|s| s.eq_hi)),
+        });
     }
     None
+}
+
+/// The cut for exact keys: blocks are coded against `[thr, thr]`, so the cut is at `AT_LO`.
+pub(crate) fn cut_from_keys<K: Key>(keys: &[K], per_task: usize, t: &Threshold<K>) -> Cut<K> {
+    Cut {
+        code: code::AT_LO,
+        thr: t.key,
+        budgets: eq_budgets(keys, per_task, t.key, t.need_eq),
+    }
 }
 
 /// The threshold for a small key set: copy and `select_nth_unstable`.
@@ -234,20 +292,31 @@ mod tests {
         }
 
         #[test]
-        fn bracket_is_exact_when_it_hits(keys in proptest::collection::vec(0u32..1000, 1..3000), kf in 0.0f64..1.0) {
+        fn bracket_cut_is_exact_when_it_hits(keys in proptest::collection::vec(0u32..1000, 1..3000), kf in 0.0f64..1.0, tasks in 1usize..5) {
             let n = keys.len();
             let k = 1 + ((n - 1) as f64 * kf) as usize;
             let sample: Vec<u32> = sample_positions(n).iter().map(|&i| keys[i]).collect();
             let b = bracket_from_sample(sample, n, k);
-            let mut st = PassStats::default();
-            for &x in &keys {
-                st.lt_lo += (x < b.lo) as usize;
-                st.eq_lo += (x == b.lo) as usize;
-                if b.hi != b.lo { st.eq_hi += (x == b.hi) as usize; }
-                if x > b.lo && x < b.hi { st.inside.push(x); }
-            }
-            if let Some(t) = from_bracket(&b, st, k) {
-                prop_assert_eq!(t, naive(&keys, k));
+            let per = n.div_ceil(tasks);
+            let stats: Vec<TaskStats<u32>> = keys.chunks(per).map(|c| {
+                let mut st = TaskStats::default();
+                for &x in c {
+                    match crate::norm::scores::code_of(x, b.lo, b.hi) {
+                        code::BELOW => st.lt += 1,
+                        code::AT_LO => st.eq_lo += 1,
+                        code::INSIDE => st.inside.push(x),
+                        code::AT_HI => st.eq_hi += 1,
+                        _ => {}
+                    }
+                }
+                st
+            }).collect();
+            if let Some(cut) = cut_from_stats(&b, &stats, k) {
+                let t = naive(&keys, k);
+                prop_assert_eq!(cut.thr, t.key);
+                prop_assert_eq!(cut.budgets.iter().sum::<usize>(), t.need_eq);
+                let by_keys = cut_from_keys(&keys, per, &t);
+                prop_assert_eq!(cut.budgets, by_keys.budgets);
             }
         }
     }

@@ -1,0 +1,105 @@
+//! DataNorm throughput on embedding-table-sized data, in bytes of table per second.
+//!
+//! `cargo bench -p data-sparsifier --bench norm` (a few minutes). Tables: 1M × 64 and 4M × 64 f32
+//! (256 MiB and 1 GiB), uniform random values (no ties).
+//!
+//! * `step`: one `DataSparsifier::step` (the mask recomputed from scratch), level 0.5:
+//!   `(1,4)` whole blocks, `(4,4)` whole blocks, `(1,4)` with 2 zeros per block;
+//! * `squash`: `squash_mask` writing `mask · data` into the table (setup not timed).
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use data_sparsifier::norm::{DataNormConfig, DataNormPatch, DataNormSparsifier};
+use data_sparsifier::Tensor;
+use rayon::prelude::*;
+
+/// A `rows × cols` f32 table of uniform values in (-1, 1), filled in parallel.
+fn table(rows: usize, cols: usize, seed: u64) -> Tensor {
+    let mut v = vec![0f32; rows * cols];
+    v.par_chunks_mut(1 << 16)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let mut s = seed ^ (c as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            for x in chunk {
+                s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = s;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 31;
+                *x = ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+            }
+        });
+    Tensor::from_vec(v, [rows, cols]).unwrap()
+}
+
+fn sizes() -> Vec<(&'static str, usize)> {
+    match std::env::var("NORM_BENCH_SIZES").as_deref() {
+        Ok("small") => vec![("1M x 64", 1 << 20)],
+        _ => vec![("1M x 64", 1 << 20), ("4M x 64", 4 << 20)],
+    }
+}
+
+fn step(c: &mut Criterion) {
+    let mut g = c.benchmark_group("norm_step");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    let cases: [(&str, DataNormPatch); 3] = [
+        ("(1,4) L1 whole blocks", DataNormPatch::new().block(1, 4)),
+        ("(4,4) L1 whole blocks", DataNormPatch::new().block(4, 4)),
+        (
+            "(1,4) L1 zpb=2",
+            DataNormPatch::new().block(1, 4).zeros_per_block(2),
+        ),
+    ];
+    for (size, rows) in sizes() {
+        let t = table(rows, 64, 1);
+        g.throughput(Throughput::Bytes(t.size_in_bytes() as u64));
+        let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+        sp.add_data("table", t).unwrap();
+        for (name, patch) in &cases {
+            let mut cfg = DataNormConfig::default();
+            data_sparsifier::Config::apply(&mut cfg, patch);
+            *sp.config_mut("table").unwrap() = cfg;
+            g.bench_function(BenchmarkId::new(*name, size), |b| {
+                b.iter(|| sp.step().unwrap())
+            });
+        }
+    }
+    g.finish();
+}
+
+fn squash(c: &mut Criterion) {
+    let mut g = c.benchmark_group("norm_squash");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    for (size, rows) in sizes() {
+        let t = table(rows, 64, 2);
+        g.throughput(Throughput::Bytes(t.size_in_bytes() as u64));
+        let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+        sp.add_data("table", t.clone()).unwrap();
+        sp.step().unwrap();
+        let mask = sp.get_mask("table").unwrap().clone();
+        g.bench_function(BenchmarkId::new("(1,4) L1 0.5", size), |b| {
+            b.iter_batched(
+                || {
+                    let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+                    sp.add_data("table", t.clone()).unwrap();
+                    *sp.get_mask_mut("table").unwrap() = mask.clone();
+                    sp
+                },
+                |mut sp| {
+                    sp.squash_mask(None, true).unwrap();
+                    sp
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, step, squash);
+criterion_main!(benches);
