@@ -95,7 +95,9 @@ impl Handle {
                     }
                     Ok(())
                 })?;
-                out.ok_or_else(|| crate::Error::invalid_state("external tensor did not provide a view"))
+                out.ok_or_else(|| {
+                    crate::Error::invalid_state("external tensor did not provide a view")
+                })
             }
         }
     }

@@ -56,10 +56,11 @@ pub fn parse<'a>(bytes: &'a [u8], source: &str) -> Result<safetensors::SafeTenso
 
 /// Reads only the `__metadata__` of safetensors bytes.
 pub fn read_metadata(bytes: &[u8], source: &str) -> Result<Option<BTreeMap<String, String>>> {
-    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| Error::Safetensors {
-        source_name: Some(source.to_string()),
-        message: e.to_string(),
-    })?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| Error::Safetensors {
+            source_name: Some(source.to_string()),
+            message: e.to_string(),
+        })?;
     Ok(meta
         .metadata()
         .as_ref()
@@ -79,7 +80,11 @@ pub struct TensorHeader {
 
 impl TensorHeader {
     /// A header entry.
-    pub fn new(name: impl Into<String>, dtype: safetensors::Dtype, shape: impl Into<Vec<usize>>) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        dtype: safetensors::Dtype,
+        shape: impl Into<Vec<usize>>,
+    ) -> Self {
         TensorHeader {
             name: name.into(),
             dtype,
@@ -155,7 +160,9 @@ impl SafetensorsWriter {
         let mut first = true;
         if let Some(meta) = metadata {
             out.push_str("\"__metadata__\":");
-            out.push_str(&serde_json::to_string(meta).map_err(|e| Error::invalid_state(e.to_string()))?);
+            out.push_str(
+                &serde_json::to_string(meta).map_err(|e| Error::invalid_state(e.to_string()))?,
+            );
             first = false;
         }
         let mut offset = 0usize;
@@ -178,9 +185,13 @@ impl SafetensorsWriter {
                 out.push(',');
             }
             first = false;
-            out.push_str(&serde_json::to_string(&t.name).map_err(|e| Error::invalid_state(e.to_string()))?);
+            out.push_str(
+                &serde_json::to_string(&t.name).map_err(|e| Error::invalid_state(e.to_string()))?,
+            );
             out.push(':');
-            out.push_str(&serde_json::to_string(&info).map_err(|e| Error::invalid_state(e.to_string()))?);
+            out.push_str(
+                &serde_json::to_string(&info).map_err(|e| Error::invalid_state(e.to_string()))?,
+            );
         }
         out.push('}');
         let mut bytes = out.into_bytes();

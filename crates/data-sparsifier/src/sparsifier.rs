@@ -1,15 +1,15 @@
 //! The sparsifier container: [`DataSparsifier`], generic over the one thing an implementer writes,
 //! [`UpdateMask`].
 
-use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::fmt;
 
 use crate::data::{Data, DataKind};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::mask::Mask;
 use crate::handle::Handle;
+use crate::mask::Mask;
 use crate::tensor::{Tensor, TensorView};
 
 /// A typed per-data configuration with a matching *patch* type for overrides.

@@ -26,10 +26,10 @@ use serde::{Deserialize, Serialize};
 use crate::data::DataKind;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::handle::Handle;
 use crate::mask::Mask;
 use crate::safetensors_file::{self, MappedFile, SafetensorsWriter, TensorHeader};
 use crate::sparsifier::{validate_name, DataSparsifier, Entry, UpdateMask};
-use crate::handle::Handle;
 use crate::tensor::{Parameter, Tensor, TensorView};
 
 /// The `format` metadata value of a saved state.
@@ -239,7 +239,11 @@ fn write_state<C: Serialize, S: Serialize>(
         ));
         // A shape read later could differ if another holder replaced the data meanwhile; the
         // writer's byte count check turns that into an error instead of a corrupt file.
-        headers.push(TensorHeader::new(mask_key(e.name), safetensors::Dtype::U8, [p.len()]));
+        headers.push(TensorHeader::new(
+            mask_key(e.name),
+            safetensors::Dtype::U8,
+            [p.len()],
+        ));
     }
     let mut w = SafetensorsWriter::create(path, &headers, Some(&metadata))?;
     for (e, p) in entries.iter().zip(&packed) {
@@ -435,7 +439,10 @@ impl<U: UpdateMask> DataSparsifier<U> {
         for e in &state.entries {
             validate_name(&e.name)?;
             if !seen.insert(e.name.as_str()) {
-                return Err(Error::invalid_state(format!("entry {:?} appears twice", e.name)));
+                return Err(Error::invalid_state(format!(
+                    "entry {:?} appears twice",
+                    e.name
+                )));
             }
             if e.data.shape().len() > 2 && !self.updater().supports_nd() {
                 return Err(Error::UnsupportedShape {
