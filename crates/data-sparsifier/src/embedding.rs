@@ -20,7 +20,7 @@ fn table_shape(module: &'static str, weight: &Parameter) -> Result<(usize, usize
     }
 }
 
-fn normalize_padding(
+pub(crate) fn normalize_padding(
     module: &'static str,
     padding_idx: Option<i64>,
     n: usize,
@@ -40,7 +40,12 @@ fn normalize_padding(
     }
 }
 
-fn check_index(module: &'static str, idx: i64, position: usize, n: usize) -> Result<usize> {
+pub(crate) fn check_index(
+    module: &'static str,
+    idx: i64,
+    position: usize,
+    n: usize,
+) -> Result<usize> {
     if idx < 0 || idx as u64 >= n as u64 {
         return Err(Error::IndexOutOfRange {
             module,
@@ -256,6 +261,14 @@ impl EmbeddingBag {
 
     /// Bag boundaries as `(start, end)` ranges into `indices`.
     fn bag_ranges(&self, n_idx: usize, bags: Bags<'_>) -> Result<Vec<(usize, usize)>> {
+        bag_ranges(n_idx, bags)
+    }
+}
+
+/// Bag boundaries as `(start, end)` ranges into `n_idx` indices, checked (shared with the candle
+/// `EmbeddingBag`).
+pub(crate) fn bag_ranges(n_idx: usize, bags: Bags<'_>) -> Result<Vec<(usize, usize)>> {
+    {
         let err = |message: String| Error::InvalidLookup {
             module: "EmbeddingBag",
             message,
@@ -318,7 +331,9 @@ impl EmbeddingBag {
             }
         }
     }
+}
 
+impl EmbeddingBag {
     /// Reduces each bag; the output has shape `[num_bags, embedding_dim]` and the weight's dtype.
     pub fn forward(
         &self,

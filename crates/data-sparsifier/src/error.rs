@@ -170,6 +170,16 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// An error from another framework holding the data (e.g. candle), or a use of it this crate
+    /// cannot serve (a tensor on a GPU, a non-float dtype).
+    #[error("{framework}: {message}")]
+    External {
+        /// The framework ("candle").
+        framework: &'static str,
+        /// What went wrong and what to do about it.
+        message: String,
+    },
+
     /// An error raised by a user's [`UpdateMask`](crate::UpdateMask) implementation.
     #[error("update_mask failed for {name:?}: {message}")]
     UpdateFailed {

@@ -17,6 +17,9 @@
 //! | the container and the [`UpdateMask`] trait | [`sparsifier`] |
 //! | block-norm sparsification (PyTorch's `DataNormSparsifier`) | [`norm`] |
 //! | saved state (one safetensors file) | [`state`] |
+//! | data scheduler: a config field over steps/epochs | [`scheduler`] |
+//! | training-loop hooks (post-training, training-aware) | [`hooks`] |
+//! | candle models, zero-copy (feature `candle`) | `candle` |
 //! | atomic file output | [`io`] |
 //! | memory-mapped reading, streaming order-preserving writing | [`safetensors_file`] |
 //!
@@ -25,16 +28,20 @@
 //! for a complete custom sparsifier.
 #![warn(missing_docs)]
 
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod data;
 pub mod dtype;
 pub mod embedding;
 pub mod error;
 pub mod handle;
+pub mod hooks;
 pub mod io;
 pub mod mask;
 pub mod norm;
 pub mod random;
 pub mod safetensors_file;
+pub mod scheduler;
 pub mod sparsifier;
 pub mod state;
 pub mod tensor;

@@ -174,6 +174,7 @@ pub struct DataSparsifier<U: UpdateMask> {
     defaults: U::Config,
     entries: Vec<Entry<U>>,
     enable_mask_update: bool,
+    step_count: u64,
 }
 
 /// A lazy `mask · data` view of one entry. Nothing is copied until [`to_tensor`](Self::to_tensor);
@@ -253,6 +254,7 @@ impl<U: UpdateMask> DataSparsifier<U> {
             defaults,
             entries: Vec::new(),
             enable_mask_update: true,
+            step_count: 0,
         })
     }
 
@@ -307,6 +309,12 @@ impl<U: UpdateMask> DataSparsifier<U> {
     /// Turns mask updates on or off; while off, [`step`](Self::step) does nothing.
     pub fn set_mask_update_enabled(&mut self, enabled: bool) {
         self.enable_mask_update = enabled;
+    }
+    /// How many times [`step`](Self::step) has returned `Ok` on this sparsifier, counting steps
+    /// while mask updates were disabled (PyTorch's `_step_count`, which a data scheduler installs; a
+    /// data scheduler reads it to warn when it is stepped first). Not saved with the state.
+    pub fn step_count(&self) -> u64 {
+        self.step_count
     }
 
     fn position(&self, name: &str) -> Option<usize> {
@@ -479,6 +487,7 @@ impl<U: UpdateMask> DataSparsifier<U> {
     /// [`Error::Squashed`] (its original data no longer exists), raised before any mask changes.
     pub fn step(&mut self) -> Result<()> {
         if !self.enable_mask_update {
+            self.step_count += 1;
             return Ok(());
         }
         for e in &self.entries {
@@ -504,6 +513,7 @@ impl<U: UpdateMask> DataSparsifier<U> {
                 mask.check_shape(name, view.shape())
             })?;
         }
+        self.step_count += 1;
         Ok(())
     }
 

@@ -232,11 +232,9 @@ fn n_of_m_2_of_4() {
 #[test]
 fn level_extremes_and_block_bigger_than_data() {
     let t = randn([4, 4], DType::F32, 3);
-    for sl in [1.0] {
-        assert!(mask_of(&t, &cfg(sl, (1, 1), None, Norm::L1))
-            .iter()
-            .all(|&b| b == 0));
-    }
+    assert!(mask_of(&t, &cfg(1.0, (1, 1), None, Norm::L1))
+        .iter()
+        .all(|&b| b == 0));
     assert!(mask_of(&t, &cfg(0.0, (1, 4), None, Norm::L1))
         .iter()
         .all(|&b| b == 1));
@@ -336,6 +334,7 @@ fn large_continuous_tables_match_the_oracle() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[allow(clippy::type_complexity)]
 fn pruned_block_count_table() {
     // (data shape, block, level) -> pruned blocks, from the reference.
     let table: [((usize, usize), (usize, usize), f64, usize, usize); 12] = [

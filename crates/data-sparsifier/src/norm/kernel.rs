@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::config::{DataNormConfig, NanPolicy, Norm};
 use super::pruned_block_count;
-use super::scores::{self, code, Grid, Key, NormKind, ScoreElem, TaskStats, L1, L2};
+use super::scores::{self, code, code_bits, Grid, Key, NormKind, ScoreElem, TaskStats, L1, L2};
 use super::select::{self, Cut};
 use crate::error::{Error, Result};
 use crate::mask::Mask;
@@ -99,7 +99,12 @@ impl<'a> BitWriter<'a> {
     fn push_words(&mut self, src: &[u64], n: usize) {
         let full = n / 64;
         if self.pos == 0 {
-            self.out[self.idx..self.idx + full].copy_from_slice(&src[..full]);
+            for (o, &w) in self.out[self.idx..self.idx + full]
+                .iter_mut()
+                .zip(&src[..full])
+            {
+                *o = w;
+            }
             self.idx += full;
         } else {
             for &w in &src[..full] {
@@ -211,29 +216,63 @@ fn spread(f: u64, bw: usize) -> u64 {
 }
 
 /// Builds the `w`-bit row pattern of one block row: 1 for the cells of kept blocks.
+#[inline(always)]
 fn row_pattern(kept: &[u64], g: &Grid, out: &mut [u64]) {
-    let bw = g.bw;
-    if bw.is_power_of_two() && bw <= 64 {
-        let per = 64 / bw;
+    #[inline(always)]
+    fn pow2<const BW: usize>(kept: &[u64], out: &mut [u64]) {
+        let per = 64 / BW;
         for (j, o) in out.iter_mut().enumerate() {
-            *o = spread(get_bits(kept, j * per, per as u32), bw);
+            *o = spread(get_bits(kept, j * per, per as u32), BW);
         }
-    } else {
-        let mut wr = BitWriter::new(out);
-        for bc in 0..g.nbc {
-            let k = (kept[bc / 64] >> (bc % 64)) & 1 == 1;
-            wr.push_fill(k, g.cols_of(bc).len());
+    }
+    match g.bw {
+        1 => pow2::<1>(kept, out),
+        2 => pow2::<2>(kept, out),
+        4 => pow2::<4>(kept, out),
+        8 => pow2::<8>(kept, out),
+        16 => pow2::<16>(kept, out),
+        32 => pow2::<32>(kept, out),
+        64 => pow2::<64>(kept, out),
+        _ => {
+            let mut wr = BitWriter::new(out);
+            for bc in 0..g.nbc {
+                let k = (kept[bc / 64] >> (bc % 64)) & 1 == 1;
+                wr.push_fill(k, g.cols_of(bc).len());
+            }
+            wr.finish();
         }
-        wr.finish();
     }
 }
 
-/// Bits of the cells to keep in pruned block `(br, bc)` when only the `z` smallest of its `m` real
-/// cells are zeroed (`0 < z < m`), ORed into the per-row bitsets `rows` (one per data row of the
-/// block row, `row_words` words each). Cells are compared by key, then by row-major index in the
-/// block: lower first.
+/// The cells to keep in one pruned block of `M` cells when its `z` smallest are zeroed
+/// (`0 < z < M`): bit `i` set = keep cell `i` (row-major in the block). Cells compare by key, then
+/// by index, by counting for each cell how many are smaller (`M²` comparisons, no branches).
+#[inline(always)]
+fn keep_bits_small<T: ScoreElem, N: NormKind, const M: usize>(cells: &[T], z: usize) -> u64 {
+    let p: [<T::Key as Key>::Packed; M] =
+        std::array::from_fn(|i| N::cell_key(cells[i]).pack(i as u32));
+    let mut bits = 0u64;
+    for i in 0..M {
+        let mut rank = 0usize;
+        for j in 0..M {
+            rank += (p[j] < p[i]) as usize;
+        }
+        bits |= ((rank >= z) as u64) << i;
+    }
+    bits
+}
+
+/// Per-task scratch for the within-block selection of large blocks.
+#[derive(Default)]
+struct Scratch<P> {
+    vals: Vec<P>,
+    sel: Vec<P>,
+}
+
+/// Like [`keep_bits_small`] for any block: the kept cells of pruned block `(br, bc)` when its `z`
+/// smallest of `m` real cells are zeroed (`0 < z < m`), ORed into the per-row bitsets `rows` (one
+/// per data row of the block row, `row_words` words each).
 #[allow(clippy::too_many_arguments)]
-#[inline]
 fn keep_cells<T: ScoreElem, N: NormKind>(
     data: &[T],
     g: &Grid,
@@ -242,48 +281,36 @@ fn keep_cells<T: ScoreElem, N: NormKind>(
     z: usize,
     rows: &mut [u64],
     row_words: usize,
-    heap: &mut Vec<<T::Key as Key>::Packed>,
+    scratch: &mut Scratch<<T::Key as Key>::Packed>,
 ) {
     let (rr, cc) = (g.rows_of(br), g.cols_of(bc));
-    let (nr, cw) = (rr.len(), cc.len());
-    let m = nr * cw;
-    let mut stack = [<T::Key as Key>::Packed::default(); 64];
-    let vals: &mut [<T::Key as Key>::Packed] = if m <= 64 {
-        &mut stack[..m]
-    } else {
-        heap.clear();
-        heap.resize(m, Default::default());
-        &mut heap[..]
-    };
+    let cw = cc.len();
+    if rr.len() == 1 && cw <= 16 {
+        let cells = &data[rr.start * g.w + cc.start..rr.start * g.w + cc.end];
+        let bits = match cw {
+            2 => keep_bits_small::<T, N, 2>(cells, z),
+            3 => keep_bits_small::<T, N, 3>(cells, z),
+            4 => keep_bits_small::<T, N, 4>(cells, z),
+            8 => keep_bits_small::<T, N, 8>(cells, z),
+            16 => keep_bits_small::<T, N, 16>(cells, z),
+            _ => keep_bits_generic::<T, N>(cells, z, scratch),
+        };
+        or_bits(&mut rows[..row_words], cc.start, bits, cw as u32);
+        return;
+    }
+    let vals = &mut scratch.vals;
+    vals.clear();
     let mut i = 0u32;
     for r in rr.clone() {
         for &x in &data[r * g.w + cc.start..r * g.w + cc.end] {
-            vals[i as usize] = N::cell_key(x).pack(i);
+            vals.push(N::cell_key(x).pack(i));
             i += 1;
         }
     }
     // t = the z-th smallest packed value; exactly z values are <= t (packed values are distinct).
-    let t = if m <= 8 {
-        let mut t = vals[0];
-        for &v in vals.iter() {
-            let rank = vals.iter().filter(|&&u| u < v).count();
-            if rank == z - 1 {
-                t = v;
-            }
-        }
-        t
-    } else {
-        let mut scratch = [<T::Key as Key>::Packed::default(); 64];
-        let mut heap2;
-        let s: &mut [<T::Key as Key>::Packed] = if m <= 64 {
-            scratch[..m].copy_from_slice(vals);
-            &mut scratch[..m]
-        } else {
-            heap2 = vals.to_vec();
-            &mut heap2[..]
-        };
-        *s.select_nth_unstable(z - 1).1
-    };
+    scratch.sel.clear();
+    scratch.sel.extend_from_slice(vals);
+    let t = *scratch.sel.select_nth_unstable(z - 1).1;
     for (ri, row_vals) in vals.chunks(cw).enumerate() {
         let row = &mut rows[ri * row_words..(ri + 1) * row_words];
         for (piece, pv) in row_vals.chunks(64).enumerate() {
@@ -293,6 +320,78 @@ fn keep_cells<T: ScoreElem, N: NormKind>(
             }
             or_bits(row, cc.start + piece * 64, bits, pv.len() as u32);
         }
+    }
+}
+
+/// [`keep_bits_small`] for up to 64 cells of one row, any count.
+fn keep_bits_generic<T: ScoreElem, N: NormKind>(
+    cells: &[T],
+    z: usize,
+    scratch: &mut Scratch<<T::Key as Key>::Packed>,
+) -> u64 {
+    scratch.vals.clear();
+    scratch.vals.extend(
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| N::cell_key(x).pack(i as u32)),
+    );
+    scratch.sel.clear();
+    scratch.sel.extend_from_slice(&scratch.vals);
+    let t = *scratch.sel.select_nth_unstable(z - 1).1;
+    scratch
+        .vals
+        .iter()
+        .enumerate()
+        .fold(0u64, |b, (i, &v)| b | (((v > t) as u64) << i))
+}
+
+/// Per-task state of the cut: the task's share of the blocks equal to the threshold, and its
+/// candidate keys (for a cut inside the bracket), consumed in block order.
+struct CutState<'a, K> {
+    c: u8,
+    thr: K,
+    budget: usize,
+    inside: &'a [K],
+    cursor: usize,
+}
+
+impl<K: Key> CutState<'_, K> {
+    /// Kept flags (1 bit per block) of one block row from its codes; returns the pruned count.
+    #[inline(always)]
+    fn flags(&mut self, codes: &[u8], kept: &mut [u64]) -> usize {
+        let mut n_pruned = 0;
+        for (kw, cs) in kept.iter_mut().zip(codes.chunks(64)) {
+            let (mut keep, mut at) = code_bits(cs, self.c);
+            // Blocks in the cut's code, in block order.
+            while at != 0 {
+                let j = at.trailing_zeros();
+                at &= at - 1;
+                let prune = if self.c == code::INSIDE {
+                    let v = self.inside[self.cursor];
+                    self.cursor += 1;
+                    if v < self.thr {
+                        true
+                    } else if v == self.thr && self.budget > 0 {
+                        self.budget -= 1;
+                        true
+                    } else {
+                        false
+                    }
+                } else if self.budget > 0 {
+                    self.budget -= 1;
+                    true
+                } else {
+                    false
+                };
+                if !prune {
+                    keep |= 1 << j;
+                }
+            }
+            n_pruned += cs.len() - keep.count_ones() as usize;
+            *kw = keep;
+        }
+        n_pruned
     }
 }
 
@@ -321,12 +420,16 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
         .for_each(|(task, out)| {
             let br0 = task * plan.brs;
             let br1 = ((task + 1) * plan.brs).min(g.nbr);
-            let mut budget = cut.and_then(|c| c.budgets.get(task)).copied().unwrap_or(0);
-            let inside: &[T::Key] = match &src {
-                Source::Coded(_, stats) => &stats[task].inside,
-                _ => &[],
+            let mut st = CutState {
+                c,
+                thr,
+                budget: cut.and_then(|c| c.budgets.get(task)).copied().unwrap_or(0),
+                inside: match &src {
+                    Source::Coded(_, stats) => &stats[task].inside,
+                    _ => &[],
+                },
+                cursor: 0,
             };
-            let mut cursor = 0usize;
             let mut kept = vec![0u64; kept_words];
             let mut pat = vec![0u64; row_words];
             let mut scratch_codes = Vec::new();
@@ -335,15 +438,19 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
             } else {
                 Vec::new()
             };
-            let mut heap = Vec::new();
+            let mut scratch = Scratch::default();
             let mut wr = BitWriter::new(out);
             for br in br0..br1 {
-                let nrows = g.rows_of(br).len();
-                // Kept flags of this block row, 1 bit per block.
-                let mut n_pruned = 0usize;
-                let codes: &[u8] = match &src {
-                    Source::All => &[],
-                    Source::Coded(codes, _) => &codes[br * g.nbc..(br + 1) * g.nbc],
+                let rr = g.rows_of(br);
+                let nrows = rr.len();
+                let n_pruned = match &src {
+                    Source::All => {
+                        kept.fill(0);
+                        g.nbc
+                    }
+                    Source::Coded(codes, _) => {
+                        st.flags(&codes[br * g.nbc..(br + 1) * g.nbc], &mut kept)
+                    }
                     Source::Keys(keys) => {
                         scratch_codes.clear();
                         scratch_codes.extend(
@@ -351,48 +458,9 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
                                 .iter()
                                 .map(|&k| scores::code_of(k, thr, thr)),
                         );
-                        &scratch_codes
+                        st.flags(&scratch_codes, &mut kept)
                     }
                 };
-                if let Source::All = src {
-                    kept.fill(0);
-                    n_pruned = g.nbc;
-                } else {
-                    for (kw, cs) in kept.iter_mut().zip(codes.chunks(64)) {
-                        let (mut keep, mut at) = (0u64, 0u64);
-                        for (j, &x) in cs.iter().enumerate() {
-                            keep |= ((x > c) as u64) << j;
-                            at |= ((x == c) as u64) << j;
-                        }
-                        // Blocks in the cut's code, in block order.
-                        while at != 0 {
-                            let j = at.trailing_zeros();
-                            at &= at - 1;
-                            let prune = if c == code::INSIDE {
-                                let v = inside[cursor];
-                                cursor += 1;
-                                if v < thr {
-                                    true
-                                } else if v == thr && budget > 0 {
-                                    budget -= 1;
-                                    true
-                                } else {
-                                    false
-                                }
-                            } else if budget > 0 {
-                                budget -= 1;
-                                true
-                            } else {
-                                false
-                            };
-                            if !prune {
-                                keep |= 1 << j;
-                            }
-                        }
-                        n_pruned += cs.len() - keep.count_ones() as usize;
-                        *kw = keep;
-                    }
-                }
                 if n_pruned == 0 {
                     for _ in 0..nrows {
                         wr.push_fill(true, g.w);
@@ -415,17 +483,22 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
                     }
                     continue;
                 }
+                // Some pruned blocks keep their largest cells: add those to the rows' bits.
                 let rows = &mut rows_buf[..nrows * row_words];
                 for r in rows.chunks_mut(row_words) {
                     r.copy_from_slice(&pat);
                 }
-                for bc in 0..g.nbc {
-                    if (kept[bc / 64] >> (bc % 64)) & 1 == 1 {
-                        continue;
+                for (wi, &kw) in kept.iter().enumerate() {
+                    let mut pruned = !kw;
+                    if wi == kept_words - 1 && g.nbc % 64 != 0 {
+                        pruned &= (1u64 << (g.nbc % 64)) - 1;
                     }
-                    let m = nrows * g.cols_of(bc).len();
-                    if zpb < m {
-                        keep_cells::<T, N>(data, g, br, bc, zpb, rows, row_words, &mut heap);
+                    while pruned != 0 {
+                        let bc = wi * 64 + pruned.trailing_zeros() as usize;
+                        pruned &= pruned - 1;
+                        if zpb < nrows * g.cols_of(bc).len() {
+                            keep_cells::<T, N>(data, g, br, bc, zpb, rows, row_words, &mut scratch);
+                        }
                     }
                 }
                 for r in rows.chunks(row_words) {

@@ -19,7 +19,9 @@ use rayon::prelude::*;
 
 use crate::dtype::Element;
 
-/// An order-preserving integer image of a non-negative score or cell value (`u16`, `u32`, `u64`).
+/// An order-preserving integer image of a non-negative score or cell value: its magnitude bits as
+/// a non-negative `i16`, `i32` or `i64` (signed, so vector compares are native), NaN as the
+/// type's `MAX` (above infinity).
 pub(crate) trait Key: Copy + Ord + Eq + Send + Sync + Default + Debug + 'static {
     /// The largest key: NaN.
     const MAX: Self;
@@ -38,7 +40,7 @@ pub(crate) trait Key: Copy + Ord + Eq + Send + Sync + Default + Debug + 'static 
 }
 
 macro_rules! impl_key {
-    ($t:ty, $p:ty) => {
+    ($t:ty, $u:ty, $p:ty) => {
         impl Key for $t {
             const MAX: Self = <$t>::MAX;
             const MIN: Self = 0;
@@ -46,11 +48,11 @@ macro_rules! impl_key {
             type Packed = $p;
             #[inline(always)]
             fn pack(self, idx: u32) -> $p {
-                ((self as $p) << 32) | idx as $p
+                ((self as $u as $p) << 32) | idx as $p
             }
             #[inline(always)]
             fn to_u64(self) -> u64 {
-                self as u64
+                self as $u as u64
             }
             #[inline(always)]
             fn from_u64(v: u64) -> Self {
@@ -59,9 +61,9 @@ macro_rules! impl_key {
         }
     };
 }
-impl_key!(u16, u64);
-impl_key!(u32, u64);
-impl_key!(u64, u128);
+impl_key!(i16, u16, u64);
+impl_key!(i32, u32, u64);
+impl_key!(i64, u64, u128);
 
 /// The per-dtype arithmetic of PyTorch's block and cell scores.
 pub(crate) trait ScoreElem: Element {
@@ -80,7 +82,7 @@ pub(crate) trait ScoreElem: Element {
 }
 
 impl ScoreElem for f32 {
-    type Key = u32;
+    type Key = i32;
     #[inline(always)]
     fn l1(self) -> f32 {
         self.abs()
@@ -90,21 +92,21 @@ impl ScoreElem for f32 {
         self * self
     }
     #[inline(always)]
-    fn l1_key(self) -> u32 {
+    fn l1_key(self) -> i32 {
         f32_key(self.abs())
     }
     #[inline(always)]
-    fn l2_key(self) -> u32 {
+    fn l2_key(self) -> i32 {
         f32_key(self * self)
     }
     #[inline(always)]
-    fn score_key(sum: f32, count: usize) -> u32 {
+    fn score_key(sum: f32, count: usize) -> i32 {
         f32_key(sum / count as f32)
     }
 }
 
 impl ScoreElem for f64 {
-    type Key = u64;
+    type Key = i64;
     #[inline(always)]
     fn l1(self) -> f64 {
         self.abs()
@@ -114,15 +116,15 @@ impl ScoreElem for f64 {
         self * self
     }
     #[inline(always)]
-    fn l1_key(self) -> u64 {
+    fn l1_key(self) -> i64 {
         f64_key(self.abs())
     }
     #[inline(always)]
-    fn l2_key(self) -> u64 {
+    fn l2_key(self) -> i64 {
         f64_key(self * self)
     }
     #[inline(always)]
-    fn score_key(sum: f64, count: usize) -> u64 {
+    fn score_key(sum: f64, count: usize) -> i64 {
         f64_key(sum / count as f64)
     }
 }
@@ -130,7 +132,7 @@ impl ScoreElem for f64 {
 macro_rules! impl_half {
     ($t:ty, $nan_mask:expr) => {
         impl ScoreElem for $t {
-            type Key = u16;
+            type Key = i16;
             #[inline(always)]
             fn l1(self) -> f32 {
                 self.to_f32().abs()
@@ -141,16 +143,16 @@ macro_rules! impl_half {
                 <$t>::from_f32(x * x).to_f32()
             }
             #[inline(always)]
-            fn l1_key(self) -> u16 {
+            fn l1_key(self) -> i16 {
                 half_key(self.to_bits() & 0x7fff, $nan_mask)
             }
             #[inline(always)]
-            fn l2_key(self) -> u16 {
+            fn l2_key(self) -> i16 {
                 let x = self.to_f32();
                 half_key(<$t>::from_f32(x * x).to_bits() & 0x7fff, $nan_mask)
             }
             #[inline(always)]
-            fn score_key(sum: f32, count: usize) -> u16 {
+            fn score_key(sum: f32, count: usize) -> i16 {
                 half_key(
                     <$t>::from_f32(sum / count as f32).to_bits() & 0x7fff,
                     $nan_mask,
@@ -163,30 +165,30 @@ macro_rules! impl_half {
 impl_half!(f16, 0x7c00);
 impl_half!(bf16, 0x7f80);
 
-/// Key of a non-negative f32 (or NaN → MAX).
+/// Key of a non-negative f32: its magnitude bits; NaN → MAX.
 #[inline(always)]
-fn f32_key(v: f32) -> u32 {
+fn f32_key(v: f32) -> i32 {
     if v.is_nan() {
-        u32::MAX
+        i32::MAX
     } else {
-        v.to_bits() & 0x7fff_ffff
+        (v.to_bits() & 0x7fff_ffff) as i32
     }
 }
 #[inline(always)]
-fn f64_key(v: f64) -> u64 {
+fn f64_key(v: f64) -> i64 {
     if v.is_nan() {
-        u64::MAX
+        i64::MAX
     } else {
-        v.to_bits() & 0x7fff_ffff_ffff_ffff
+        (v.to_bits() & 0x7fff_ffff_ffff_ffff) as i64
     }
 }
 /// Key of the magnitude bits of a half-precision value; NaN → MAX.
 #[inline(always)]
-fn half_key(bits: u16, exp_mask: u16) -> u16 {
+fn half_key(bits: u16, exp_mask: u16) -> i16 {
     if bits & exp_mask == exp_mask && bits & !exp_mask != 0 {
-        u16::MAX
+        i16::MAX
     } else {
-        bits
+        bits as i16
     }
 }
 
@@ -444,6 +446,7 @@ pub(crate) struct Bracket<K> {
 /// Block codes: where a block's key lies relative to a bracket `[lo, hi]`.
 pub(crate) mod code {
     /// `key < lo`.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub const BELOW: u8 = 0;
     /// `key == lo`.
     pub const AT_LO: u8 = 1;
@@ -464,6 +467,47 @@ pub(crate) fn code_of<K: Key>(k: K, lo: K, hi: K) -> u8 {
     let ge_hi = (k >= hi) as u8 & gt_lo;
     let gt_hi = (k > hi) as u8;
     ge_lo + gt_lo + ge_hi + gt_hi
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+
+/// Gathers bit 0 of each byte of `b` (other bits zero) into bits 0..8.
+#[inline(always)]
+fn gather_bytes(b: u64) -> u64 {
+    b.wrapping_mul(0x0102_0408_1020_4080) >> 56
+}
+
+/// For up to 64 block codes (values 0..=4): bit `j` of the first result is set iff
+/// `codes[j] > c`, of the second iff `codes[j] == c`. Eight codes per step, in a u64.
+#[inline(always)]
+pub(crate) fn code_bits(codes: &[u8], c: u8) -> (u64, u64) {
+    debug_assert!(codes.len() <= 64 && c <= code::ABOVE);
+    let (mut gt, mut eq) = (0u64, 0u64);
+    let mut it = codes.chunks_exact(8);
+    let mut shift = 0;
+    let one = |v: u64| {
+        // byte + (0x7f - c) has its high bit set iff byte > c (no carries: bytes <= 4).
+        let g = ((v + ONES * (0x7f - c as u64)) >> 7) & ONES;
+        // byte ^ c is 0 iff equal; adding 0x7f sets the high bit iff it is not 0.
+        let ne = (((v ^ (ONES * c as u64)) + ONES * 0x7f) >> 7) & ONES;
+        (gather_bytes(g), gather_bytes(ne ^ ONES))
+    };
+    for ch in &mut it {
+        let (g, e) = one(u64::from_le_bytes(ch.try_into().unwrap_or([0; 8])));
+        gt |= g << shift;
+        eq |= e << shift;
+        shift += 8;
+    }
+    let rem = it.remainder();
+    if !rem.is_empty() {
+        let mut buf = [0u8; 8];
+        buf[..rem.len()].copy_from_slice(rem);
+        let (g, e) = one(u64::from_le_bytes(buf));
+        let m = (1u64 << rem.len()) - 1;
+        gt |= (g & m) << shift;
+        eq |= (e & m) << shift;
+    }
+    (gt, eq)
 }
 
 /// What the coded score pass learned about one task's block rows.
@@ -507,12 +551,16 @@ pub(crate) fn coded_pass<T: ScoreElem, N: NormKind>(
                 for (ks, cs) in keys.chunks(4096).zip(out.chunks_mut(4096)) {
                     let (mut lt, mut el, mut eh, mut ins, mut na) = (0u32, 0u32, 0u32, 0u32, 0u32);
                     for (&k, c) in ks.iter().zip(cs.iter_mut()) {
-                        let x = code_of(k, b.lo, b.hi);
-                        *c = x;
-                        lt += (x == code::BELOW) as u32;
-                        el += (x == code::AT_LO) as u32;
-                        ins += (x == code::INSIDE) as u32;
-                        eh += (x == code::AT_HI) as u32;
+                        // code_of, with the counts taken from the same comparisons.
+                        let ge_lo = (k >= b.lo) as u32;
+                        let gt_lo = (k > b.lo) as u32;
+                        let ge_hi = (k >= b.hi) as u32 & gt_lo;
+                        let gt_hi = (k > b.hi) as u32;
+                        *c = (ge_lo + gt_lo + ge_hi + gt_hi) as u8;
+                        lt += 1 - ge_lo;
+                        el += ge_lo - gt_lo;
+                        ins += gt_lo - ge_hi;
+                        eh += ge_hi - gt_hi;
                         na += (k == T::Key::MAX) as u32;
                     }
                     st.lt += lt as usize;
@@ -525,17 +573,14 @@ pub(crate) fn coded_pass<T: ScoreElem, N: NormKind>(
                         {
                             overflow.store(true, Ordering::Relaxed);
                         } else {
-                            // Branch-free compaction of the inside keys.
-                            let start = st.inside.len();
-                            st.inside.resize(start + ks.len(), T::Key::MIN);
-                            let dst = &mut st.inside[start..];
-                            let last = dst.len() - 1;
-                            let mut n = 0usize;
-                            for (&k, &x) in ks.iter().zip(cs.iter()) {
-                                dst[n] = k;
-                                n = (n + (x == code::INSIDE) as usize).min(last);
+                            // The inside keys, in block order, found 64 codes at a time.
+                            for (k64, c64) in ks.chunks(64).zip(cs.chunks(64)) {
+                                let (_, mut bits) = code_bits(c64, code::INSIDE);
+                                while bits != 0 {
+                                    st.inside.push(k64[bits.trailing_zeros() as usize]);
+                                    bits &= bits - 1;
+                                }
                             }
-                            st.inside.truncate(start + ins as usize);
                         }
                     }
                 }
@@ -559,7 +604,7 @@ pub(crate) fn keys_pass<T: ScoreElem, N: NormKind>(
         .enumerate()
         .map_init(Vec::new, |acc, (task, out)| {
             block_rows_keys::<T, N>(data, g, task * brs_per_task.max(1), out, acc);
-            out.iter().any(|&k| k == T::Key::MAX)
+            out.contains(&T::Key::MAX)
         })
         .reduce(|| false, |a, b| a | b)
 }
@@ -577,11 +622,48 @@ mod tests {
             assert!(f32_key(w[0]) < f32_key(w[1]));
             assert!(f64_key(w[0] as f64) < f64_key(w[1] as f64));
         }
-        assert_eq!(f16::NAN.l1_key(), u16::MAX);
-        assert_eq!(bf16::NAN.l2_key(), u16::MAX);
+        assert_eq!(f16::NAN.l1_key(), i16::MAX);
+        assert_eq!(bf16::NAN.l2_key(), i16::MAX);
         assert_eq!(f16::INFINITY.l1_key(), 0x7c00);
-        assert_eq!(f32::NAN.l2_key(), u32::MAX);
+        assert_eq!(f32::NAN.l2_key(), i32::MAX);
         assert_eq!((-0.0f32).l1_key(), 0);
+    }
+
+    #[test]
+    fn code_bits_match_naive() {
+        for len in 0..=64usize {
+            let codes: Vec<u8> = (0..len).map(|i| ((i * 7 + len) % 5) as u8).collect();
+            for c in 0..=4u8 {
+                let (gt, eq) = code_bits(&codes, c);
+                for (j, &x) in codes.iter().enumerate() {
+                    assert_eq!((gt >> j) & 1 == 1, x > c);
+                    assert_eq!((eq >> j) & 1 == 1, x == c);
+                }
+                assert_eq!(gt >> len.min(63) >> (len / 64), 0);
+                assert_eq!(eq >> len.min(63) >> (len / 64), 0);
+            }
+        }
+    }
+
+    #[test]
+    fn codes_order_like_keys() {
+        for (lo, hi) in [(3i32, 3i32), (3, 7)] {
+            for k in 0..10i32 {
+                let c = code_of(k, lo, hi);
+                let want = if k < lo {
+                    0
+                } else if k == lo {
+                    1
+                } else if k < hi {
+                    2
+                } else if k == hi {
+                    3
+                } else {
+                    4
+                };
+                assert_eq!(c, want, "{k} in [{lo}, {hi}]");
+            }
+        }
     }
 
     #[test]
@@ -601,7 +683,7 @@ mod tests {
             (2, 2),
         ] {
             let g = Grid::new(h, w, bh, bw);
-            let mut keys = vec![0u32; g.num_blocks()];
+            let mut keys = vec![0i32; g.num_blocks()];
             keys_pass::<f32, L2>(&data, &g, &mut keys, 1);
             for br in 0..g.nbr {
                 for bc in 0..g.nbc {

@@ -278,27 +278,27 @@ mod tests {
 
     proptest! {
         #[test]
-        fn radix_and_small_match_sorting(keys in proptest::collection::vec(0u32..50, 1..300), kf in 0.0f64..1.0, shift in 0u32..20) {
-            let keys: Vec<u32> = keys.into_iter().map(|x| x << shift).collect();
+        fn radix_and_small_match_sorting(keys in proptest::collection::vec(0i32..50, 1..300), kf in 0.0f64..1.0, shift in 0u32..20) {
+            let keys: Vec<i32> = keys.into_iter().map(|x| x << shift).collect();
             let k = 1 + ((keys.len() - 1) as f64 * kf) as usize;
             let want = naive(&keys, k);
             prop_assert_eq!(radix_select(&keys, k), want);
             prop_assert_eq!(small_select(&keys, k), want);
-            let k64: Vec<u64> = keys.iter().map(|&x| (x as u64) << 20 | 7).collect();
+            let k64: Vec<i64> = keys.iter().map(|&x| (x as i64) << 20 | 7).collect();
             let t = radix_select(&k64, k);
             prop_assert_eq!(t, naive(&k64, k));
-            let k16: Vec<u16> = keys.iter().map(|&x| (x >> shift) as u16).collect();
+            let k16: Vec<i16> = keys.iter().map(|&x| (x >> shift) as i16).collect();
             prop_assert_eq!(radix_select(&k16, k), naive(&k16, k));
         }
 
         #[test]
-        fn bracket_cut_is_exact_when_it_hits(keys in proptest::collection::vec(0u32..1000, 1..3000), kf in 0.0f64..1.0, tasks in 1usize..5) {
+        fn bracket_cut_is_exact_when_it_hits(keys in proptest::collection::vec(0i32..1000, 1..3000), kf in 0.0f64..1.0, tasks in 1usize..5) {
             let n = keys.len();
             let k = 1 + ((n - 1) as f64 * kf) as usize;
-            let sample: Vec<u32> = sample_positions(n).iter().map(|&i| keys[i]).collect();
+            let sample: Vec<i32> = sample_positions(n).iter().map(|&i| keys[i]).collect();
             let b = bracket_from_sample(sample, n, k);
             let per = n.div_ceil(tasks);
-            let stats: Vec<TaskStats<u32>> = keys.chunks(per).map(|c| {
+            let stats: Vec<TaskStats<i32>> = keys.chunks(per).map(|c| {
                 let mut st = TaskStats::default();
                 for &x in c {
                     match crate::norm::scores::code_of(x, b.lo, b.hi) {
@@ -323,7 +323,7 @@ mod tests {
 
     #[test]
     fn budgets_go_to_the_lowest_indices() {
-        let keys = [3u32, 1, 3, 3, 0, 3, 3];
+        let keys = [3i32, 1, 3, 3, 0, 3, 3];
         assert_eq!(eq_budgets(&keys, 2, 3, 3), vec![1, 2, 0, 0]);
         assert_eq!(eq_budgets(&keys, 3, 3, 5), vec![2, 2, 1]);
     }

@@ -1,0 +1,419 @@
+//! Scheduler behaviour that does not depend on a particular sparsifier: schedules, clamping,
+//! errors, the ordering warning, state save/load. Uses a small magnitude sparsifier defined here.
+
+use data_sparsifier::scheduler::{
+    DataScheduler, Lambda, LinearSchedule, Param, Point, Schedule, SchedulerWarning, StepOutcome,
+    StepSchedule, ZhuGupta,
+};
+use data_sparsifier::{Config, DType, DataSparsifier, Error, Mask, Tensor, TensorView, UpdateMask};
+use serde::{Deserialize, Serialize};
+
+/// Zeroes the `round(level · n)` smallest-magnitude elements.
+struct Magnitude;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Level {
+    level: f64,
+}
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct LevelPatch {
+    level: Option<f64>,
+}
+impl Config for Level {
+    type Patch = LevelPatch;
+    fn apply(&mut self, p: &LevelPatch) {
+        if let Some(l) = p.level {
+            self.level = l;
+        }
+    }
+}
+
+impl UpdateMask for Magnitude {
+    type Config = Level;
+    type State = ();
+    fn validate(&self, name: &str, c: &Level) -> data_sparsifier::Result<()> {
+        if !(0.0..=1.0).contains(&c.level) {
+            return Err(Error::invalid_config(name, "level", c.level, "in [0, 1]"));
+        }
+        Ok(())
+    }
+    fn update_mask(
+        &self,
+        _name: &str,
+        data: TensorView<'_>,
+        c: &Level,
+        _s: &mut (),
+        mask: &mut Mask,
+    ) -> data_sparsifier::Result<()> {
+        let v = data.to_tensor().to_f64_vec();
+        let mut idx: Vec<usize> = (0..v.len()).collect();
+        idx.sort_by(|&a, &b| v[a].abs().total_cmp(&v[b].abs()));
+        let k = (c.level * v.len() as f64).round() as usize;
+        mask.fill(true);
+        for &i in &idx[..k] {
+            mask.set(i, false);
+        }
+        Ok(())
+    }
+}
+
+const LEVEL: Param<Level> =
+    Param::<Level>::new("level", |c| c.level, |c, v| c.level = v).with_range(0.0, 1.0);
+
+fn sparsifier() -> DataSparsifier<Magnitude> {
+    let mut sp = DataSparsifier::new(Magnitude, Level { level: 0.2 }).unwrap();
+    let t = |n: usize, seed| data_sparsifier::random::randn([n, n], DType::F32, seed);
+    sp.add_data("a", t(4, 1)).unwrap();
+    sp.add_data_with("b", t(6, 2), &LevelPatch { level: Some(0.4) }, true)
+        .unwrap();
+    sp
+}
+
+fn levels(sp: &DataSparsifier<Magnitude>) -> Vec<f64> {
+    sp.configs().map(|(_, c)| c.level).collect()
+}
+
+#[test]
+fn construction_reads_base_values_and_steps_once() {
+    let mut sp = sparsifier();
+    let s = DataScheduler::new(&mut sp, LEVEL, StepSchedule::new(1, 2.0).unwrap()).unwrap();
+    assert_eq!(s.last_epoch(), 0);
+    assert_eq!(s.step_count(), 1);
+    assert_eq!(s.base_value("a"), Some(0.2));
+    assert_eq!(s.base_value("b"), Some(0.4));
+    assert_eq!(s.last_values(), &[("a".into(), 0.2), ("b".into(), 0.4)]);
+    assert_eq!(s.schedule().gamma, 2.0);
+    assert_eq!(s.schedule().step_size, 1);
+    assert!(s.to_string().contains("level: {\"a\": 0.2, \"b\": 0.4}"));
+}
+
+#[test]
+fn step_writes_configs_masks_change_on_next_sparsifier_step() {
+    let mut sp = sparsifier();
+    sp.step().unwrap();
+    let m0 = sp.get_mask("a").unwrap().clone();
+    assert_eq!(m0.count_zeroed(), 3); // round(0.2 * 16)
+    let mut s = DataScheduler::new(&mut sp, LEVEL, StepSchedule::new(1, 2.0).unwrap()).unwrap();
+    let _ = s.step(&mut sp).unwrap();
+    assert_eq!(levels(&sp), vec![0.4, 0.8]);
+    // The masks have not changed yet...
+    assert_eq!(sp.get_mask("a").unwrap(), &m0);
+    // ...until the sparsifier steps.
+    sp.step().unwrap();
+    assert_eq!(sp.get_mask("a").unwrap().count_zeroed(), 6);
+}
+
+#[test]
+fn step_re_enables_mask_updates() {
+    let mut sp = sparsifier();
+    let mut s = DataScheduler::new(&mut sp, LEVEL, StepSchedule::new(1, 2.0).unwrap()).unwrap();
+    sp.set_mask_update_enabled(false);
+    sp.step().unwrap();
+    let _ = s.step(&mut sp).unwrap();
+    assert!(sp.mask_update_enabled());
+}
+
+#[test]
+fn overshooting_levels_clamp_to_the_range() {
+    let mut sp = sparsifier();
+    let mut s = DataScheduler::new(&mut sp, LEVEL, StepSchedule::new(1, 3.0).unwrap()).unwrap();
+    for _ in 0..4 {
+        sp.step().unwrap();
+        let _ = s.step(&mut sp).unwrap();
+    }
+    assert_eq!(levels(&sp), vec![1.0, 1.0]);
+    sp.step().unwrap(); // a level of 1 is valid: everything is pruned
+    assert_eq!(sp.get_mask("b").unwrap().count_kept(), 0);
+
+    let mut sp = sparsifier();
+    let _s = DataScheduler::new(&mut sp, LEVEL, Lambda::new(|e| -(e as f64))).unwrap();
+    assert_eq!(levels(&sp), vec![0.0, 0.0]); // base * -0 = -0.0 -> clamped up to 0
+}
+
+#[test]
+fn nan_is_an_error_and_changes_nothing() {
+    let mut sp = sparsifier();
+    let mut s = DataScheduler::new(
+        &mut sp,
+        LEVEL,
+        Lambda::new(|e| if e == 2 { f64::NAN } else { 1.0 }),
+    )
+    .unwrap();
+    sp.step().unwrap();
+    let _ = s.step(&mut sp).unwrap();
+    let before = levels(&sp);
+    let err = s.step(&mut sp).unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+    assert_eq!(levels(&sp), before);
+    assert_eq!(s.last_epoch(), 1);
+}
+
+#[test]
+fn removed_name_is_an_error() {
+    let mut sp = sparsifier();
+    let mut s = DataScheduler::new(&mut sp, LEVEL, StepSchedule::new(1, 1.0).unwrap()).unwrap();
+    sp.remove_data("b").unwrap();
+    assert!(matches!(s.step(&mut sp), Err(Error::UnknownName { .. })));
+}
+
+#[test]
+fn data_added_later_is_not_scheduled() {
+    let mut sp = sparsifier();
+    let mut s = DataScheduler::new(&mut sp, LEVEL, StepSchedule::new(1, 2.0).unwrap()).unwrap();
+    sp.add_data("late", Tensor::zeros(DType::F32, [2, 2]))
+        .unwrap();
+    sp.step().unwrap();
+    let _ = s.step(&mut sp).unwrap();
+    assert_eq!(sp.config("late").unwrap().level, 0.2);
+    assert_eq!(s.last_value("late"), Some(0.2));
+    assert_eq!(s.base_value("late"), None);
+}
+
+#[test]
+fn ordering_warning() {
+    let mut sp = sparsifier();
+    sp.step().unwrap(); // a step before the scheduler exists does not count
+    let mut s = DataScheduler::new(&mut sp, LEVEL, StepSchedule::new(1, 1.0).unwrap()).unwrap();
+    let out = s.step(&mut sp).unwrap();
+    assert_eq!(
+        out,
+        StepOutcome::Warned(SchedulerWarning::SteppedBeforeSparsifier)
+    );
+    assert!(out.warning().unwrap().to_string().contains("BEFORE"));
+    // Only the first user step is checked.
+    assert_eq!(s.step(&mut sp).unwrap(), StepOutcome::Stepped);
+
+    let mut sp = sparsifier();
+    let mut s = DataScheduler::new(&mut sp, LEVEL, StepSchedule::new(1, 1.0).unwrap()).unwrap();
+    sp.step().unwrap();
+    assert_eq!(s.step(&mut sp).unwrap().warning(), None);
+}
+
+#[test]
+fn invalid_schedules_are_rejected() {
+    assert!(StepSchedule::new(0, 0.5).is_err());
+    assert!(StepSchedule::new(1, f64::INFINITY).is_err());
+    assert!(ZhuGupta::new(None, 0.9, 0, 10, 0).is_err());
+    assert!(ZhuGupta::new(Some(f64::NAN), 0.9, 0, 10, 1).is_err());
+    let mut sp = sparsifier();
+    let bad = StepSchedule {
+        step_size: 0,
+        gamma: 1.0,
+    };
+    assert!(DataScheduler::new(&mut sp, LEVEL, bad).is_err());
+}
+
+#[test]
+fn zhu_gupta_is_cubic_monotone_and_respects_frequency() {
+    let s = ZhuGupta::new(Some(0.1), 0.9, 3, 12, 4).unwrap();
+    let v: Vec<f64> = (0..20)
+        .map(|e| {
+            s.value(&Point {
+                name: "x",
+                epoch: e,
+                base: 0.5,
+                current: 0.0,
+            })
+        })
+        .collect();
+    assert!(v[..=3].iter().all(|&x| x == 0.1));
+    // updated only at t0 + 0, 4, 8, then 12 = end
+    assert_eq!(v[4], v[3]);
+    assert_eq!(v[6], v[3]);
+    let at = |t: f64| 0.9 + (0.1 - 0.9) * (1.0 - t / 12.0).powi(3);
+    assert!((v[7] - at(4.0)).abs() < 1e-12);
+    assert_eq!(v[7], v[10]);
+    assert!((v[11] - at(8.0)).abs() < 1e-12);
+    assert!(v[15..].iter().all(|&x| x == 0.9));
+    assert!(v.windows(2).all(|w| w[1] >= w[0]));
+    // initial = None uses each entry's base value
+    let s = ZhuGupta::new(None, 0.9, 0, 10, 1).unwrap();
+    let p = Point {
+        name: "x",
+        epoch: 0,
+        base: 0.3,
+        current: 0.0,
+    };
+    assert_eq!(s.value(&p), 0.3);
+}
+
+#[test]
+fn zhu_gupta_drives_a_sparsifier_to_the_final_level() {
+    let mut sp = sparsifier();
+    let mut s = DataScheduler::new(
+        &mut sp,
+        LEVEL,
+        ZhuGupta::new(Some(0.0), 0.75, 1, 4, 1).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(levels(&sp), vec![0.0, 0.0]);
+    let mut seen = vec![];
+    for _ in 0..6 {
+        sp.step().unwrap();
+        let _ = s.step(&mut sp).unwrap();
+        seen.push(sp.config("a").unwrap().level);
+    }
+    assert_eq!(seen[4], 0.75);
+    assert_eq!(seen[5], 0.75);
+    sp.step().unwrap();
+    assert_eq!(sp.get_mask("a").unwrap().count_zeroed(), 12);
+}
+
+#[test]
+fn linear_schedule_through_the_scheduler() {
+    let mut sp = sparsifier();
+    let lin = LinearSchedule {
+        start_value: None,
+        end_value: 0.6,
+        start_epoch: 0,
+        num_epochs: 2,
+    };
+    let mut s = DataScheduler::new(&mut sp, LEVEL, lin).unwrap();
+    sp.step().unwrap();
+    let _ = s.step(&mut sp).unwrap();
+    let l = levels(&sp);
+    assert!((l[0] - 0.4).abs() < 1e-12 && (l[1] - 0.5).abs() < 1e-12);
+    let _ = s.step(&mut sp).unwrap();
+    assert_eq!(levels(&sp), vec![0.6, 0.6]);
+}
+
+#[test]
+fn custom_schedule_trait_object() {
+    struct Halve;
+    impl Schedule for Halve {
+        fn name(&self) -> &'static str {
+            "halve"
+        }
+        fn value(&self, at: &Point<'_>) -> f64 {
+            if at.epoch > 0 {
+                at.current * 0.5
+            } else {
+                at.base
+            }
+        }
+    }
+    let mut sp = sparsifier();
+    let boxed: Box<dyn Schedule> = Box::new(Halve);
+    let mut s = DataScheduler::new(&mut sp, LEVEL, boxed).unwrap();
+    sp.step().unwrap();
+    let _ = s.step(&mut sp).unwrap();
+    assert_eq!(levels(&sp), vec![0.1, 0.2]);
+}
+
+#[test]
+fn state_roundtrip_restores_hyperparameters_and_counters() {
+    let mut sp = sparsifier();
+    let mut s1 = DataScheduler::new(&mut sp, LEVEL, StepSchedule::new(2, 1.5).unwrap()).unwrap();
+    for _ in 0..3 {
+        sp.step().unwrap();
+        let _ = s1.step(&mut sp).unwrap();
+    }
+    let st = s1.state_dict();
+    let mut sp2 = sparsifier();
+    let mut s2 = DataScheduler::new(&mut sp2, LEVEL, StepSchedule::new(1, 9.0).unwrap()).unwrap();
+    s2.load_state_dict(st.clone()).unwrap();
+    assert_eq!(s2.state_dict(), st);
+    assert_eq!(s2.schedule(), s1.schedule());
+
+    // Another schedule or parameter is refused, and nothing changes.
+    let mut s3 = DataScheduler::new(&mut sp2, LEVEL, Lambda::new(|_| 1.0)).unwrap();
+    let before = s3.state_dict();
+    assert!(matches!(
+        s3.load_state_dict(st.clone()),
+        Err(Error::InvalidState { .. })
+    ));
+    assert_eq!(s3.state_dict(), before);
+    // Malformed hyper-parameters are refused too.
+    let mut bad = st;
+    bad.schedule_state = serde_json::json!({"step_size": 0, "gamma": 1.0});
+    assert!(s2.load_state_dict(bad).is_err());
+}
+
+#[test]
+fn resume_from_file_continues_exactly() {
+    fn run(
+        sp: &mut DataSparsifier<Magnitude>,
+        s: &mut DataScheduler<Level, ZhuGupta>,
+        epochs: std::ops::Range<u64>,
+    ) {
+        for e in epochs {
+            // the data "trains": deterministic per epoch
+            for (i, name) in ["a", "b"].into_iter().enumerate() {
+                let n = if i == 0 { 4 } else { 6 };
+                let t = data_sparsifier::random::randn([n, n], DType::F32, 100 + e * 7 + i as u64);
+                sp.add_data(name, t).unwrap();
+            }
+            sp.step().unwrap();
+            let _ = s.step(sp).unwrap();
+        }
+    }
+    let zg = ZhuGupta::new(Some(0.05), 0.9, 1, 6, 2).unwrap();
+    let mut sp_full = sparsifier();
+    let mut s_full = DataScheduler::new(&mut sp_full, LEVEL, zg).unwrap();
+    run(&mut sp_full, &mut s_full, 0..9);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.safetensors");
+    let mut sp_a = sparsifier();
+    let mut s_a = DataScheduler::new(&mut sp_a, LEVEL, zg).unwrap();
+    run(&mut sp_a, &mut s_a, 0..4);
+    s_a.save_state(&sp_a, &path).unwrap();
+    drop((sp_a, s_a));
+
+    let mut sp_b = DataSparsifier::new(Magnitude, Level { level: 0.2 }).unwrap();
+    let mut s_b =
+        DataScheduler::new(&mut sp_b, LEVEL, ZhuGupta::new(None, 0.1, 0, 1, 1).unwrap()).unwrap();
+    s_b.load_state(&mut sp_b, &path, true).unwrap();
+    assert_eq!(s_b.schedule(), &zg);
+    run(&mut sp_b, &mut s_b, 4..9);
+
+    assert_eq!(s_b.state_dict(), s_full.state_dict());
+    assert_eq!(sp_b.state_dict().unwrap(), sp_full.state_dict().unwrap());
+}
+
+#[test]
+fn load_state_without_scheduler_part_is_an_error_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plain.safetensors");
+    let sp = sparsifier();
+    sp.save_state(&path).unwrap();
+    let mut sp2 = sparsifier();
+    sp2.add_data("extra", Tensor::zeros(DType::F32, [1, 1]))
+        .unwrap();
+    let mut s = DataScheduler::new(&mut sp2, LEVEL, StepSchedule::new(1, 1.0).unwrap()).unwrap();
+    let before = (sp2.state_dict().unwrap(), s.state_dict());
+    assert!(s.load_state(&mut sp2, &path, true).is_err());
+    assert_eq!((sp2.state_dict().unwrap(), s.state_dict()), before);
+}
+
+#[test]
+fn json_roundtrip_of_levels_is_exact() {
+    // Exact resume needs f64 to survive the JSON in the state file bit for bit.
+    for x in [
+        0.1 + 0.2,
+        1.0 / 3.0,
+        0.7 * 0.5 * 0.5,
+        f64::MIN_POSITIVE,
+        0.123_456_789_012_345_67,
+    ] {
+        let v = serde_json::to_string(&x).unwrap();
+        assert_eq!(
+            serde_json::from_str::<f64>(&v).unwrap().to_bits(),
+            x.to_bits()
+        );
+    }
+}
+
+#[test]
+fn step_schedule_matches_the_callback_test_formula_until_clamped() {
+    // PyTorch's check: log(last) == log(base * gamma^last_epoch); here min(1, ...).
+    let mut sp = DataSparsifier::new(Magnitude, Level { level: 0.05 }).unwrap();
+    sp.add_data("a", Tensor::zeros(DType::F32, [2, 2])).unwrap();
+    let mut s = DataScheduler::new(&mut sp, LEVEL, StepSchedule::new(1, 2.0).unwrap()).unwrap();
+    for _ in 0..7 {
+        sp.step().unwrap();
+        let _ = s.step(&mut sp).unwrap();
+        let want = (0.05 * 2f64.powi(s.last_epoch() as i32)).min(1.0);
+        assert_eq!(s.last_value("a").unwrap(), want);
+    }
+}
