@@ -48,6 +48,11 @@ pub mod tensor;
 
 pub use half;
 
+/// The README's code blocks, compiled and run as doctests so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+mod readme {}
+
 pub use data::{Data, DataKind};
 pub use dtype::{DType, Element};
 pub use embedding::{BagMode, Bags, Embedding, EmbeddingBag};
