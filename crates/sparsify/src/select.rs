@@ -53,36 +53,23 @@ pub fn select(
             *s = t.float_dtype().is_some() && t.shape.len() == 2;
         }
     }
-    for pat in include {
-        let m = compile(pat, "--tensors")?;
-        let mut any = false;
-        for (s, t) in selected.iter_mut().zip(tensors) {
-            if m.is_match(&t.name) {
-                *s = true;
-                any = true;
+    // Each pattern sets (include) or clears (exclude) the tensors it matches, and must match one.
+    for (patterns, flag, value) in [(include, "--tensors", true), (exclude, "--exclude", false)] {
+        for pat in patterns {
+            let m = compile(pat, flag)?;
+            let mut any = false;
+            for (s, t) in selected.iter_mut().zip(tensors) {
+                if m.is_match(&t.name) {
+                    *s = value;
+                    any = true;
+                }
             }
-        }
-        if !any {
-            return Err(CliError::Selection(format!(
-                "--tensors {pat:?} matches no tensor in {source} ({}); {hint}",
-                some_names(tensors)
-            )));
-        }
-    }
-    for pat in exclude {
-        let m = compile(pat, "--exclude")?;
-        let mut any = false;
-        for (s, t) in selected.iter_mut().zip(tensors) {
-            if m.is_match(&t.name) {
-                *s = false;
-                any = true;
+            if !any {
+                return Err(CliError::Selection(format!(
+                    "{flag} {pat:?} matches no tensor in {source} ({}); {hint}",
+                    some_names(tensors)
+                )));
             }
-        }
-        if !any {
-            return Err(CliError::Selection(format!(
-                "--exclude {pat:?} matches no tensor in {source} ({}); {hint}",
-                some_names(tensors)
-            )));
         }
     }
     let idx: Vec<usize> = (0..tensors.len()).filter(|&i| selected[i]).collect();
