@@ -1167,3 +1167,39 @@ proptest! {
         prop_assert_eq!(mask_of(&t, &strict), mask_of(&t, &c));
     }
 }
+
+#[test]
+fn mask_apply_zeroes_exactly_the_cleared_bits_in_every_dtype() {
+    // Squash goes through `Mask::apply`, which masks the elements' bits word by word.
+    for n in [0usize, 1, 5, 63, 64, 65, 200, 1000] {
+        let mut s = n as u64 + 1;
+        let bits: Vec<bool> = (0..n)
+            .map(|i| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                // Some all-ones and all-zeros words too.
+                match (i / 64) % 3 {
+                    0 => (s >> 40) & 1 == 1,
+                    1 => true,
+                    _ => false,
+                }
+            })
+            .collect();
+        let m = Mask::from_bools([n], &bits).unwrap();
+        for dtype in DType::ALL {
+            let v: Vec<f64> = (0..n).map(|i| i as f64 - 7.5).collect();
+            let mut t = Tensor::from_f64s(&v, dtype, [n]).unwrap();
+            t.apply_mask(&m).unwrap();
+            let got = t.to_f64_vec();
+            for i in 0..n {
+                let want = if bits[i] {
+                    Tensor::from_f64s(&[v[i]], dtype, [1]).unwrap().to_f64_vec()[0]
+                } else {
+                    0.0
+                };
+                assert_eq!(got[i], want, "{dtype} n={n} i={i}");
+            }
+        }
+    }
+}

@@ -246,18 +246,39 @@ fn row_pattern(kept: &[u64], g: &Grid, out: &mut [u64]) {
 
 /// The cells to keep in one pruned block of `M` cells when its `z` smallest are zeroed
 /// (`0 < z < M`): bit `i` set = keep cell `i` (row-major in the block). Cells compare by key, then
-/// by index, by counting for each cell how many are smaller (`M²` comparisons, no branches).
+/// by index (packed into one integer). A small sorting network finds the z-th smallest packed
+/// value `t`; the kept cells are those above it. Branch-free.
 #[inline(always)]
 fn keep_bits_small<T: ScoreElem, N: NormKind, const M: usize>(cells: &[T], z: usize) -> u64 {
     let p: [<T::Key as Key>::Packed; M] =
         std::array::from_fn(|i| N::cell_key(cells[i]).pack(i as u32));
-    let mut bits = 0u64;
-    for i in 0..M {
-        let mut rank = 0usize;
-        for j in 0..M {
-            rank += (p[j] < p[i]) as usize;
+    let mut s = p;
+    #[inline(always)]
+    fn cas<P: Ord + Copy>(s: &mut [P], a: usize, b: usize) {
+        let (x, y) = (s[a], s[b]);
+        s[a] = x.min(y);
+        s[b] = x.max(y);
+    }
+    match M {
+        2 => cas(&mut s, 0, 1),
+        3 => {
+            cas(&mut s, 0, 1);
+            cas(&mut s, 1, 2);
+            cas(&mut s, 0, 1);
         }
-        bits |= ((rank >= z) as u64) << i;
+        4 => {
+            cas(&mut s, 0, 1);
+            cas(&mut s, 2, 3);
+            cas(&mut s, 0, 2);
+            cas(&mut s, 1, 3);
+            cas(&mut s, 1, 2);
+        }
+        _ => s.sort_unstable(),
+    }
+    let t = s[z - 1];
+    let mut bits = 0u64;
+    for (i, &v) in p.iter().enumerate() {
+        bits |= ((v > t) as u64) << i;
     }
     bits
 }
