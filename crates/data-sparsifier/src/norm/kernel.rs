@@ -283,6 +283,38 @@ fn keep_bits_small<T: ScoreElem, N: NormKind, const M: usize>(cells: &[T], z: us
     bits
 }
 
+/// Calls `f` with the index of every pruned block (a 0 bit among the first `n` of `kept`), in
+/// order.
+#[inline(always)]
+fn for_each_pruned(kept: &[u64], n: usize, mut f: impl FnMut(usize)) {
+    for (wi, &kw) in kept.iter().enumerate() {
+        let mut pruned = !kw;
+        if wi == kept.len() - 1 && n % 64 != 0 {
+            pruned &= (1u64 << (n % 64)) - 1;
+        }
+        while pruned != 0 {
+            f(wi * 64 + pruned.trailing_zeros() as usize);
+            pruned &= pruned - 1;
+        }
+    }
+}
+
+/// One data row of whole `BW`-cell blocks (`row.len() == nbc * BW`): ORs the kept cells of every
+/// pruned block into the row pattern `pat` (`z < BW` cells are zeroed per block).
+#[inline(always)]
+fn keep_row<T: ScoreElem, N: NormKind, const BW: usize>(
+    row: &[T],
+    kept: &[u64],
+    nbc: usize,
+    z: usize,
+    pat: &mut [u64],
+) {
+    for_each_pruned(kept, nbc, |bc| {
+        let bits = keep_bits_small::<T, N, BW>(&row[bc * BW..bc * BW + BW], z);
+        or_bits(pat, bc * BW, bits, BW as u32);
+    });
+}
+
 /// Per-task scratch for the within-block selection of large blocks.
 #[derive(Default)]
 struct Scratch<P> {
@@ -431,6 +463,7 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
     let kept_words = g.nbc.div_ceil(64);
     let vpb = g.bh * g.bw;
     let partial_possible = zpb < vpb;
+    let sel_in_codes = scores::selection_in_codes(g, zpb);
     let (c, thr) = match cut {
         Some(cut) => (cut.code, cut.thr),
         None => (code::ABOVE, T::Key::MAX),
@@ -505,23 +538,53 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
                     continue;
                 }
                 // Some pruned blocks keep their largest cells: add those to the rows' bits.
+                if g.bh == 1 && g.w % g.bw == 0 {
+                    // One row of whole blocks: patch the pattern in place.
+                    let row = &data[rr.start * g.w..rr.end * g.w];
+                    let z = zpb;
+                    if let (true, Source::Coded(codes, _)) = (sel_in_codes, &src) {
+                        // The score pass left each block's kept cells in its code byte.
+                        let cs = &codes[br * g.nbc..(br + 1) * g.nbc];
+                        for_each_pruned(&kept, g.nbc, |bc| {
+                            or_bits(&mut pat, bc * g.bw, (cs[bc] >> 3) as u64, g.bw as u32);
+                        });
+                        wr.push_words(&pat, g.w);
+                        continue;
+                    }
+                    match g.bw {
+                        2 => keep_row::<T, N, 2>(row, &kept, g.nbc, z, &mut pat),
+                        3 => keep_row::<T, N, 3>(row, &kept, g.nbc, z, &mut pat),
+                        4 => keep_row::<T, N, 4>(row, &kept, g.nbc, z, &mut pat),
+                        8 => keep_row::<T, N, 8>(row, &kept, g.nbc, z, &mut pat),
+                        16 => keep_row::<T, N, 16>(row, &kept, g.nbc, z, &mut pat),
+                        _ => {
+                            let rows = &mut pat[..];
+                            for_each_pruned(&kept, g.nbc, |bc| {
+                                keep_cells::<T, N>(
+                                    data,
+                                    g,
+                                    br,
+                                    bc,
+                                    z,
+                                    rows,
+                                    row_words,
+                                    &mut scratch,
+                                )
+                            });
+                        }
+                    }
+                    wr.push_words(&pat, g.w);
+                    continue;
+                }
                 let rows = &mut rows_buf[..nrows * row_words];
                 for r in rows.chunks_mut(row_words) {
                     r.copy_from_slice(&pat);
                 }
-                for (wi, &kw) in kept.iter().enumerate() {
-                    let mut pruned = !kw;
-                    if wi == kept_words - 1 && g.nbc % 64 != 0 {
-                        pruned &= (1u64 << (g.nbc % 64)) - 1;
+                for_each_pruned(&kept, g.nbc, |bc| {
+                    if zpb < nrows * g.cols_of(bc).len() {
+                        keep_cells::<T, N>(data, g, br, bc, zpb, rows, row_words, &mut scratch);
                     }
-                    while pruned != 0 {
-                        let bc = wi * 64 + pruned.trailing_zeros() as usize;
-                        pruned &= pruned - 1;
-                        if zpb < nrows * g.cols_of(bc).len() {
-                            keep_cells::<T, N>(data, g, br, bc, zpb, rows, row_words, &mut scratch);
-                        }
-                    }
-                }
+                });
                 for r in rows.chunks(row_words) {
                     wr.push_words(r, g.w);
                 }
@@ -610,7 +673,8 @@ pub(crate) fn run_norm<T: ScoreElem, N: NormKind>(
             .collect();
         let b = select::bracket_from_sample(sample, nb, k);
         let mut codes = vec![0u8; nb];
-        if let Some(stats) = scores::coded_pass::<T, N>(data, &g, &mut codes, plan.brs, b) {
+        let sel = scores::selection_in_codes(&g, zpb).then_some(zpb);
+        if let Some(stats) = scores::coded_pass::<T, N>(data, &g, &mut codes, plan.brs, b, sel) {
             if nan_error_policy && stats.iter().any(|s| s.nan > 0) {
                 return Err(nan_error(name, data, w));
             }
