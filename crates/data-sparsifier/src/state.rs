@@ -1,2 +1,5 @@
 //! state
-pub struct StateDict; pub struct EntryState;
+/// Placeholder; the saved-state format lives on the `main` branch.
+pub struct StateDict;
+/// Placeholder; the saved-state format lives on the `main` branch.
+pub struct EntryState;
