@@ -232,7 +232,7 @@ fn n_of_m_2_of_4() {
 #[test]
 fn level_extremes_and_block_bigger_than_data() {
     let t = randn([4, 4], DType::F32, 3);
-    for sl in [1.0] {
+    for sl in [1.0, 0.99] {
         assert!(mask_of(&t, &cfg(sl, (1, 1), None, Norm::L1))
             .iter()
             .all(|&b| b == 0));
@@ -338,7 +338,8 @@ fn large_continuous_tables_match_the_oracle() {
 #[test]
 fn pruned_block_count_table() {
     // (data shape, block, level) -> pruned blocks, from the reference.
-    let table: [((usize, usize), (usize, usize), f64, usize, usize); 12] = [
+    type Row = ((usize, usize), (usize, usize), f64, usize, usize);
+    let table: [Row; 12] = [
         ((1, 10), (1, 4), 0.5, 3, 2),
         ((1, 5), (1, 4), 0.5, 2, 1),
         ((4, 4), (1, 4), 0.5, 4, 2),

@@ -446,6 +446,7 @@ pub(crate) struct Bracket<K> {
 /// Block codes: where a block's key lies relative to a bracket `[lo, hi]`.
 pub(crate) mod code {
     /// `key < lo`.
+    #[allow(dead_code)] // the codes are computed arithmetically; named for the reader and tests
     pub const BELOW: u8 = 0;
     /// `key == lo`.
     pub const AT_LO: u8 = 1;
@@ -701,7 +702,7 @@ pub(crate) fn keys_pass<T: ScoreElem, N: NormKind>(
         .enumerate()
         .map_init(Vec::new, |acc, (task, out)| {
             block_rows_keys::<T, N>(data, g, task * brs_per_task.max(1), out, acc);
-            out.iter().any(|&k| k == T::Key::MAX)
+            out.contains(&T::Key::MAX)
         })
         .reduce(|| false, |a, b| a | b)
 }
