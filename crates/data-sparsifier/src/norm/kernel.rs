@@ -783,19 +783,23 @@ mod path_tests {
         fn fast_path_equals_exact_path(
             h in 1usize..40, w in 1usize..40, bh in 1usize..5, bw in 1usize..6,
             sl in 0.0f64..=1.0, zpb in 0usize..30, l2 in any::<bool>(), levels in 1u32..6,
-            seed in any::<u64>(),
+            seed in any::<u64>(), nan_every in prop_oneof![Just(0usize), 3usize..50],
         ) {
             let mut s = seed;
-            let data: Vec<f32> = (0..h * w).map(|_| {
+            let data: Vec<f32> = (0..h * w).map(|i| {
                 s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 33) % levels as u64) as f32 - (levels / 2) as f32
+                if nan_every > 0 && i % nan_every == 1 {
+                    f32::NAN
+                } else {
+                    ((s >> 33) % levels as u64) as f32 - (levels / 2) as f32
+                }
             }).collect();
             let cfg = DataNormConfig {
                 sparsity_level: sl,
                 sparse_block_shape: (bh, bw),
                 zeros_per_block: Some(zpb.min(bh * bw)),
                 norm: if l2 { Norm::L2 } else { Norm::L1 },
-                ..Default::default()
+                nan_policy: NanPolicy::RankLast,
             };
             both_paths(&data, h, w, &cfg);
             let d64: Vec<f64> = data.iter().map(|&x| x as f64 * 0.37).collect();
