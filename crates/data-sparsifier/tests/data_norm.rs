@@ -306,6 +306,10 @@ fn ties_on_large_tables_use_the_fast_path_and_still_go_to_the_lowest_index() {
 fn large_continuous_tables_match_the_oracle() {
     for (rows, cols, block, zpb, norm) in [
         (4096usize, 64usize, (1, 4), None, Norm::L1),
+        (2048, 64, (1, 4), Some(2), Norm::L2),
+        (2048, 64, (1, 4), Some(3), Norm::L1),
+        (1024, 128, (1, 2), Some(1), Norm::L1),
+        (1024, 128, (1, 8), Some(5), Norm::L2),
         (1000, 70, (1, 2), Some(1), Norm::L2),
         (1024, 130, (2, 2), Some(3), Norm::L1),
         (512, 65, (4, 4), Some(5), Norm::L1),

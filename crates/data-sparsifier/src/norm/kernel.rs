@@ -315,6 +315,49 @@ fn keep_row<T: ScoreElem, N: NormKind, const BW: usize>(
     });
 }
 
+/// The within-block selections stored in bits 3.. of eight code bytes (blocks of `bw` = 2 or 4
+/// cells), packed side by side: `bw` bits per block, block `i` at bit `i·bw`.
+#[inline(always)]
+fn gather_selections(v: u64, bw: usize) -> u64 {
+    if bw == 4 {
+        let mut x = (v >> 3) & 0x0F0F_0F0F_0F0F_0F0F;
+        x = (x | (x >> 4)) & 0x00FF_00FF_00FF_00FF;
+        x = (x | (x >> 8)) & 0x0000_FFFF_0000_FFFF;
+        (x | (x >> 16)) & 0xFFFF_FFFF
+    } else {
+        let mut x = (v >> 3) & 0x0303_0303_0303_0303;
+        x = (x | (x >> 6)) & 0x000F_000F_000F_000F;
+        x = (x | (x >> 12)) & 0x0000_00FF_0000_00FF;
+        (x | (x >> 24)) & 0xFFFF
+    }
+}
+
+/// Mask words of whole rows of one-row blocks of power-of-two width `bw` when a row is a whole
+/// number of words: word `i` covers the `64 / bw` blocks `i·64/bw ..`. With `sel`, pruned blocks
+/// keep the cells stored in their code bytes (`bw` = 2 or 4), otherwise they are zeroed.
+fn words_from_codes<K: Key>(
+    codes: &[u8],
+    bw: usize,
+    sel: bool,
+    st: &mut CutState<'_, K>,
+    out: &mut [u64],
+) {
+    let per = 64 / bw;
+    let mut kept = [0u64; 1];
+    for (o, cs) in out.iter_mut().zip(codes.chunks(per)) {
+        st.flags(cs, &mut kept);
+        let mut word = spread(kept[0], bw);
+        if sel {
+            for (i, c8) in cs.chunks(8).enumerate() {
+                let mut b = [0u8; 8];
+                b[..c8.len()].copy_from_slice(c8);
+                word |= gather_selections(u64::from_le_bytes(b), bw) << (i * 8 * bw);
+            }
+        }
+        *o = word;
+    }
+}
+
 /// Per-task scratch for the within-block selection of large blocks.
 #[derive(Default)]
 struct Scratch<P> {
@@ -464,6 +507,13 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
     let vpb = g.bh * g.bw;
     let partial_possible = zpb < vpb;
     let sel_in_codes = scores::selection_in_codes(g, zpb);
+    // Rows are whole words of whole blocks, and pruned blocks are either zeroed entirely or
+    // carry their kept cells in their code byte.
+    let word_path = g.bh == 1
+        && g.w % 64 == 0
+        && g.bw.is_power_of_two()
+        && g.bw <= 64
+        && (zpb >= g.bw || (sel_in_codes && g.bw <= 4));
     let (c, thr) = match cut {
         Some(cut) => (cut.code, cut.thr),
         None => (code::ABOVE, T::Key::MAX),
@@ -484,6 +534,13 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
                 },
                 cursor: 0,
             };
+            if let (true, Source::Coded(codes, _)) = (word_path, &src) {
+                // One-row blocks of a power-of-two width tiling 64-cell words: each mask word
+                // comes straight from its blocks' code bytes.
+                let cs = &codes[br0 * g.nbc..br1 * g.nbc];
+                words_from_codes(cs, g.bw, sel_in_codes, &mut st, out);
+                return;
+            }
             let mut kept = vec![0u64; kept_words];
             let mut pat = vec![0u64; row_words];
             let mut scratch_codes = Vec::new();
@@ -781,7 +838,8 @@ mod path_tests {
         #![proptest_config(ProptestConfig::with_cases(200))]
         #[test]
         fn fast_path_equals_exact_path(
-            h in 1usize..40, w in 1usize..40, bh in 1usize..5, bw in 1usize..6,
+            h in 1usize..40, w in prop_oneof![1usize..40, Just(64usize), Just(128)],
+            bh in 1usize..5, bw in prop_oneof![1usize..6, Just(8usize), Just(16)],
             sl in 0.0f64..=1.0, zpb in 0usize..30, l2 in any::<bool>(), levels in 1u32..6,
             seed in any::<u64>(), nan_every in prop_oneof![Just(0usize), 3usize..50],
         ) {
