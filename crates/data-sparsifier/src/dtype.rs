@@ -124,15 +124,7 @@ mod sealed {
 /// assert_eq!(<bf16 as Element>::from_f64(2.0), bf16::from_f32(2.0));
 /// ```
 pub trait Element:
-    sealed::Sealed
-    + Copy
-    + Send
-    + Sync
-    + PartialEq
-    + PartialOrd
-    + fmt::Debug
-    + bytemuck::Pod
-    + 'static
+    sealed::Sealed + Copy + Send + Sync + PartialEq + PartialOrd + fmt::Debug + bytemuck::Pod + 'static
 {
     /// The dtype tag.
     const DTYPE: DType;
@@ -222,7 +214,8 @@ macro_rules! impl_element {
     };
 }
 
-impl_element!(f32, DType::F32, f32, 0.0, |x| x, |a| a, |x| x as f64, |v| v as f32);
+impl_element!(f32, DType::F32, f32, 0.0, |x| x, |a| a, |x| x as f64, |v| v
+    as f32);
 impl_element!(f64, DType::F64, f64, 0.0, |x| x, |a| a, |x| x, |v| v);
 impl_element!(
     f16,

@@ -13,12 +13,18 @@ fn table_shape(module: &'static str, weight: &Parameter) -> Result<(usize, usize
         [n, d] => Ok((n, d)),
         ref other => Err(Error::InvalidLookup {
             module,
-            message: format!("weight must be 2-D (num_embeddings, embedding_dim), got shape {other:?}"),
+            message: format!(
+                "weight must be 2-D (num_embeddings, embedding_dim), got shape {other:?}"
+            ),
         }),
     }
 }
 
-fn normalize_padding(module: &'static str, padding_idx: Option<i64>, n: usize) -> Result<Option<usize>> {
+fn normalize_padding(
+    module: &'static str,
+    padding_idx: Option<i64>,
+    n: usize,
+) -> Result<Option<usize>> {
     match padding_idx {
         None => Ok(None),
         Some(p) => {
@@ -93,7 +99,10 @@ impl Embedding {
     pub fn from_parameter(weight: Parameter, padding_idx: Option<i64>) -> Result<Self> {
         let (n, _) = table_shape("Embedding", &weight)?;
         let padding_idx = normalize_padding("Embedding", padding_idx, n)?;
-        Ok(Embedding { weight, padding_idx })
+        Ok(Embedding {
+            weight,
+            padding_idx,
+        })
     }
     /// The shared weight handle.
     pub fn weight(&self) -> &Parameter {
@@ -215,7 +224,11 @@ impl EmbeddingBag {
         Self::from_parameter(weight.into(), mode, None)
     }
     /// A table over a shared weight handle.
-    pub fn from_parameter(weight: Parameter, mode: BagMode, padding_idx: Option<i64>) -> Result<Self> {
+    pub fn from_parameter(
+        weight: Parameter,
+        mode: BagMode,
+        padding_idx: Option<i64>,
+    ) -> Result<Self> {
         let (n, _) = table_shape("EmbeddingBag", &weight)?;
         let padding_idx = normalize_padding("EmbeddingBag", padding_idx, n)?;
         Ok(EmbeddingBag {
@@ -407,11 +420,7 @@ mod tests {
     use super::*;
 
     fn table() -> Tensor {
-        Tensor::from_vec(
-            (0..12).map(|i| i as f32).collect::<Vec<_>>(),
-            [4, 3],
-        )
-        .unwrap()
+        Tensor::from_vec((0..12).map(|i| i as f32).collect::<Vec<_>>(), [4, 3]).unwrap()
     }
 
     #[test]
@@ -453,7 +462,9 @@ mod tests {
                 None,
             )
             .unwrap();
-        let b = sum.forward(&[0, 1, 2, 3], Bags::Fixed { bag_size: 2 }, None).unwrap();
+        let b = sum
+            .forward(&[0, 1, 2, 3], Bags::Fixed { bag_size: 2 }, None)
+            .unwrap();
         assert_eq!(a, b);
         assert_eq!(a.shape(), &[2, 3]);
     }
@@ -479,7 +490,9 @@ mod tests {
         let w = Parameter::new(table());
         let mean = EmbeddingBag::from_parameter(w, BagMode::Mean, Some(-1)).unwrap();
         assert_eq!(mean.padding_idx(), Some(3));
-        let out = mean.forward(&[0, 3, 2], Bags::Fixed { bag_size: 3 }, None).unwrap();
+        let out = mean
+            .forward(&[0, 3, 2], Bags::Fixed { bag_size: 3 }, None)
+            .unwrap();
         assert_eq!(out.as_slice::<f32>().unwrap(), &[3.0, 4.0, 5.0]);
         let emb = Embedding::new(5, 2, DType::F32, Some(1), 3).unwrap();
         let row = emb.forward(&[1]).unwrap();
@@ -501,7 +514,9 @@ mod tests {
         assert!(bag.forward(&[0, 1], offs(&[1]), None).is_err());
         assert!(bag.forward(&[0, 1], offs(&[0, 2, 1]), None).is_err());
         assert!(bag.forward(&[0, 1], offs(&[0, 3]), None).is_err());
-        assert!(bag.forward(&[0, 1, 2], Bags::Fixed { bag_size: 2 }, None).is_err());
+        assert!(bag
+            .forward(&[0, 1, 2], Bags::Fixed { bag_size: 2 }, None)
+            .is_err());
         assert!(Embedding::from_weight(Tensor::zeros(DType::F32, [3])).is_err());
         assert!(Embedding::new(3, 2, DType::F32, Some(3), 0).is_err());
     }
@@ -511,7 +526,9 @@ mod tests {
         // 2048 + 1 + 1 in f16 would round to 2048 at each step; in f32 it is 2050.
         let w = Tensor::from_f64s(&[2048.0, 1.0, 1.0], DType::F16, [3, 1]).unwrap();
         let bag = EmbeddingBag::from_weight(w, BagMode::Sum).unwrap();
-        let out = bag.forward(&[0, 1, 2], Bags::Fixed { bag_size: 3 }, None).unwrap();
+        let out = bag
+            .forward(&[0, 1, 2], Bags::Fixed { bag_size: 3 }, None)
+            .unwrap();
         assert_eq!(out.to_f64_vec(), vec![2050.0]);
     }
 }

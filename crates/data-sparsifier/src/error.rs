@@ -84,7 +84,9 @@ pub enum Error {
     },
 
     /// A dtype name or safetensors dtype that this crate does not handle (only floats are supported).
-    #[error("unsupported dtype {dtype} for {what}: only F32, F64, F16 and BF16 data can be sparsified")]
+    #[error(
+        "unsupported dtype {dtype} for {what}: only F32, F64, F16 and BF16 data can be sparsified"
+    )]
     UnsupportedDType {
         /// What carries it (a tensor name, a file).
         what: String,

@@ -46,7 +46,11 @@ impl AtomicFile {
         let mut n = 0u32;
         loop {
             let temp = dir.join(format!(".{file_name}.tmp-{}-{n}", std::process::id()));
-            match fs::OpenOptions::new().write(true).create_new(true).open(&temp) {
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temp)
+            {
                 Ok(f) => {
                     return Ok(AtomicFile {
                         target,
@@ -75,7 +79,11 @@ impl AtomicFile {
         fs::rename(&self.temp, &self.target).map_err(|e| Error::io(&self.target, e))?;
         if let Some(dir) = self.target.parent() {
             // Persist the rename itself; not every platform can open a directory, so this is best effort.
-            if let Ok(d) = File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) {
+            if let Ok(d) = File::open(if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            }) {
                 let _ = d.sync_all();
             }
         }
@@ -109,7 +117,8 @@ impl Drop for AtomicFile {
 /// Writes `bytes` to `path` atomically.
 pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     let mut f = AtomicFile::create(path.as_ref())?;
-    f.write_all(bytes).map_err(|e| Error::io(path.as_ref(), e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io(path.as_ref(), e))?;
     f.commit()
 }
 

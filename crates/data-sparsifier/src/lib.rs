@@ -43,8 +43,8 @@ pub use embedding::{BagMode, Bags, Embedding, EmbeddingBag};
 pub use error::{Error, Result};
 pub use mask::Mask;
 pub use norm::{
-    compute_mask, pruned_block_count, DataNorm, DataNormConfig, DataNormPatch, DataNormSparsifier,
-    NanPolicy, Norm,
+    compute_mask, pruned_block_count, release_scratch, DataNorm, DataNormConfig, DataNormPatch,
+    DataNormSparsifier, NanPolicy, Norm,
 };
 pub use sparsifier::{validate_name, Config, DataSparsifier, MaskedView, UpdateMask, Version};
 pub use state::{EntryState, StateDict};

@@ -175,7 +175,14 @@ impl Mask {
         };
         self.set_block_hw(h, w, rows, cols, keep)
     }
-    fn set_block_hw(&mut self, h: usize, w: usize, rows: Range<usize>, cols: Range<usize>, keep: bool) {
+    fn set_block_hw(
+        &mut self,
+        h: usize,
+        w: usize,
+        rows: Range<usize>,
+        cols: Range<usize>,
+        keep: bool,
+    ) {
         let (c0, c1) = (cols.start.min(w), cols.end.min(w));
         for r in rows.start.min(h)..rows.end.min(h) {
             self.set_range(r * w + c0..r * w + c1, keep);
@@ -253,13 +260,19 @@ impl Mask {
     /// Keeps only what both masks keep (`self &= other`).
     pub fn and(&mut self, other: &Mask) -> Result<()> {
         self.check_same(other, "and")?;
-        self.words.iter_mut().zip(&other.words).for_each(|(a, b)| *a &= b);
+        self.words
+            .iter_mut()
+            .zip(&other.words)
+            .for_each(|(a, b)| *a &= b);
         Ok(())
     }
     /// Keeps what either mask keeps (`self |= other`).
     pub fn or(&mut self, other: &Mask) -> Result<()> {
         self.check_same(other, "or")?;
-        self.words.iter_mut().zip(&other.words).for_each(|(a, b)| *a |= b);
+        self.words
+            .iter_mut()
+            .zip(&other.words)
+            .for_each(|(a, b)| *a |= b);
         Ok(())
     }
     /// Flips every bit.
@@ -599,7 +612,13 @@ mod tests {
             any::<bool>().prop_map(Op::Fill),
             (0usize..400, any::<bool>()).prop_map(|(i, k)| Op::Set(i, k)),
             (0usize..400, 0usize..400, any::<bool>()).prop_map(|(a, b, k)| Op::Range(a, b, k)),
-            (0usize..30, 0usize..30, 0usize..30, 0usize..30, any::<bool>())
+            (
+                0usize..30,
+                0usize..30,
+                0usize..30,
+                0usize..30,
+                any::<bool>()
+            )
                 .prop_map(|(a, b, c, d, k)| Op::Block(a, b, c, d, k)),
             Just(Op::Invert),
         ]

@@ -343,7 +343,10 @@ impl Tensor {
         let size = dtype.size_in_bytes();
         if bytes.len() % size != 0 {
             return Err(Error::ShapeMismatch {
-                what: format!("{} bytes are not a whole number of {dtype} elements", bytes.len()),
+                what: format!(
+                    "{} bytes are not a whole number of {dtype} elements",
+                    bytes.len()
+                ),
                 expected: vec![],
                 actual: shape,
             });

@@ -1208,3 +1208,24 @@ fn mask_apply_zeroes_exactly_the_cleared_bits_in_every_dtype() {
         }
     }
 }
+
+#[test]
+fn the_kept_scratch_buffer_does_not_change_results() {
+    // Different sizes in a row reuse (or replace) the kernel's kept buffer; results must not depend
+    // on what it held.
+    let c = cfg(0.5, (1, 2), Some(1), Norm::L1);
+    let big = randn([600, 128], DType::F32, 8);
+    let small = randn([300, 256], DType::F32, 9);
+    let want_big = oracle(&big, &c);
+    let want_small = oracle(&small, &c);
+    for _ in 0..2 {
+        assert_eq!(mask_of(&big, &c), want_big);
+        assert_eq!(mask_of(&small, &c), want_small);
+        assert_eq!(
+            mask_of(&big, &cfg(0.5, (1, 4), None, Norm::L2)),
+            oracle(&big, &cfg(0.5, (1, 4), None, Norm::L2))
+        );
+    }
+    data_sparsifier::norm::release_scratch();
+    assert_eq!(mask_of(&small, &c), want_small);
+}

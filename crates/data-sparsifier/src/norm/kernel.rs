@@ -5,6 +5,8 @@
 //! `(r·w + c) / 64`. Tasks own whole words: a task's rows start on a word boundary (`r·w % 64 == 0`)
 //! and on a block-row boundary, so tasks never share a word.
 
+use std::sync::Mutex;
+
 use rayon::prelude::*;
 
 use super::config::{DataNormConfig, NanPolicy, Norm};
@@ -13,6 +15,53 @@ use super::scores::{self, code, code_bits, Grid, Key, NormKind, ScoreElem, TaskS
 use super::select::{self, Cut};
 use crate::error::{Error, Result};
 use crate::mask::Mask;
+
+/// The block-code buffer of the fast path, kept between calls: allocating a fresh one each step
+/// costs page faults (the kernel zeroes every new page) that take about a quarter of a step's time.
+/// At most one buffer is kept, of one byte per block of the largest input seen; see
+/// [`release_scratch`](super::release_scratch).
+static CODES: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+/// A block-code buffer of `n` bytes (contents unspecified), taken from [`CODES`] when it is large
+/// enough, and given back when dropped.
+struct Codes(Vec<u8>);
+
+impl Codes {
+    fn take(n: usize) -> Codes {
+        let mut v = CODES
+            .lock()
+            .map(|mut g| std::mem::take(&mut *g))
+            .unwrap_or_default();
+        if v.len() >= n {
+            v.truncate(n);
+        } else {
+            v = vec![0u8; n];
+        }
+        Codes(v)
+    }
+}
+
+impl Drop for Codes {
+    fn drop(&mut self) {
+        if let Ok(mut g) = CODES.lock() {
+            if g.capacity() < self.0.capacity() {
+                *g = std::mem::take(&mut self.0);
+            }
+        }
+    }
+}
+
+/// Frees the kept block-code buffer; returns its size in bytes.
+pub(crate) fn release_scratch() -> usize {
+    CODES
+        .lock()
+        .map(|mut g| {
+            let n = g.capacity();
+            *g = Vec::new();
+            n
+        })
+        .unwrap_or(0)
+}
 
 /// Target cells per parallel task.
 const TASK_CELLS: usize = 1 << 17;
@@ -729,14 +778,15 @@ pub(crate) fn run_norm<T: ScoreElem, N: NormKind>(
             .map(|&i| scores::block_key::<T, N>(data, &g, i / g.nbc, i % g.nbc))
             .collect();
         let b = select::bracket_from_sample(sample, nb, k);
-        let mut codes = vec![0u8; nb];
+        let mut codes = Codes::take(nb);
+        let codes = &mut codes.0;
         let sel = scores::selection_in_codes(&g, zpb).then_some(zpb);
-        if let Some(stats) = scores::coded_pass::<T, N>(data, &g, &mut codes, plan.brs, b, sel) {
+        if let Some(stats) = scores::coded_pass::<T, N>(data, &g, codes, plan.brs, b, sel) {
             if nan_error_policy && stats.iter().any(|s| s.nan > 0) {
                 return Err(nan_error(name, data, w));
             }
             if let Some(cut) = select::cut_from_stats(&b, &stats, k) {
-                let src = Source::Coded(&codes, &stats);
+                let src = Source::Coded(codes, &stats);
                 mask_pass::<T, N>(data, &g, &plan, zpb, src, Some(&cut), &mut mask.words_mut());
                 return Ok(());
             }

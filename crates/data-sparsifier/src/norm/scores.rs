@@ -615,6 +615,8 @@ pub(crate) struct TaskStats<K> {
 /// few keys strictly inside it. Tasks are `brs_per_task` block rows. Returns `None` if more than
 /// `bracket.cap` keys fell inside (the caller then falls back to exact keys).
 ///
+/// `codes` may hold anything on entry: every byte is overwritten.
+///
 /// With `sel = Some(z)` (only when [`selection_in_codes`]), each code byte also carries, in bits
 /// 3..8, the block's kept cells when its `z` smallest are zeroed: the mask pass then needs no
 /// second read of the data.
