@@ -637,18 +637,22 @@ pub(crate) fn coded_pass<T: ScoreElem, N: NormKind>(
         .map_init(
             || (Vec::new(), Vec::new()),
             |(acc, keys), (task, out)| {
-                keys.resize(out.len(), T::Key::MIN);
-                let br0 = task * brs_per_task.max(1);
-                block_rows_keys::<T, N>(data, g, br0, keys, acc);
-                if let Some(z) = sel {
-                    // One row per block row, whole blocks: the task's data is contiguous.
-                    let d = &data[br0 * g.w..br0 * g.w + out.len() * g.bw];
-                    keep_nibbles_dyn::<T, N>(d, g.bw, z, out);
-                }
                 let mut st = TaskStats::default();
-                // Keep a selection written above, clear anything else.
+                // Keep a selection written below, clear anything else.
                 let sel_mask: u8 = if sel.is_some() { 0xf8 } else { 0 };
-                for (ks, cs) in keys.chunks(4096).zip(out.chunks_mut(4096)) {
+                // Groups of block rows of about 4096 blocks, so keys and codes stay in L1.
+                let group = (4096 / g.nbc).max(1);
+                let task_br0 = task * brs_per_task.max(1);
+                for (gi, cs) in out.chunks_mut(group * g.nbc).enumerate() {
+                    let br0 = task_br0 + gi * group;
+                    keys.resize(cs.len(), T::Key::MIN);
+                    block_rows_keys::<T, N>(data, g, br0, keys, acc);
+                    if let Some(z) = sel {
+                        // One row per block row, whole blocks: the group's data is contiguous.
+                        let d = &data[br0 * g.w..br0 * g.w + cs.len() * g.bw];
+                        keep_nibbles_dyn::<T, N>(d, g.bw, z, cs);
+                    }
+                    let ks = &keys[..];
                     let (mut lt, mut el, mut eh, mut ins, mut na) = (0u32, 0u32, 0u32, 0u32, 0u32);
                     for (&k, c) in ks.iter().zip(cs.iter_mut()) {
                         // code_of, with the counts taken from the same comparisons.
