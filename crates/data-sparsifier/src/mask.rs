@@ -411,13 +411,19 @@ impl Mask {
         data.par_chunks_mut(PAR_CHUNK_ELEMS)
             .zip(self.words.par_chunks(PAR_CHUNK_WORDS))
             .for_each(|(xs, words)| {
-                for (chunk, &w) in xs.chunks_mut(64).zip(words) {
-                    if w == u64::MAX {
-                        continue;
-                    }
-                    for (j, x) in chunk.iter_mut().enumerate() {
-                        if (w >> j) & 1 == 0 {
-                            *x = T::ZERO;
+                // Zero is the all-zero bit pattern for every element type, so masking is a
+                // branch-free AND of each element's bits with all-ones or all-zeros.
+                match std::mem::size_of::<T>() {
+                    2 => and_words(bytemuck::cast_slice_mut::<T, u16>(xs), words),
+                    4 => and_words(bytemuck::cast_slice_mut::<T, u32>(xs), words),
+                    8 => and_words(bytemuck::cast_slice_mut::<T, u64>(xs), words),
+                    _ => {
+                        for (chunk, &w) in xs.chunks_mut(64).zip(words) {
+                            for (j, x) in chunk.iter_mut().enumerate() {
+                                if (w >> j) & 1 == 0 {
+                                    *x = T::ZERO;
+                                }
+                            }
                         }
                     }
                 }
@@ -443,6 +449,99 @@ impl Mask {
         if rem != 0 {
             if let Some(last) = self.words.last_mut() {
                 *last &= bit_range(0, rem);
+            }
+        }
+    }
+}
+
+/// Unsigned lanes that [`Mask::apply`] masks: all-ones or all-zeros per mask bit.
+trait Lane: bytemuck::Pod + std::ops::BitAndAssign {
+    /// `LUT[b]` = the lane masks of the `N` bits of `b` (`N = 16 / size` lanes per 16 bytes).
+    fn lut(bits: u64) -> [Self; 8];
+    /// Lanes per lookup.
+    const N: usize;
+    const ZERO: Self;
+}
+
+const fn lut32() -> [[u32; 4]; 16] {
+    let mut t = [[0u32; 4]; 16];
+    let mut b = 0;
+    while b < 16 {
+        let mut j = 0;
+        while j < 4 {
+            t[b][j] = if (b >> j) & 1 == 1 { u32::MAX } else { 0 };
+            j += 1;
+        }
+        b += 1;
+    }
+    t
+}
+const fn lut16() -> [[u16; 8]; 256] {
+    let mut t = [[0u16; 8]; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut j = 0;
+        while j < 8 {
+            t[b][j] = if (b >> j) & 1 == 1 { u16::MAX } else { 0 };
+            j += 1;
+        }
+        b += 1;
+    }
+    t
+}
+static LUT32: [[u32; 4]; 16] = lut32();
+static LUT16: [[u16; 8]; 256] = lut16();
+
+impl Lane for u16 {
+    const N: usize = 8;
+    const ZERO: Self = 0;
+    #[inline(always)]
+    fn lut(bits: u64) -> [u16; 8] {
+        LUT16[(bits & 0xff) as usize]
+    }
+}
+impl Lane for u32 {
+    const N: usize = 4;
+    const ZERO: Self = 0;
+    #[inline(always)]
+    fn lut(bits: u64) -> [u32; 8] {
+        let m = LUT32[(bits & 0xf) as usize];
+        [m[0], m[1], m[2], m[3], 0, 0, 0, 0]
+    }
+}
+impl Lane for u64 {
+    const N: usize = 2;
+    const ZERO: Self = 0;
+    #[inline(always)]
+    fn lut(bits: u64) -> [u64; 8] {
+        let l = |j: u64| ((bits >> j) & 1).wrapping_neg();
+        [l(0), l(1), 0, 0, 0, 0, 0, 0]
+    }
+}
+
+/// ANDs each lane of `xs` with its mask bit (64 lanes per word); whole words of ones are skipped
+/// and whole words of zeros are filled.
+#[inline]
+fn and_words<U: Lane>(xs: &mut [U], words: &[u64]) {
+    for (chunk, &w) in xs.chunks_mut(64).zip(words) {
+        if w == u64::MAX {
+            continue;
+        }
+        if w == 0 {
+            chunk.fill(U::ZERO);
+            continue;
+        }
+        let done = chunk.len() / U::N * U::N;
+        let mut groups = chunk.chunks_exact_mut(U::N);
+        for (g, c) in (&mut groups).enumerate() {
+            let m = U::lut(w >> (g * U::N));
+            for (x, &m) in c.iter_mut().zip(&m[..U::N]) {
+                *x &= m;
+            }
+        }
+        for (j, x) in groups.into_remainder().iter_mut().enumerate() {
+            if (w >> (done + j)) & 1 == 0 {
+                *x = U::ZERO;
             }
         }
     }

@@ -232,9 +232,11 @@ fn n_of_m_2_of_4() {
 #[test]
 fn level_extremes_and_block_bigger_than_data() {
     let t = randn([4, 4], DType::F32, 3);
-    assert!(mask_of(&t, &cfg(1.0, (1, 1), None, Norm::L1))
-        .iter()
-        .all(|&b| b == 0));
+    for sl in [1.0, 0.99] {
+        assert!(mask_of(&t, &cfg(sl, (1, 1), None, Norm::L1))
+            .iter()
+            .all(|&b| b == 0));
+    }
     assert!(mask_of(&t, &cfg(0.0, (1, 4), None, Norm::L1))
         .iter()
         .all(|&b| b == 1));
@@ -304,6 +306,10 @@ fn ties_on_large_tables_use_the_fast_path_and_still_go_to_the_lowest_index() {
 fn large_continuous_tables_match_the_oracle() {
     for (rows, cols, block, zpb, norm) in [
         (4096usize, 64usize, (1, 4), None, Norm::L1),
+        (2048, 64, (1, 4), Some(2), Norm::L2),
+        (2048, 64, (1, 4), Some(3), Norm::L1),
+        (1024, 128, (1, 2), Some(1), Norm::L1),
+        (1024, 128, (1, 8), Some(5), Norm::L2),
         (1000, 70, (1, 2), Some(1), Norm::L2),
         (1024, 130, (2, 2), Some(3), Norm::L1),
         (512, 65, (4, 4), Some(5), Norm::L1),
@@ -334,10 +340,10 @@ fn large_continuous_tables_match_the_oracle() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-#[allow(clippy::type_complexity)]
 fn pruned_block_count_table() {
     // (data shape, block, level) -> pruned blocks, from the reference.
-    let table: [((usize, usize), (usize, usize), f64, usize, usize); 12] = [
+    type Row = ((usize, usize), (usize, usize), f64, usize, usize);
+    let table: [Row; 12] = [
         ((1, 10), (1, 4), 0.5, 3, 2),
         ((1, 5), (1, 4), 0.5, 2, 1),
         ((4, 4), (1, 4), 0.5, 4, 2),
@@ -1165,4 +1171,61 @@ proptest! {
         let strict = DataNormConfig { nan_policy: NanPolicy::Error, ..c.clone() };
         prop_assert_eq!(mask_of(&t, &strict), mask_of(&t, &c));
     }
+}
+
+#[test]
+fn mask_apply_zeroes_exactly_the_cleared_bits_in_every_dtype() {
+    // Squash goes through `Mask::apply`, which masks the elements' bits word by word.
+    for n in [0usize, 1, 5, 63, 64, 65, 200, 1000] {
+        let mut s = n as u64 + 1;
+        let bits: Vec<bool> = (0..n)
+            .map(|i| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                // Some all-ones and all-zeros words too.
+                match (i / 64) % 3 {
+                    0 => (s >> 40) & 1 == 1,
+                    1 => true,
+                    _ => false,
+                }
+            })
+            .collect();
+        let m = Mask::from_bools([n], &bits).unwrap();
+        for dtype in DType::ALL {
+            let v: Vec<f64> = (0..n).map(|i| i as f64 - 7.5).collect();
+            let mut t = Tensor::from_f64s(&v, dtype, [n]).unwrap();
+            t.apply_mask(&m).unwrap();
+            let got = t.to_f64_vec();
+            for i in 0..n {
+                let want = if bits[i] {
+                    Tensor::from_f64s(&[v[i]], dtype, [1]).unwrap().to_f64_vec()[0]
+                } else {
+                    0.0
+                };
+                assert_eq!(got[i], want, "{dtype} n={n} i={i}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_kept_scratch_buffer_does_not_change_results() {
+    // Different sizes in a row reuse (or replace) the kernel's kept buffer; results must not depend
+    // on what it held.
+    let c = cfg(0.5, (1, 2), Some(1), Norm::L1);
+    let big = randn([600, 128], DType::F32, 8);
+    let small = randn([300, 256], DType::F32, 9);
+    let want_big = oracle(&big, &c);
+    let want_small = oracle(&small, &c);
+    for _ in 0..2 {
+        assert_eq!(mask_of(&big, &c), want_big);
+        assert_eq!(mask_of(&small, &c), want_small);
+        assert_eq!(
+            mask_of(&big, &cfg(0.5, (1, 4), None, Norm::L2)),
+            oracle(&big, &cfg(0.5, (1, 4), None, Norm::L2))
+        );
+    }
+    data_sparsifier::norm::release_scratch();
+    assert_eq!(mask_of(&small, &c), want_small);
 }

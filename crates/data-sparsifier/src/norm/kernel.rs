@@ -5,6 +5,8 @@
 //! `(r·w + c) / 64`. Tasks own whole words: a task's rows start on a word boundary (`r·w % 64 == 0`)
 //! and on a block-row boundary, so tasks never share a word.
 
+use std::sync::Mutex;
+
 use rayon::prelude::*;
 
 use super::config::{DataNormConfig, NanPolicy, Norm};
@@ -13,6 +15,53 @@ use super::scores::{self, code, code_bits, Grid, Key, NormKind, ScoreElem, TaskS
 use super::select::{self, Cut};
 use crate::error::{Error, Result};
 use crate::mask::Mask;
+
+/// The block-code buffer of the fast path, kept between calls: allocating a fresh one each step
+/// costs page faults (the kernel zeroes every new page) that take about a quarter of a step's time.
+/// At most one buffer is kept, of one byte per block of the largest input seen; see
+/// [`release_scratch`](super::release_scratch).
+static CODES: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+/// A block-code buffer of `n` bytes (contents unspecified), taken from [`CODES`] when it is large
+/// enough, and given back when dropped.
+struct Codes(Vec<u8>);
+
+impl Codes {
+    fn take(n: usize) -> Codes {
+        let mut v = CODES
+            .lock()
+            .map(|mut g| std::mem::take(&mut *g))
+            .unwrap_or_default();
+        if v.len() >= n {
+            v.truncate(n);
+        } else {
+            v = vec![0u8; n];
+        }
+        Codes(v)
+    }
+}
+
+impl Drop for Codes {
+    fn drop(&mut self) {
+        if let Ok(mut g) = CODES.lock() {
+            if g.capacity() < self.0.capacity() {
+                *g = std::mem::take(&mut self.0);
+            }
+        }
+    }
+}
+
+/// Frees the kept block-code buffer; returns its size in bytes.
+pub(crate) fn release_scratch() -> usize {
+    CODES
+        .lock()
+        .map(|mut g| {
+            let n = g.capacity();
+            *g = Vec::new();
+            n
+        })
+        .unwrap_or(0)
+}
 
 /// Target cells per parallel task.
 const TASK_CELLS: usize = 1 << 17;
@@ -246,20 +295,116 @@ fn row_pattern(kept: &[u64], g: &Grid, out: &mut [u64]) {
 
 /// The cells to keep in one pruned block of `M` cells when its `z` smallest are zeroed
 /// (`0 < z < M`): bit `i` set = keep cell `i` (row-major in the block). Cells compare by key, then
-/// by index, by counting for each cell how many are smaller (`M²` comparisons, no branches).
+/// by index (packed into one integer). A small sorting network finds the z-th smallest packed
+/// value `t`; the kept cells are those above it. Branch-free.
 #[inline(always)]
 fn keep_bits_small<T: ScoreElem, N: NormKind, const M: usize>(cells: &[T], z: usize) -> u64 {
     let p: [<T::Key as Key>::Packed; M] =
         std::array::from_fn(|i| N::cell_key(cells[i]).pack(i as u32));
-    let mut bits = 0u64;
-    for i in 0..M {
-        let mut rank = 0usize;
-        for j in 0..M {
-            rank += (p[j] < p[i]) as usize;
+    let mut s = p;
+    #[inline(always)]
+    fn cas<P: Ord + Copy>(s: &mut [P], a: usize, b: usize) {
+        let (x, y) = (s[a], s[b]);
+        s[a] = x.min(y);
+        s[b] = x.max(y);
+    }
+    match M {
+        2 => cas(&mut s, 0, 1),
+        3 => {
+            cas(&mut s, 0, 1);
+            cas(&mut s, 1, 2);
+            cas(&mut s, 0, 1);
         }
-        bits |= ((rank >= z) as u64) << i;
+        4 => {
+            cas(&mut s, 0, 1);
+            cas(&mut s, 2, 3);
+            cas(&mut s, 0, 2);
+            cas(&mut s, 1, 3);
+            cas(&mut s, 1, 2);
+        }
+        _ => s.sort_unstable(),
+    }
+    let t = s[z - 1];
+    let mut bits = 0u64;
+    for (i, &v) in p.iter().enumerate() {
+        bits |= ((v > t) as u64) << i;
     }
     bits
+}
+
+/// Calls `f` with the index of every pruned block (a 0 bit among the first `n` of `kept`), in
+/// order.
+#[inline(always)]
+fn for_each_pruned(kept: &[u64], n: usize, mut f: impl FnMut(usize)) {
+    for (wi, &kw) in kept.iter().enumerate() {
+        let mut pruned = !kw;
+        if wi == kept.len() - 1 && n % 64 != 0 {
+            pruned &= (1u64 << (n % 64)) - 1;
+        }
+        while pruned != 0 {
+            f(wi * 64 + pruned.trailing_zeros() as usize);
+            pruned &= pruned - 1;
+        }
+    }
+}
+
+/// One data row of whole `BW`-cell blocks (`row.len() == nbc * BW`): ORs the kept cells of every
+/// pruned block into the row pattern `pat` (`z < BW` cells are zeroed per block).
+#[inline(always)]
+fn keep_row<T: ScoreElem, N: NormKind, const BW: usize>(
+    row: &[T],
+    kept: &[u64],
+    nbc: usize,
+    z: usize,
+    pat: &mut [u64],
+) {
+    for_each_pruned(kept, nbc, |bc| {
+        let bits = keep_bits_small::<T, N, BW>(&row[bc * BW..bc * BW + BW], z);
+        or_bits(pat, bc * BW, bits, BW as u32);
+    });
+}
+
+/// The within-block selections stored in bits 3.. of eight code bytes (blocks of `bw` = 2 or 4
+/// cells), packed side by side: `bw` bits per block, block `i` at bit `i·bw`.
+#[inline(always)]
+fn gather_selections(v: u64, bw: usize) -> u64 {
+    if bw == 4 {
+        let mut x = (v >> 3) & 0x0F0F_0F0F_0F0F_0F0F;
+        x = (x | (x >> 4)) & 0x00FF_00FF_00FF_00FF;
+        x = (x | (x >> 8)) & 0x0000_FFFF_0000_FFFF;
+        (x | (x >> 16)) & 0xFFFF_FFFF
+    } else {
+        let mut x = (v >> 3) & 0x0303_0303_0303_0303;
+        x = (x | (x >> 6)) & 0x000F_000F_000F_000F;
+        x = (x | (x >> 12)) & 0x0000_00FF_0000_00FF;
+        (x | (x >> 24)) & 0xFFFF
+    }
+}
+
+/// Mask words of whole rows of one-row blocks of power-of-two width `bw` when a row is a whole
+/// number of words: word `i` covers the `64 / bw` blocks `i·64/bw ..`. With `sel`, pruned blocks
+/// keep the cells stored in their code bytes (`bw` = 2 or 4), otherwise they are zeroed.
+fn words_from_codes<K: Key>(
+    codes: &[u8],
+    bw: usize,
+    sel: bool,
+    st: &mut CutState<'_, K>,
+    out: &mut [u64],
+) {
+    let per = 64 / bw;
+    let mut kept = [0u64; 1];
+    for (o, cs) in out.iter_mut().zip(codes.chunks(per)) {
+        st.flags(cs, &mut kept);
+        let mut word = spread(kept[0], bw);
+        if sel {
+            for (i, c8) in cs.chunks(8).enumerate() {
+                let mut b = [0u8; 8];
+                b[..c8.len()].copy_from_slice(c8);
+                word |= gather_selections(u64::from_le_bytes(b), bw) << (i * 8 * bw);
+            }
+        }
+        *o = word;
+    }
 }
 
 /// Per-task scratch for the within-block selection of large blocks.
@@ -410,6 +555,14 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
     let kept_words = g.nbc.div_ceil(64);
     let vpb = g.bh * g.bw;
     let partial_possible = zpb < vpb;
+    let sel_in_codes = scores::selection_in_codes(g, zpb);
+    // Rows are whole words of whole blocks, and pruned blocks are either zeroed entirely or
+    // carry their kept cells in their code byte.
+    let word_path = g.bh == 1
+        && g.w % 64 == 0
+        && g.bw.is_power_of_two()
+        && g.bw <= 64
+        && (zpb >= g.bw || (sel_in_codes && g.bw <= 4));
     let (c, thr) = match cut {
         Some(cut) => (cut.code, cut.thr),
         None => (code::ABOVE, T::Key::MAX),
@@ -430,6 +583,13 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
                 },
                 cursor: 0,
             };
+            if let (true, Source::Coded(codes, _)) = (word_path, &src) {
+                // One-row blocks of a power-of-two width tiling 64-cell words: each mask word
+                // comes straight from its blocks' code bytes.
+                let cs = &codes[br0 * g.nbc..br1 * g.nbc];
+                words_from_codes(cs, g.bw, sel_in_codes, &mut st, out);
+                return;
+            }
             let mut kept = vec![0u64; kept_words];
             let mut pat = vec![0u64; row_words];
             let mut scratch_codes = Vec::new();
@@ -484,23 +644,53 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
                     continue;
                 }
                 // Some pruned blocks keep their largest cells: add those to the rows' bits.
+                if g.bh == 1 && g.w % g.bw == 0 {
+                    // One row of whole blocks: patch the pattern in place.
+                    let row = &data[rr.start * g.w..rr.end * g.w];
+                    let z = zpb;
+                    if let (true, Source::Coded(codes, _)) = (sel_in_codes, &src) {
+                        // The score pass left each block's kept cells in its code byte.
+                        let cs = &codes[br * g.nbc..(br + 1) * g.nbc];
+                        for_each_pruned(&kept, g.nbc, |bc| {
+                            or_bits(&mut pat, bc * g.bw, (cs[bc] >> 3) as u64, g.bw as u32);
+                        });
+                        wr.push_words(&pat, g.w);
+                        continue;
+                    }
+                    match g.bw {
+                        2 => keep_row::<T, N, 2>(row, &kept, g.nbc, z, &mut pat),
+                        3 => keep_row::<T, N, 3>(row, &kept, g.nbc, z, &mut pat),
+                        4 => keep_row::<T, N, 4>(row, &kept, g.nbc, z, &mut pat),
+                        8 => keep_row::<T, N, 8>(row, &kept, g.nbc, z, &mut pat),
+                        16 => keep_row::<T, N, 16>(row, &kept, g.nbc, z, &mut pat),
+                        _ => {
+                            let rows = &mut pat[..];
+                            for_each_pruned(&kept, g.nbc, |bc| {
+                                keep_cells::<T, N>(
+                                    data,
+                                    g,
+                                    br,
+                                    bc,
+                                    z,
+                                    rows,
+                                    row_words,
+                                    &mut scratch,
+                                )
+                            });
+                        }
+                    }
+                    wr.push_words(&pat, g.w);
+                    continue;
+                }
                 let rows = &mut rows_buf[..nrows * row_words];
                 for r in rows.chunks_mut(row_words) {
                     r.copy_from_slice(&pat);
                 }
-                for (wi, &kw) in kept.iter().enumerate() {
-                    let mut pruned = !kw;
-                    if wi == kept_words - 1 && g.nbc % 64 != 0 {
-                        pruned &= (1u64 << (g.nbc % 64)) - 1;
+                for_each_pruned(&kept, g.nbc, |bc| {
+                    if zpb < nrows * g.cols_of(bc).len() {
+                        keep_cells::<T, N>(data, g, br, bc, zpb, rows, row_words, &mut scratch);
                     }
-                    while pruned != 0 {
-                        let bc = wi * 64 + pruned.trailing_zeros() as usize;
-                        pruned &= pruned - 1;
-                        if zpb < nrows * g.cols_of(bc).len() {
-                            keep_cells::<T, N>(data, g, br, bc, zpb, rows, row_words, &mut scratch);
-                        }
-                    }
-                }
+                });
                 for r in rows.chunks(row_words) {
                     wr.push_words(r, g.w);
                 }
@@ -588,13 +778,15 @@ pub(crate) fn run_norm<T: ScoreElem, N: NormKind>(
             .map(|&i| scores::block_key::<T, N>(data, &g, i / g.nbc, i % g.nbc))
             .collect();
         let b = select::bracket_from_sample(sample, nb, k);
-        let mut codes = vec![0u8; nb];
-        if let Some(stats) = scores::coded_pass::<T, N>(data, &g, &mut codes, plan.brs, b) {
+        let mut codes = Codes::take(nb);
+        let codes = &mut codes.0;
+        let sel = scores::selection_in_codes(&g, zpb).then_some(zpb);
+        if let Some(stats) = scores::coded_pass::<T, N>(data, &g, codes, plan.brs, b, sel) {
             if nan_error_policy && stats.iter().any(|s| s.nan > 0) {
                 return Err(nan_error(name, data, w));
             }
             if let Some(cut) = select::cut_from_stats(&b, &stats, k) {
-                let src = Source::Coded(&codes, &stats);
+                let src = Source::Coded(codes, &stats);
                 mask_pass::<T, N>(data, &g, &plan, zpb, src, Some(&cut), &mut mask.words_mut());
                 return Ok(());
             }
@@ -696,21 +888,26 @@ mod path_tests {
         #![proptest_config(ProptestConfig::with_cases(200))]
         #[test]
         fn fast_path_equals_exact_path(
-            h in 1usize..40, w in 1usize..40, bh in 1usize..5, bw in 1usize..6,
+            h in 1usize..40, w in prop_oneof![1usize..40, Just(64usize), Just(128)],
+            bh in 1usize..5, bw in prop_oneof![1usize..6, Just(8usize), Just(16)],
             sl in 0.0f64..=1.0, zpb in 0usize..30, l2 in any::<bool>(), levels in 1u32..6,
-            seed in any::<u64>(),
+            seed in any::<u64>(), nan_every in prop_oneof![Just(0usize), 3usize..50],
         ) {
             let mut s = seed;
-            let data: Vec<f32> = (0..h * w).map(|_| {
+            let data: Vec<f32> = (0..h * w).map(|i| {
                 s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 33) % levels as u64) as f32 - (levels / 2) as f32
+                if nan_every > 0 && i % nan_every == 1 {
+                    f32::NAN
+                } else {
+                    ((s >> 33) % levels as u64) as f32 - (levels / 2) as f32
+                }
             }).collect();
             let cfg = DataNormConfig {
                 sparsity_level: sl,
                 sparse_block_shape: (bh, bw),
                 zeros_per_block: Some(zpb.min(bh * bw)),
                 norm: if l2 { Norm::L2 } else { Norm::L1 },
-                ..Default::default()
+                nan_policy: NanPolicy::RankLast,
             };
             both_paths(&data, h, w, &cfg);
             let d64: Vec<f64> = data.iter().map(|&x| x as f64 * 0.37).collect();

@@ -177,6 +177,26 @@ pub fn compute_mask(
     }
 }
 
+/// Frees the scratch buffer that the kernel keeps between calls, and returns its size in bytes.
+///
+/// For inputs of more than 32 768 blocks the kernel stores one byte per block; that buffer is
+/// kept (one buffer per process, the size of the largest such input so far) because allocating it
+/// afresh every step costs page faults worth about a quarter of the step. Call this to give the
+/// memory back, e.g. after the last step.
+///
+/// ```
+/// use data_sparsifier::norm::{compute_mask, release_scratch, DataNormConfig};
+/// use data_sparsifier::{random::randn, DType, Mask};
+/// let t = randn([1024, 256], DType::F32, 1); // 65 536 blocks of (1, 4)
+/// let mut m = Mask::ones([1024, 256]);
+/// compute_mask("t", t.view(), &DataNormConfig::default(), &mut m).unwrap();
+/// let freed = release_scratch(); // 65 536 bytes, unless another thread holds the buffer now
+/// assert!(freed <= 65_536);
+/// ```
+pub fn release_scratch() -> usize {
+    kernel::release_scratch()
+}
+
 /// The number of blocks pruned: `k = round_half_even(sparsity_level × num_blocks)`, computed in
 /// f64 as PyTorch's Python `round` does, clamped to `[0, num_blocks]` (NaN gives 0).
 ///

@@ -446,7 +446,7 @@ pub(crate) struct Bracket<K> {
 /// Block codes: where a block's key lies relative to a bracket `[lo, hi]`.
 pub(crate) mod code {
     /// `key < lo`.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[allow(dead_code)] // the codes are computed arithmetically; named for the reader and tests
     pub const BELOW: u8 = 0;
     /// `key == lo`.
     pub const AT_LO: u8 = 1;
@@ -477,7 +477,7 @@ fn gather_bytes(b: u64) -> u64 {
     b.wrapping_mul(0x0102_0408_1020_4080) >> 56
 }
 
-/// For up to 64 block codes (values 0..=4): bit `j` of the first result is set iff
+/// For up to 64 block code bytes (codes 0..=4 in the low 3 bits): bit `j` of the first result is set iff
 /// `codes[j] > c`, of the second iff `codes[j] == c`. Eight codes per step, in a u64.
 #[inline(always)]
 pub(crate) fn code_bits(codes: &[u8], c: u8) -> (u64, u64) {
@@ -486,6 +486,8 @@ pub(crate) fn code_bits(codes: &[u8], c: u8) -> (u64, u64) {
     let mut it = codes.chunks_exact(8);
     let mut shift = 0;
     let one = |v: u64| {
+        // Bits 3..8 may hold a within-block selection: only the low 3 bits are the code.
+        let v = v & (ONES * 0x07);
         // byte + (0x7f - c) has its high bit set iff byte > c (no carries: bytes <= 4).
         let g = ((v + ONES * (0x7f - c as u64)) >> 7) & ONES;
         // byte ^ c is 0 iff equal; adding 0x7f sets the high bit iff it is not 0.
@@ -510,6 +512,89 @@ pub(crate) fn code_bits(codes: &[u8], c: u8) -> (u64, u64) {
     (gt, eq)
 }
 
+/// Blocks of at most this many cells (one row, whole blocks) get their within-block selection
+/// computed in the score pass and stored in the high bits of their code byte.
+pub(crate) const MAX_SEL_CELLS: usize = 5;
+
+/// Whether the coded pass stores within-block selections for this grid and `zpb`.
+pub(crate) fn selection_in_codes(g: &Grid, zpb: usize) -> bool {
+    g.bh == 1 && g.w % g.bw == 0 && (2..=MAX_SEL_CELLS).contains(&g.bw) && zpb > 0 && zpb < g.bw
+}
+
+/// For consecutive whole blocks of `BW` cells (`data.len() == out.len() * BW`): bit `i` of
+/// `out[b]` is set iff cell `i` of block `b` is kept when its `z` smallest cells are zeroed (cells
+/// compare by key, then by index). Computed for every block, lanes across blocks, branch-free:
+/// the rank of cell `i` is the number of cells before it with a key `<=` its own plus the number
+/// after it with a smaller key.
+#[inline(always)]
+fn keep_nibbles<T: ScoreElem, N: NormKind, const BW: usize>(data: &[T], z: usize, out: &mut [u8]) {
+    debug_assert_eq!(data.len(), out.len() * BW);
+    let mut o_it = out.chunks_exact_mut(LANES);
+    let mut d_it = data.chunks_exact(LANES * BW);
+    let one = |c: &[T]| -> u8 {
+        let k: [T::Key; BW] = std::array::from_fn(|i| N::cell_key(c[i]));
+        let mut bits = 0u8;
+        for i in 0..BW {
+            let mut r = 0usize;
+            for j in 0..BW {
+                r += if j < i {
+                    k[j] <= k[i]
+                } else {
+                    j > i && k[j] < k[i]
+                } as usize;
+            }
+            bits |= ((r >= z) as u8) << i;
+        }
+        bits
+    };
+    for (o, d) in (&mut o_it).zip(&mut d_it) {
+        let mut k = [[T::Key::MIN; LANES]; BW];
+        for (c, kc) in k.iter_mut().enumerate() {
+            for b in 0..LANES {
+                kc[b] = N::cell_key(d[b * BW + c]);
+            }
+        }
+        // 32-bit lanes throughout (no narrowing until the store).
+        let zi = z as i32;
+        let mut bits = [0i32; LANES];
+        for i in 0..BW {
+            let mut r = [0i32; LANES];
+            for j in 0..BW {
+                for b in 0..LANES {
+                    r[b] += if j < i {
+                        k[j][b] <= k[i][b]
+                    } else {
+                        j > i && k[j][b] < k[i][b]
+                    } as i32;
+                }
+            }
+            for b in 0..LANES {
+                bits[b] |= ((r[b] >= zi) as i32) << i;
+            }
+        }
+        for b in 0..LANES {
+            o[b] = bits[b] as u8;
+        }
+    }
+    for (o, c) in o_it
+        .into_remainder()
+        .iter_mut()
+        .zip(d_it.remainder().chunks_exact(BW))
+    {
+        *o = one(c);
+    }
+}
+
+/// [`keep_nibbles`] with a run-time block width (`2..=MAX_SEL_CELLS`).
+fn keep_nibbles_dyn<T: ScoreElem, N: NormKind>(data: &[T], bw: usize, z: usize, out: &mut [u8]) {
+    match bw {
+        2 => keep_nibbles::<T, N, 2>(data, z, out),
+        3 => keep_nibbles::<T, N, 3>(data, z, out),
+        4 => keep_nibbles::<T, N, 4>(data, z, out),
+        _ => keep_nibbles::<T, N, 5>(data, z, out),
+    }
+}
+
 /// What the coded score pass learned about one task's block rows.
 #[derive(Debug, Default)]
 pub(crate) struct TaskStats<K> {
@@ -529,12 +614,19 @@ pub(crate) struct TaskStats<K> {
 /// stays in cache) and stores only its one-byte [`code`] relative to the bracket, collecting the
 /// few keys strictly inside it. Tasks are `brs_per_task` block rows. Returns `None` if more than
 /// `bracket.cap` keys fell inside (the caller then falls back to exact keys).
+///
+/// `codes` may hold anything on entry: every byte is overwritten.
+///
+/// With `sel = Some(z)` (only when [`selection_in_codes`]), each code byte also carries, in bits
+/// 3..8, the block's kept cells when its `z` smallest are zeroed: the mask pass then needs no
+/// second read of the data.
 pub(crate) fn coded_pass<T: ScoreElem, N: NormKind>(
     data: &[T],
     g: &Grid,
     codes: &mut [u8],
     brs_per_task: usize,
     b: Bracket<T::Key>,
+    sel: Option<usize>,
 ) -> Option<Vec<TaskStats<T::Key>>> {
     let collected = AtomicUsize::new(0);
     let overflow = AtomicBool::new(false);
@@ -545,10 +637,22 @@ pub(crate) fn coded_pass<T: ScoreElem, N: NormKind>(
         .map_init(
             || (Vec::new(), Vec::new()),
             |(acc, keys), (task, out)| {
-                keys.resize(out.len(), T::Key::MIN);
-                block_rows_keys::<T, N>(data, g, task * brs_per_task.max(1), keys, acc);
                 let mut st = TaskStats::default();
-                for (ks, cs) in keys.chunks(4096).zip(out.chunks_mut(4096)) {
+                // Keep a selection written below, clear anything else.
+                let sel_mask: u8 = if sel.is_some() { 0xf8 } else { 0 };
+                // Groups of block rows of about 4096 blocks, so keys and codes stay in L1.
+                let group = (4096 / g.nbc).max(1);
+                let task_br0 = task * brs_per_task.max(1);
+                for (gi, cs) in out.chunks_mut(group * g.nbc).enumerate() {
+                    let br0 = task_br0 + gi * group;
+                    keys.resize(cs.len(), T::Key::MIN);
+                    block_rows_keys::<T, N>(data, g, br0, keys, acc);
+                    if let Some(z) = sel {
+                        // One row per block row, whole blocks: the group's data is contiguous.
+                        let d = &data[br0 * g.w..br0 * g.w + cs.len() * g.bw];
+                        keep_nibbles_dyn::<T, N>(d, g.bw, z, cs);
+                    }
+                    let ks = &keys[..];
                     let (mut lt, mut el, mut eh, mut ins, mut na) = (0u32, 0u32, 0u32, 0u32, 0u32);
                     for (&k, c) in ks.iter().zip(cs.iter_mut()) {
                         // code_of, with the counts taken from the same comparisons.
@@ -556,7 +660,7 @@ pub(crate) fn coded_pass<T: ScoreElem, N: NormKind>(
                         let gt_lo = (k > b.lo) as u32;
                         let ge_hi = (k >= b.hi) as u32 & gt_lo;
                         let gt_hi = (k > b.hi) as u32;
-                        *c = (ge_lo + gt_lo + ge_hi + gt_hi) as u8;
+                        *c = ((*c << 3) & sel_mask) | (ge_lo + gt_lo + ge_hi + gt_hi) as u8;
                         lt += 1 - ge_lo;
                         el += ge_lo - gt_lo;
                         ins += gt_lo - ge_hi;

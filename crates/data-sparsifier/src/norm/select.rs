@@ -136,23 +136,16 @@ pub(crate) fn cut_from_stats<K: Key>(
     }
     let below = lt + eq_lo;
     if k <= below + inside {
-        let mut all: Vec<K> = Vec::with_capacity(inside);
-        for s in stats {
-            all.extend_from_slice(&s.inside);
-        }
-        let (_, &mut thr, _) = all.select_nth_unstable(k - below - 1);
-        let n_lt = all.iter().filter(|&&x| x < thr).count();
+        let (thr, n_lt) = select_inside(b, stats, k - below);
         let need = k - below - n_lt;
-        let budgets = share(
-            need,
-            stats
-                .iter()
-                .map(|s| s.inside.iter().filter(|&&x| x == thr).count()),
-        );
+        let eq: Vec<usize> = stats
+            .par_iter()
+            .map(|s| s.inside.iter().filter(|&&x| x == thr).count())
+            .collect();
         return Some(Cut {
             code: code::INSIDE,
             thr,
-            budgets,
+            budgets: share(need, eq.into_iter()),
         });
     }
     if b.hi != b.lo && k <= below + inside + eq_hi {
@@ -163,6 +156,54 @@ pub(crate) fn cut_from_stats<K: Key>(
         });
     }
     None
+}
+
+/// Buckets of the parallel selection among the inside keys.
+const BUCKETS: usize = 4096;
+
+/// The `r`-th smallest (1-based) of the keys inside the bracket, spread over the tasks' lists, and
+/// how many inside keys are smaller. One parallel histogram pass over `BUCKETS` equal-width key
+/// ranges of `(lo, hi)`, then `select_nth_unstable` within the one bucket that holds rank `r`.
+fn select_inside<K: Key>(b: &Bracket<K>, stats: &[TaskStats<K>], r: usize) -> (K, usize) {
+    let lo = b.lo.to_u64();
+    let span = b.hi.to_u64().saturating_sub(lo) as f64;
+    let scale = BUCKETS as f64 / (span + 1.0);
+    // Monotone in the key, so the buckets are ordered.
+    let bucket = |k: K| (((k.to_u64() - lo) as f64 * scale) as usize).min(BUCKETS - 1);
+    let hist = stats
+        .par_iter()
+        .fold(
+            || vec![0usize; BUCKETS],
+            |mut h, s| {
+                for &k in &s.inside {
+                    h[bucket(k)] += 1;
+                }
+                h
+            },
+        )
+        .reduce(
+            || vec![0usize; BUCKETS],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    let mut below = 0usize;
+    let mut target = 0usize;
+    for (i, &c) in hist.iter().enumerate() {
+        if r <= below + c {
+            target = i;
+            break;
+        }
+        below += c;
+    }
+    let mut keys: Vec<K> = stats
+        .par_iter()
+        .flat_map_iter(|s| s.inside.iter().copied().filter(|&k| bucket(k) == target))
+        .collect();
+    let (_, &mut thr, _) = keys.select_nth_unstable(r - below - 1);
+    let lt = below + keys.iter().filter(|&&x| x < thr).count();
+    (thr, lt)
 }
 
 /// The cut for exact keys: blocks are coded against `[thr, thr]`, so the cut is at `AT_LO`.
