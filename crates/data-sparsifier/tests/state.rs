@@ -387,3 +387,48 @@ fn huge_header_offsets_are_an_error_not_a_panic() {
     file.extend_from_slice(&[0; 4]);
     assert!(matches!(load_bytes(&file), Err(Error::Safetensors { .. })));
 }
+
+/// §8.1 `check_state_dict` for `DataNormSparsifier`, plus PyTorch bug §9.6: a saved and reloaded
+/// sparsifier keeps each entry's norm and keeps stepping.
+#[test]
+fn data_norm_state_round_trips_with_norms_and_masks() {
+    use data_sparsifier::norm::{DataNormConfig, DataNormPatch, Norm};
+    use data_sparsifier::DataNormSparsifier;
+    let defaults = DataNormConfig {
+        sparsity_level: 0.5,
+        sparse_block_shape: (1, 4),
+        zeros_per_block: Some(4),
+        ..Default::default()
+    };
+    let mut s1 = DataNormSparsifier::data_norm(defaults.clone()).unwrap();
+    let param = Parameter::new(randn([10, 10], DType::F32, 1));
+    s1.add_data("tensor1", randn([1, 10], DType::F32, 2)).unwrap();
+    s1.add_data("param", &param).unwrap();
+    let l2 = DataNormPatch::new().sparsity_level(0.7).block(2, 3).zeros_per_block(6).norm(Norm::L2);
+    s1.add_data_with("emb", randn([15, 3], DType::BF16, 3), &l2, true).unwrap();
+    let mut s2 = DataNormSparsifier::data_norm(defaults)
+        .unwrap()
+        .with_data([("tensor1", randn([1, 10], DType::F32, 2))])
+        .unwrap();
+    s1.step().unwrap();
+    assert_ne!(s1.get_mask("tensor1").unwrap(), s2.get_mask("tensor1").unwrap());
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("norm.safetensors");
+    s1.save_state(&path).unwrap();
+    s2.load_state(&path, true).unwrap();
+    assert_eq!(s2.len(), 3);
+    for name in ["tensor1", "param", "emb"] {
+        assert_eq!(s1.config(name).unwrap(), s2.config(name).unwrap());
+        assert_eq!(s1.get_mask(name).unwrap(), s2.get_mask(name).unwrap());
+        assert_eq!(
+            s1.get_data(name, Version::Masked).unwrap(),
+            s2.get_data(name, Version::Masked).unwrap()
+        );
+        assert_eq!(s1.is_parametrized(name).unwrap(), s2.is_parametrized(name).unwrap());
+    }
+    assert_eq!(s2.config("emb").unwrap().norm, Norm::L2);
+    // The reloaded sparsifier steps to the same masks (PyTorch's pickled copy cannot step at all).
+    s2.step().unwrap();
+    assert_eq!(s1.state_dict().unwrap(), s2.state_dict().unwrap());
+}
