@@ -402,16 +402,25 @@ fn data_norm_state_round_trips_with_norms_and_masks() {
     };
     let mut s1 = DataNormSparsifier::data_norm(defaults.clone()).unwrap();
     let param = Parameter::new(randn([10, 10], DType::F32, 1));
-    s1.add_data("tensor1", randn([1, 10], DType::F32, 2)).unwrap();
+    s1.add_data("tensor1", randn([1, 10], DType::F32, 2))
+        .unwrap();
     s1.add_data("param", &param).unwrap();
-    let l2 = DataNormPatch::new().sparsity_level(0.7).block(2, 3).zeros_per_block(6).norm(Norm::L2);
-    s1.add_data_with("emb", randn([15, 3], DType::BF16, 3), &l2, true).unwrap();
+    let l2 = DataNormPatch::new()
+        .sparsity_level(0.7)
+        .block(2, 3)
+        .zeros_per_block(6)
+        .norm(Norm::L2);
+    s1.add_data_with("emb", randn([15, 3], DType::BF16, 3), &l2, true)
+        .unwrap();
     let mut s2 = DataNormSparsifier::data_norm(defaults)
         .unwrap()
         .with_data([("tensor1", randn([1, 10], DType::F32, 2))])
         .unwrap();
     s1.step().unwrap();
-    assert_ne!(s1.get_mask("tensor1").unwrap(), s2.get_mask("tensor1").unwrap());
+    assert_ne!(
+        s1.get_mask("tensor1").unwrap(),
+        s2.get_mask("tensor1").unwrap()
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("norm.safetensors");
@@ -425,7 +434,10 @@ fn data_norm_state_round_trips_with_norms_and_masks() {
             s1.get_data(name, Version::Masked).unwrap(),
             s2.get_data(name, Version::Masked).unwrap()
         );
-        assert_eq!(s1.is_parametrized(name).unwrap(), s2.is_parametrized(name).unwrap());
+        assert_eq!(
+            s1.is_parametrized(name).unwrap(),
+            s2.is_parametrized(name).unwrap()
+        );
     }
     assert_eq!(s2.config("emb").unwrap().norm, Norm::L2);
     // The reloaded sparsifier steps to the same masks (PyTorch's pickled copy cannot step at all).
