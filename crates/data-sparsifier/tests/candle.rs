@@ -578,3 +578,53 @@ fn gradual_pruning_trains_through_the_mask_then_squashes() {
         .unwrap();
     assert_eq!(plain, masked_loss);
 }
+
+/// The files this project writes (the CLI's output, masks and state all go through
+/// `SafetensorsWriter`) load with candle's own safetensors loader, every dtype, in a layout whose
+/// tensor order is not the sorted one the `safetensors` crate would pick.
+#[test]
+fn candle_loads_files_written_by_the_streaming_writer() {
+    use data_sparsifier::safetensors_file::{SafetensorsWriter, TensorHeader};
+    use std::collections::BTreeMap;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("written.safetensors");
+    let tensors: Vec<(&str, Tensor)> = DType::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| {
+            (
+                ["z_f32", "a_f64", "m_f16", "b_bf16"][i],
+                randn([3, 5], d, i as u64),
+            )
+        })
+        .collect();
+    let mut headers: Vec<TensorHeader> = tensors
+        .iter()
+        .map(|(n, t)| TensorHeader::new(*n, t.dtype().to_safetensors(), t.shape()))
+        .collect();
+    headers.push(TensorHeader::new("mask", safetensors::Dtype::U8, [2, 2]));
+    let meta = BTreeMap::from([("sparsify".to_string(), "{\"version\":\"x\"}".to_string())]);
+    let mut w = SafetensorsWriter::create(&path, &headers, Some(&meta)).unwrap();
+    for (_, t) in &tensors {
+        w.write(t.as_bytes()).unwrap();
+    }
+    w.write(&[1, 0, 0, 1]).unwrap();
+    w.finish().unwrap();
+
+    let loaded = candle_core::safetensors::load(&path, &CPU).unwrap();
+    assert_eq!(loaded.len(), 5);
+    for (name, t) in &tensors {
+        let c = &loaded[*name];
+        assert_eq!(c.dims(), t.shape(), "{name}");
+        let values: Vec<f64> = c
+            .to_dtype(CDType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(values, t.to_f64_vec(), "{name}");
+    }
+    let mask: Vec<u8> = loaded["mask"].flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(mask, vec![1, 0, 0, 1]);
+}
