@@ -408,8 +408,41 @@ impl Mask {
     /// Zeroes the elements of `data` whose bit is 0 (in parallel). `data` must have `len` elements;
     /// extra elements are left alone.
     pub fn apply<T: Element>(&self, data: &mut [T]) {
+        Self::apply_words(&self.words, data)
+    }
+
+    /// Writes `mask · src` into `dst` for the mask elements `start .. start + src.len()`: the
+    /// chunk-wise form of [`apply_into`](Self::apply_into), for writers that stream a large tensor
+    /// through a small buffer. `start` must be a multiple of 64 (a whole mask word).
+    ///
+    /// ```
+    /// use data_sparsifier::Mask;
+    /// let mut m = Mask::ones([200]);
+    /// m.zero_range(60..70);
+    /// let src: Vec<f32> = (0..200).map(|i| i as f32).collect();
+    /// let mut dst = vec![0.0f32; 72];
+    /// m.apply_into_at(64, &src[64..136], &mut dst).unwrap();
+    /// assert_eq!(&dst[..7], &[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 70.0]);
+    /// ```
+    pub fn apply_into_at<T: Element>(&self, start: usize, src: &[T], dst: &mut [T]) -> Result<()> {
+        if start % 64 != 0 || src.len() != dst.len() || start.saturating_add(src.len()) > self.len {
+            return Err(Error::ShapeMismatch {
+                what: format!(
+                    "mask chunk at element {start} (must be a multiple of 64 and inside the mask, with src and dst of one length)"
+                ),
+                expected: vec![self.len],
+                actual: vec![src.len(), dst.len()],
+            });
+        }
+        dst.copy_from_slice(src);
+        Self::apply_words(&self.words[start / 64..], dst);
+        Ok(())
+    }
+
+    /// Zeroes the elements of `data` whose bit in `words` (from bit 0) is 0.
+    fn apply_words<T: Element>(words: &[u64], data: &mut [T]) {
         data.par_chunks_mut(PAR_CHUNK_ELEMS)
-            .zip(self.words.par_chunks(PAR_CHUNK_WORDS))
+            .zip(words.par_chunks(PAR_CHUNK_WORDS))
             .for_each(|(xs, words)| {
                 // Zero is the all-zero bit pattern for every element type, so masking is a
                 // branch-free AND of each element's bits with all-ones or all-zeros.
@@ -675,6 +708,26 @@ mod tests {
                 prop_assert_eq!(data[i], if bits[i] { src[i] } else { 0.0 });
             }
             prop_assert_eq!(dst, data);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn chunked_apply_equals_whole_apply(bits in proptest::collection::vec(any::<bool>(), 1..700), chunk in 1usize..5) {
+            let n = bits.len();
+            let m = Mask::from_bools([n], &bits).unwrap();
+            let src: Vec<f64> = (0..n).map(|i| i as f64 + 0.5).collect();
+            let mut whole = vec![0.0; n];
+            m.apply_into(&src, &mut whole);
+            let step = chunk * 64;
+            let mut chunked = vec![-1.0; n];
+            for start in (0..n).step_by(step) {
+                let end = (start + step).min(n);
+                m.apply_into_at(start, &src[start..end], &mut chunked[start..end]).unwrap();
+            }
+            prop_assert_eq!(chunked, whole);
+            prop_assert!(m.apply_into_at(1, &src[1..2], &mut [0.0]).is_err());
+            prop_assert!(m.apply_into_at(0, &src, &mut vec![0.0; n + 1]).is_err());
         }
     }
 

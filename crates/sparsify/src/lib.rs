@@ -32,14 +32,17 @@
 //!
 //! `run` memory-maps the input and streams the output tensor by tensor, so the checkpoint's size is
 //! bounded by disk, not RAM. With `S` the byte size of the largest *selected* tensor, the heap
-//! peaks at about `S` (that tensor's squashed output buffer) `+ S/(8 * element size)` (its bit
-//! mask) `+ 3 MiB` (write buffers); the mask kernel's scratch is smaller (`sparsify bench`
-//! measures it: 17% of a 1x4-blocked f32 table, mask included) and freed before the output buffer
-//! is allocated. The pages of the mapped input are
-//! page cache that the kernel evicts as needed; count `S` more for the tensor being read. So a
-//! machine with `R` bytes of RAM handles a checkpoint of any size whose largest selected tensor is
-//! below about `R / 2.2`: 16 GB of RAM runs a 100 GB checkpoint whose largest table is 6 GB.
-//! Measured: the 70 MB demo checkpoint (largest table 32 MB) peaks at 35 MB of heap.
+//! peaks at about `S/(8 × element size)` (its bit mask) `+` the kernel's one byte per block (`S/16`
+//! for 1x4 blocks of f32) `+ 8 MiB` (one 4 MiB squash chunk, write buffers): about 10% of the
+//! largest tensor for 1x4 blocks of f32. When the kernel's sampled selection misses (rare; adversarial
+//! score distributions) it also holds one 4-byte key per block, `S/4`, for about 35% at worst. The
+//! squashed output is streamed through the chunk, never held whole. The pages of the mapped input
+//! are page cache that the kernel evicts as needed; a tensor larger than RAM still works, read from
+//! disk twice (scores, then squash). So a machine with `R` bytes of RAM handles a checkpoint of any
+//! size on disk whose largest selected tensor is below about `2.5 × R` (f32, 1x4 blocks, worst
+//! case; about `10 × R` typically); e.g. 16 GB of RAM runs a 500 GB checkpoint with 40 GB tables.
+//! Measured: the 70 MB demo checkpoint (largest table 32 MB) peaks at 9.4 MB of heap, and a
+//! 256 MB table at 29 MB.
 //! `--state` adds every selected tensor's bit mask (1/32 of f32 data) until the end, and copies of
 //! tensors whose bytes are not aligned in the input (files written by the safetensors libraries
 //! are aligned; an unaligned tensor is copied, one at a time, in the main pass too).

@@ -8,8 +8,8 @@
 //!
 //! * the mask kernel's scratch for one tensor (a fraction of it: 17% of a 1x4-blocked f32 tensor,
 //!   mask included, as `sparsify bench` measures), then
-//! * one sparsified tensor's output buffer (its size), with its bit mask (1 bit per element) and,
-//!   for `--masks`, a 1 MiB dense chunk buffer; two 1 MiB write buffers;
+//! * one tensor's bit mask (1 bit per element), a 4 MiB chunk through which its squashed values are
+//!   streamed and, for `--masks`, a 1 MiB dense chunk buffer; two 1 MiB write buffers;
 //! * a copy of the tensor only if its bytes are not aligned for its dtype in the file (files from
 //!   the `safetensors` libraries are aligned);
 //! * with `--state`: every sparsified tensor's bit mask until the end (1/32 of the f32 data, 1/16
@@ -308,6 +308,9 @@ pub fn state_name(name: &str) -> String {
     name.replace(['.', '/'], "_")
 }
 
+/// Elements squashed and written per piece (a multiple of 64, as `Mask::apply_into_at` needs).
+const SQUASH_CHUNK: usize = 1 << 20;
+
 /// Writes the bits of `mask` as dense `U8` (1 keep, 0 zero), 1 MiB at a time.
 fn write_dense_mask(mask: &Mask, w: &mut SafetensorsWriter) -> data_sparsifier::Result<()> {
     const CHUNK: usize = 1 << 20;
@@ -468,14 +471,20 @@ pub fn run(opts: &RunOptions, ui: Ui) -> Result<RunReport> {
         compute_mask(&t.name, view, cfg, &mut mask).map_err(|e| CliError::lib(ctx(), e))?;
         let t1 = Instant::now();
         {
-            let mut squashed = Tensor::zeros(dtype, [view.numel()]);
+            // `mask · data`, streamed through one small buffer: no tensor-sized allocation.
+            let n = view.numel();
+            let mut buf = Tensor::zeros(dtype, [SQUASH_CHUNK.min(n)]);
             with_dtype!(dtype, T => {
-                if let (Some(src), Some(dst)) = (view.as_slice::<T>(), squashed.as_slice_mut::<T>()) {
-                    mask.apply_into(src, dst);
+                if let (Some(src), Some(dst)) = (view.as_slice::<T>(), buf.as_slice_mut::<T>()) {
+                    for start in (0..n).step_by(SQUASH_CHUNK) {
+                        let len = (n - start).min(SQUASH_CHUNK);
+                        mask.apply_into_at(start, &src[start..start + len], &mut dst[..len])
+                            .map_err(|e| CliError::lib(ctx(), e))?;
+                        let bytes: &[u8] = bytemuck::cast_slice(&dst[..len]);
+                        out.write(bytes).map_err(lib("writing", &opts.output))?;
+                    }
                 }
             });
-            out.write(squashed.as_bytes())
-                .map_err(lib("writing", &opts.output))?;
         }
         if let (Some(w), Some(p)) = (masks_out.as_mut(), opts.masks.as_ref()) {
             write_dense_mask(&mask, w).map_err(lib("writing", p))?;

@@ -679,9 +679,38 @@ fn memory_is_about_one_tensor_not_the_checkpoint() {
     ]);
     let r: Value = serde_json::from_str(&stdout).unwrap();
     let peak = r["totals"]["peak_alloc_bytes"].as_u64().unwrap();
-    // One 1 MB output buffer, its mask, the two 1 MiB write buffers, the 1 MiB dense-mask chunk,
-    // and the kernel's per-block keys: far below the 12 MB checkpoint.
+    // One squash chunk (at most the 1 MB tensor), its mask, the two 1 MiB write buffers, the 1 MiB
+    // dense-mask chunk, and the kernel's per-block codes: far below the 12 MB checkpoint.
     assert!(peak < 6_000_000, "peak heap {peak} bytes");
+}
+
+#[test]
+fn a_large_tensor_is_streamed_through_a_small_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("big.safetensors");
+    // One 32 MB f32 table: the squashed output is never held whole.
+    write(&input, &[t("emb", Dtype::F32, &[131_072, 64], 5)], &[]);
+    let out = dir.path().join("o.st");
+    let (stdout, _) = ok(&["run", s(&input), "-o", s(&out), "-q", "--report", "json"]);
+    let r: Value = serde_json::from_str(&stdout).unwrap();
+    let peak = r["totals"]["peak_alloc_bytes"].as_u64().unwrap();
+    // Bit mask 1 MB + block codes 2 MB + one 4 MiB squash chunk + 2 MiB of write buffers.
+    assert!(
+        peak < 12_000_000,
+        "peak heap {peak} bytes for a 32 MB tensor"
+    );
+    let a = std::fs::read(&input).unwrap();
+    let b = std::fs::read(&out).unwrap();
+    let (sa, sb) = (
+        safetensors::SafeTensors::deserialize(&a).unwrap(),
+        safetensors::SafeTensors::deserialize(&b).unwrap(),
+    );
+    let (x, y) = (sa.tensor("emb").unwrap(), sb.tensor("emb").unwrap());
+    let xs: &[f32] = bytemuck::cast_slice(x.data());
+    let ys: &[f32] = bytemuck::cast_slice(y.data());
+    assert!(xs.iter().zip(ys).all(|(a, b)| b == a || *b == 0.0));
+    let zeros = ys.iter().filter(|v| **v == 0.0).count();
+    assert_eq!(zeros, xs.len() / 2, "half of the (1,4) blocks are zeroed");
 }
 
 #[test]
