@@ -594,11 +594,9 @@ impl<U: UpdateMask> DataSparsifier<U> {
         Ok(())
     }
 
-    #[allow(dead_code)] // used by the state module
     pub(crate) fn entries(&self) -> &[Entry<U>] {
         &self.entries
     }
-    #[allow(dead_code)] // used by the state module
     pub(crate) fn entries_mut(&mut self) -> &mut Vec<Entry<U>> {
         &mut self.entries
     }
