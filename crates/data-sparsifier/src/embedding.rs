@@ -6,10 +6,15 @@ use serde::{Deserialize, Serialize};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::random::randn;
-use crate::tensor::{Parameter, Tensor, TypedStorage};
+use crate::tensor::{checked_numel, Parameter, Tensor, TypedStorage};
 
 fn table_shape(module: &'static str, weight: &Parameter) -> Result<(usize, usize)> {
-    match *weight.shape() {
+    table_dims(module, &weight.shape())
+}
+
+/// `(num_embeddings, embedding_dim)` of a table shape.
+fn table_dims(module: &'static str, shape: &[usize]) -> Result<(usize, usize)> {
+    match *shape {
         [n, d] => Ok((n, d)),
         ref other => Err(Error::InvalidLookup {
             module,
@@ -87,6 +92,11 @@ impl Embedding {
         seed: u64,
     ) -> Result<Self> {
         let padding = normalize_padding("Embedding", padding_idx, num_embeddings)?;
+        checked_numel(
+            "Embedding table",
+            &[num_embeddings, embedding_dim],
+            dtype.size_in_bytes(),
+        )?;
         let mut w = randn([num_embeddings, embedding_dim], dtype, seed);
         if let Some(p) = padding {
             zero_row(&mut w, p, embedding_dim);
@@ -123,8 +133,9 @@ impl Embedding {
     }
     /// Looks up each index; the output has shape `[indices.len(), embedding_dim]` and the weight's dtype.
     pub fn forward(&self, indices: &[i64]) -> Result<Tensor> {
-        let (n, d) = self.dims()?;
+        // One read guard for the dimensions and the rows: another holder may replace the table.
         let w = self.weight.read();
+        let (n, d) = table_dims("Embedding", w.shape())?;
         let rows: Vec<usize> = indices
             .iter()
             .enumerate()
@@ -214,6 +225,11 @@ impl EmbeddingBag {
         seed: u64,
     ) -> Result<Self> {
         let padding = normalize_padding("EmbeddingBag", padding_idx, num_embeddings)?;
+        checked_numel(
+            "EmbeddingBag table",
+            &[num_embeddings, embedding_dim],
+            dtype.size_in_bytes(),
+        )?;
         let mut w = randn([num_embeddings, embedding_dim], dtype, seed);
         if let Some(p) = padding {
             zero_row(&mut w, p, embedding_dim);
@@ -341,7 +357,9 @@ impl EmbeddingBag {
         bags: Bags<'_>,
         per_sample_weights: Option<&[f64]>,
     ) -> Result<Tensor> {
-        let (n, d) = self.dims()?;
+        // One read guard for the dimensions and the rows: another holder may replace the table.
+        let w = self.weight.read();
+        let (n, d) = table_dims("EmbeddingBag", w.shape())?;
         if let Some(psw) = per_sample_weights {
             if self.mode != BagMode::Sum {
                 return Err(Error::InvalidLookup {
@@ -369,7 +387,6 @@ impl EmbeddingBag {
             .map(|(pos, &i)| check_index("EmbeddingBag", i, pos, n))
             .collect::<Result<_>>()?;
         let ranges = self.bag_ranges(indices.len(), bags)?;
-        let w = self.weight.read();
         crate::with_dtype!(w.dtype(), T => {
             let src = w.as_slice::<T>().unwrap_or_default();
             let out = reduce_bags::<T>(src, d, &rows, &ranges, self.mode, self.padding_idx, per_sample_weights);

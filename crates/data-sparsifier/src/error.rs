@@ -46,10 +46,19 @@ pub enum Error {
     },
 
     /// The mask of `name` was squashed into its data, so the original values no longer exist.
-    #[error("mask of {name:?} was squashed: the original (unmasked) data no longer exists")]
+    #[error("mask of {name:?} was squashed: the original (unmasked) data no longer exists; read the squashed data with Version::Masked, or remove_data({name:?}) and add the data again to start over")]
     Squashed {
         /// The data name.
         name: String,
+    },
+
+    /// A name is given twice where each must appear once.
+    #[error("{name:?} appears twice in {context}: give each name once")]
+    DuplicateName {
+        /// The repeated name.
+        name: String,
+        /// Where it was repeated.
+        context: &'static str,
     },
 
     /// Two shapes that must agree do not.
@@ -211,6 +220,46 @@ impl Error {
         Error::InvalidState {
             source_name: None,
             message: message.into(),
+        }
+    }
+
+    /// Names the data an error is about, where the error does not already: shape and dtype
+    /// mismatches raised by a mask or tensor operation, and errors from another framework's
+    /// storage. Other errors are returned as they are.
+    ///
+    /// ```
+    /// use data_sparsifier::{Error, Mask};
+    /// let err = Mask::ones([2]).and(&Mask::ones([3])).unwrap_err().for_data("emb");
+    /// assert!(err.to_string().contains("\"emb\""), "{err}");
+    /// ```
+    pub fn for_data(self, name: &str) -> Self {
+        let quoted = format!("{name:?}");
+        match self {
+            Error::ShapeMismatch {
+                what,
+                expected,
+                actual,
+            } if !what.contains(&quoted) => Error::ShapeMismatch {
+                what: format!("{what} of data {quoted}"),
+                expected,
+                actual,
+            },
+            Error::DTypeMismatch {
+                what,
+                expected,
+                actual,
+            } if !what.contains(&quoted) => Error::DTypeMismatch {
+                what: format!("{what} of data {quoted}"),
+                expected,
+                actual,
+            },
+            Error::External { framework, message } if !message.contains(&quoted) => {
+                Error::External {
+                    framework,
+                    message: format!("data {quoted}: {message}"),
+                }
+            }
+            other => other,
         }
     }
 

@@ -95,8 +95,11 @@ impl Handle {
                     }
                     Ok(())
                 })?;
-                out.ok_or_else(|| {
-                    crate::Error::invalid_state("external tensor did not provide a view")
+                out.ok_or_else(|| crate::Error::External {
+                    framework: "ExternalTensor",
+                    message: "read() returned without calling back with a view; an \
+                              implementation must call `f` exactly once"
+                        .into(),
                 })
             }
         }

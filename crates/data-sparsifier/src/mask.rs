@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use crate::dtype::Element;
 use crate::error::{Error, Result};
-use crate::tensor::{as_2d, numel, TensorView};
+use crate::tensor::{as_2d, checked_numel, numel, TensorView};
 
 /// Elements handled per parallel task by the whole-mask operations (a multiple of 64).
 const PAR_CHUNK_ELEMS: usize = 64 * 1024;
@@ -330,14 +330,15 @@ impl Mask {
     }
     /// A mask from a dense buffer of `u8` values: 0 = zero, anything else = keep.
     pub fn from_dense_u8(shape: impl Into<Vec<usize>>, dense: &[u8]) -> Result<Self> {
-        let mut m = Mask::zeros(shape);
-        if dense.len() != m.len {
+        let shape = shape.into();
+        if checked_numel("dense mask buffer", &shape, 0)? != dense.len() {
             return Err(Error::ShapeMismatch {
                 what: "dense mask buffer".into(),
-                expected: m.shape.clone(),
+                expected: shape,
                 actual: vec![dense.len()],
             });
         }
+        let mut m = Mask::zeros(shape);
         m.words
             .par_chunks_mut(PAR_CHUNK_WORDS)
             .zip(dense.par_chunks(PAR_CHUNK_ELEMS))
@@ -369,15 +370,15 @@ impl Mask {
     /// The inverse of [`Mask::to_packed_bytes`]. The byte count must be exactly `ceil(len / 8)` and
     /// the padding bits of the last byte must be zero, so a tampered buffer is rejected.
     pub fn from_packed_bytes(shape: impl Into<Vec<usize>>, bytes: &[u8]) -> Result<Self> {
-        let mut m = Mask::zeros(shape);
-        let want = m.len.div_ceil(8);
+        let shape = shape.into();
+        let want = checked_numel("packed mask", &shape, 0)?.div_ceil(8);
         if bytes.len() != want {
             return Err(Error::invalid_state(format!(
-                "packed mask of shape {:?} needs {want} bytes, found {}",
-                m.shape,
+                "packed mask of shape {shape:?} needs {want} bytes, found {}",
                 bytes.len()
             )));
         }
+        let mut m = Mask::zeros(shape);
         for (w, chunk) in m.words.iter_mut().zip(bytes.chunks(8)) {
             let mut buf = [0u8; 8];
             buf[..chunk.len()].copy_from_slice(chunk);

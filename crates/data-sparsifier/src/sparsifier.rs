@@ -124,6 +124,38 @@ pub(crate) struct Entry<U: UpdateMask> {
     pub(crate) parametrized: bool,
 }
 
+impl<U: UpdateMask> Entry<U> {
+    fn view(&self) -> MaskedView<'_> {
+        MaskedView {
+            name: &self.name,
+            data: &self.data,
+            mask: &self.mask,
+            parametrized: self.parametrized,
+        }
+    }
+    /// Errors unless the mask still has the data's shape. The data can change shape behind the
+    /// sparsifier's back (another holder of a parameter calling `set`), and a mask can be replaced
+    /// by hand through `get_mask_mut`; every use of the pair checks first.
+    pub(crate) fn check_mask_fits(&self) -> Result<()> {
+        check_mask_fits(&self.name, &self.mask, &self.data.shape())
+    }
+}
+
+/// Errors unless the mask of entry `name` has the data's `shape`.
+pub(crate) fn check_mask_fits(name: &str, mask: &Mask, shape: &[usize]) -> Result<()> {
+    if mask.shape() != shape {
+        return Err(Error::ShapeMismatch {
+            what: format!(
+                "the mask of {name:?} and its data (the data or the mask was given another shape \
+                 after add_data; re-add the data with reuse_mask = false for a new mask)"
+            ),
+            expected: shape.to_vec(),
+            actual: mask.shape().to_vec(),
+        });
+    }
+    Ok(())
+}
+
 /// The sparsifier: owns a bit-packed mask for every named piece of data added to it, and updates the
 /// masks with `U` on each [`step`](Self::step).
 ///
@@ -177,11 +209,31 @@ pub struct DataSparsifier<U: UpdateMask> {
     step_count: u64,
 }
 
-/// A lazy `mask · data` view of one entry. Nothing is copied until [`to_tensor`](Self::to_tensor);
+/// A lazy view of one entry's masked data: `mask · data` while the entry is parametrized, and the
+/// data as it is once squashed (PyTorch's `getattr(container, name)`: after a squash with
+/// `leave_parametrized` the data already holds `mask · data`; after one without, it is the untouched
+/// data and the mask no longer applies). Nothing is copied until [`to_tensor`](Self::to_tensor);
 /// reads see the data as it is at that moment.
+///
+/// ```
+/// use data_sparsifier::{DataNormConfig, DataNormSparsifier, Tensor};
+/// let mut sp = DataNormSparsifier::data_norm(DataNormConfig {
+///     sparse_block_shape: (1, 1),
+///     ..Default::default()
+/// })
+/// .unwrap();
+/// let t = Tensor::from_vec(vec![1.0f32, -4.0, 0.5, 3.0], [2, 2]).unwrap();
+/// sp.add_data("x", t).unwrap();
+/// sp.step().unwrap();
+/// let view = sp.masked("x").unwrap();
+/// assert_eq!(view.get_f64(0), Some(0.0)); // pruned
+/// assert_eq!(view.to_tensor().unwrap().to_f64_vec(), vec![0.0, -4.0, 0.0, 3.0]);
+/// ```
 pub struct MaskedView<'a> {
+    name: &'a str,
     data: &'a Handle,
     mask: &'a Mask,
+    parametrized: bool,
 }
 
 impl MaskedView<'_> {
@@ -197,18 +249,45 @@ impl MaskedView<'_> {
     pub fn mask(&self) -> &Mask {
         self.mask
     }
+    /// Whether the mask is still applied on read (false once the entry is squashed).
+    pub fn is_parametrized(&self) -> bool {
+        self.parametrized
+    }
     /// Runs `f` on a zero-copy view of the unmasked data (after a squash: the squashed data).
     pub fn with_data<R>(&self, f: impl FnOnce(TensorView<'_>) -> Result<R>) -> Result<R> {
         self.data.read(f)
     }
-    /// Element `i` of `mask · data`, widened to f64.
+    /// Element `i` of the masked data, widened to f64. `None` past the end, or if the data and the
+    /// mask no longer have one shape (see [`to_tensor`](Self::to_tensor) for the error).
     pub fn get_f64(&self, i: usize) -> Option<f64> {
-        let v = self.data.read(|d| Ok(d.data().get_f64(i))).ok()??;
-        Some(if self.mask.get(i) { v } else { 0.0 })
+        self.data
+            .read(|d| {
+                if self.parametrized {
+                    check_mask_fits(self.name, self.mask, d.shape())?;
+                }
+                Ok(d.data().get_f64(i))
+            })
+            .ok()
+            .flatten()
+            .map(|v| {
+                if !self.parametrized || self.mask.get(i) {
+                    v
+                } else {
+                    0.0
+                }
+            })
     }
-    /// Materializes `mask · data` as a new tensor.
+    /// Materializes the masked data as a new tensor.
+    ///
+    /// Errors with [`Error::ShapeMismatch`] if the data was given another shape after it was added
+    /// (e.g. by [`Parameter::set`](crate::Parameter::set)) so that the mask no longer fits, as
+    /// PyTorch's parametrization raises.
     pub fn to_tensor(&self) -> Result<Tensor> {
         self.data.read(|d| {
+            if !self.parametrized {
+                return Ok(d.to_tensor());
+            }
+            check_mask_fits(self.name, self.mask, d.shape())?;
             let mut out = Tensor::zeros(d.dtype(), d.shape().to_vec());
             crate::with_dtype!(d.dtype(), T => {
                 if let (Some(src), Some(dst)) = (d.as_slice::<T>(), out.as_slice_mut::<T>()) {
@@ -221,8 +300,15 @@ impl MaskedView<'_> {
 }
 
 impl fmt::Debug for MaskedView<'_> {
+    /// A summary (name, shape, dtype, density); it does not copy the data.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MaskedView({:?}, {:?})", self.to_tensor(), self.mask)
+        f.debug_struct("MaskedView")
+            .field("name", &self.name)
+            .field("shape", &self.shape())
+            .field("dtype", &self.dtype())
+            .field("density", &self.mask.density())
+            .field("parametrized", &self.parametrized)
+            .finish()
     }
 }
 
@@ -468,11 +554,7 @@ impl<U: UpdateMask> DataSparsifier<U> {
                 self.entries.len() - 1
             }
         };
-        let e = &self.entries[i];
-        Ok(MaskedView {
-            data: &e.data,
-            mask: &e.mask,
-        })
+        Ok(self.entries[i].view())
     }
 
     /// Removes `name`, returning its data handle. The data is left as it is now (masked only if it
@@ -483,8 +565,26 @@ impl<U: UpdateMask> DataSparsifier<U> {
     }
 
     /// Recomputes every mask from the original data, in insertion order, unless mask updates are
-    /// disabled. Configs are validated first, so a bad config changes no mask. A squashed entry is an
-    /// [`Error::Squashed`] (its original data no longer exists), raised before any mask changes.
+    /// disabled.
+    ///
+    /// Before any mask changes, every entry is checked: its config is valid, it is not squashed
+    /// ([`Error::Squashed`]: its original data no longer exists), and its mask still has its data's
+    /// shape. If `update_mask` itself fails for an entry (DataNorm on NaN data, say), the error
+    /// names that entry, the entries before it keep their new masks (as in PyTorch's loop) and the
+    /// step count does not advance.
+    ///
+    /// ```
+    /// use data_sparsifier::{DataNormConfig, DataNormSparsifier, Tensor};
+    /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// sp.add_data("x", Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], [2, 4]).unwrap())
+    ///     .unwrap();
+    /// sp.step().unwrap(); // half of the two (1, 4) blocks: the first row
+    /// assert_eq!(sp.get_mask("x").unwrap().to_dense_u8(), vec![0, 0, 0, 0, 1, 1, 1, 1]);
+    /// sp.set_mask_update_enabled(false);
+    /// sp.get_mask_mut("x").unwrap().fill(true);
+    /// sp.step().unwrap(); // skipped
+    /// assert_eq!(sp.get_mask("x").unwrap().count_kept(), 8);
+    /// ```
     pub fn step(&mut self) -> Result<()> {
         if !self.enable_mask_update {
             self.step_count += 1;
@@ -497,6 +597,7 @@ impl<U: UpdateMask> DataSparsifier<U> {
                 });
             }
             self.updater.validate(&e.name, &e.config)?;
+            e.check_mask_fits()?;
         }
         let updater = &self.updater;
         for e in &mut self.entries {
@@ -510,8 +611,9 @@ impl<U: UpdateMask> DataSparsifier<U> {
             } = e;
             data.read(|view| {
                 updater.update_mask(name, view, config, state, mask)?;
-                mask.check_shape(name, view.shape())
-            })?;
+                check_mask_fits(name, mask, view.shape())
+            })
+            .map_err(|err| err.for_data(name))?;
         }
         self.step_count += 1;
         Ok(())
@@ -521,7 +623,17 @@ impl<U: UpdateMask> DataSparsifier<U> {
     pub fn get_mask(&self, name: &str) -> Result<&Mask> {
         Ok(&self.entry(name)?.mask)
     }
-    /// The mask of `name`, mutably, to set it by hand. Its shape cannot change.
+    /// The mask of `name`, mutably, to set it by hand (PyTorch's in-place `mask[...] = ...` on
+    /// `get_mask`). A mask of another shape assigned here is refused at the next read, step, squash
+    /// or save with [`Error::ShapeMismatch`].
+    ///
+    /// ```
+    /// use data_sparsifier::{DataNormConfig, DataNormSparsifier, Tensor, Version};
+    /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// sp.add_data("x", Tensor::from_vec(vec![1.0f32, 2.0, 3.0], [3]).unwrap()).unwrap();
+    /// sp.get_mask_mut("x").unwrap().set(1, false);
+    /// assert_eq!(sp.get_data("x", Version::Masked).unwrap().to_f64_vec(), vec![1.0, 0.0, 3.0]);
+    /// ```
     pub fn get_mask_mut(&mut self, name: &str) -> Result<&mut Mask> {
         Ok(&mut self.entry_mut(name)?.mask)
     }
@@ -547,13 +659,10 @@ impl<U: UpdateMask> DataSparsifier<U> {
         }
         e.data.read(f)
     }
-    /// A lazy `mask · data` view of `name`.
+    /// A lazy view of the masked data of `name`: `mask · data` while parametrized, the data as it
+    /// is after a squash (see [`MaskedView`]).
     pub fn masked(&self, name: &str) -> Result<MaskedView<'_>> {
-        let e = self.entry(name)?;
-        Ok(MaskedView {
-            data: &e.data,
-            mask: &e.mask,
-        })
+        Ok(self.entry(name)?.view())
     }
     /// The data handle of `name` (the caller's own handle for parameters and embeddings).
     pub fn data_handle(&self, name: &str) -> Result<&Handle> {
@@ -565,10 +674,30 @@ impl<U: UpdateMask> DataSparsifier<U> {
     /// With `leave_parametrized` (PyTorch's default), `mask · data` is written **in place** into the
     /// shared storage, so every holder of a parameter or embedding sees the sparsified values; the
     /// original is gone afterwards. Without it the mask is detached and the data left untouched.
-    /// Either way the entry is no longer parametrized and the mask is still readable.
+    /// Either way the entry is no longer parametrized: masked reads return the data as it is, and
+    /// the mask stays readable.
     ///
-    /// All names are checked before anything is written (unknown or already squashed names are
-    /// errors), so a failed squash changes nothing; PyTorch squashes the names before the bad one.
+    /// Every name is checked before anything is written: an unknown, repeated or already squashed
+    /// name, or a mask that no longer fits its data, is an error that changes nothing (PyTorch
+    /// squashes the names before the bad one). Only a failing write into another framework's
+    /// storage ([`ExternalTensor`](crate::ExternalTensor)) can stop a squash part-way; the names
+    /// before it are then squashed.
+    ///
+    /// ```
+    /// use data_sparsifier::{DataNormConfig, DataNormSparsifier, Parameter, Tensor, Version};
+    /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig {
+    ///     sparse_block_shape: (1, 1),
+    ///     ..Default::default()
+    /// })
+    /// .unwrap();
+    /// let w = Parameter::new(Tensor::from_vec(vec![1.0f32, -4.0, 0.5, 3.0], [2, 2]).unwrap());
+    /// sp.add_data("w", &w).unwrap();
+    /// sp.step().unwrap();
+    /// sp.squash_mask(Some(&["w"]), true).unwrap();
+    /// assert_eq!(w.read().as_slice::<f32>().unwrap(), &[0.0, -4.0, 0.0, 3.0]); // the caller's handle
+    /// assert!(sp.get_data("w", Version::Original).is_err());
+    /// assert!(sp.squash_mask(None, true).is_err()); // already squashed
+    /// ```
     pub fn squash_mask(&mut self, names: Option<&[&str]>, leave_parametrized: bool) -> Result<()> {
         let idx: Vec<usize> = match names {
             None => (0..self.entries.len()).collect(),
@@ -577,17 +706,30 @@ impl<U: UpdateMask> DataSparsifier<U> {
                 .map(|n| self.position(n).ok_or_else(|| self.unknown(n)))
                 .collect::<Result<_>>()?,
         };
+        let mut seen = vec![false; self.entries.len()];
         for &i in &idx {
-            if !self.entries[i].parametrized {
-                return Err(Error::Squashed {
-                    name: self.entries[i].name.clone(),
+            let e = &self.entries[i];
+            if std::mem::replace(&mut seen[i], true) {
+                return Err(Error::DuplicateName {
+                    name: e.name.clone(),
+                    context: "squash_mask names",
                 });
+            }
+            if !e.parametrized {
+                return Err(Error::Squashed {
+                    name: e.name.clone(),
+                });
+            }
+            if leave_parametrized {
+                e.check_mask_fits()?;
             }
         }
         for i in idx {
             let e = &mut self.entries[i];
             if leave_parametrized {
-                e.data.apply_mask(&e.mask)?;
+                e.data
+                    .apply_mask(&e.mask)
+                    .map_err(|err| err.for_data(&e.name))?;
             }
             e.parametrized = false;
         }

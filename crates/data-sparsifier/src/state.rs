@@ -4,7 +4,8 @@
 //!
 //! A standard safetensors file, readable without this library:
 //!
-//! * tensor `data/NAME`: the entry's data (original, or squashed if it was squashed), in its own dtype
+//! * tensor `data/NAME`: the entry's data as it is (the original while parametrized; after a squash,
+//!   `mask · data`, or the untouched data if squashed without `leave_parametrized`), in its own dtype
 //!   and shape;
 //! * tensor `mask/NAME`: the mask, `U8`, shape `[ceil(numel / 8)]`, bit-packed: element `i` (row-major)
 //!   is bit `i % 8` of byte `i / 8` (numpy: `np.unpackbits(m, bitorder="little")[:numel]`);
@@ -29,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::handle::Handle;
 use crate::mask::Mask;
 use crate::safetensors_file::{self, MappedFile, SafetensorsWriter, TensorHeader};
-use crate::sparsifier::{validate_name, DataSparsifier, Entry, UpdateMask};
+use crate::sparsifier::{check_mask_fits, validate_name, DataSparsifier, Entry, UpdateMask};
 use crate::tensor::{Parameter, Tensor, TensorView};
 
 /// The `format` metadata value of a saved state.
@@ -104,8 +105,37 @@ fn mask_key(name: &str) -> String {
 trait DataSource {
     fn dtype(&self) -> DType;
     fn shape(&self) -> Vec<usize>;
-    fn write_to(&self, w: &mut SafetensorsWriter) -> Result<()>;
+    /// Writes the bytes, refusing (instead of writing a corrupt file) if the data no longer has
+    /// the dtype and shape its header was written with: another holder of a shared parameter may
+    /// replace it while the file is written.
+    fn write_to(
+        &self,
+        w: &mut SafetensorsWriter,
+        name: &str,
+        dtype: DType,
+        shape: &[usize],
+    ) -> Result<()>;
 }
+
+fn write_view(
+    v: &TensorView<'_>,
+    w: &mut SafetensorsWriter,
+    name: &str,
+    dtype: DType,
+    shape: &[usize],
+) -> Result<()> {
+    if v.dtype() != dtype || v.shape() != shape {
+        return Err(Error::ShapeMismatch {
+            what: format!(
+                "data {name:?} while it was being saved (it was replaced meanwhile; save again)"
+            ),
+            expected: shape.to_vec(),
+            actual: v.shape().to_vec(),
+        });
+    }
+    w.write(v.data().as_bytes())
+}
+
 impl DataSource for Tensor {
     fn dtype(&self) -> DType {
         Tensor::dtype(self)
@@ -113,8 +143,14 @@ impl DataSource for Tensor {
     fn shape(&self) -> Vec<usize> {
         Tensor::shape(self).to_vec()
     }
-    fn write_to(&self, w: &mut SafetensorsWriter) -> Result<()> {
-        w.write(self.as_bytes())
+    fn write_to(
+        &self,
+        w: &mut SafetensorsWriter,
+        name: &str,
+        dtype: DType,
+        shape: &[usize],
+    ) -> Result<()> {
+        write_view(&self.view(), w, name, dtype, shape)
     }
 }
 impl DataSource for Handle {
@@ -124,8 +160,14 @@ impl DataSource for Handle {
     fn shape(&self) -> Vec<usize> {
         Handle::shape(self)
     }
-    fn write_to(&self, w: &mut SafetensorsWriter) -> Result<()> {
-        self.read(|v| w.write(v.data().as_bytes()))
+    fn write_to(
+        &self,
+        w: &mut SafetensorsWriter,
+        name: &str,
+        dtype: DType,
+        shape: &[usize],
+    ) -> Result<()> {
+        self.read(|v| write_view(&v, w, name, dtype, shape))
     }
 }
 
@@ -136,8 +178,14 @@ impl DataSource for TensorView<'_> {
     fn shape(&self) -> Vec<usize> {
         TensorView::shape(self).to_vec()
     }
-    fn write_to(&self, w: &mut SafetensorsWriter) -> Result<()> {
-        w.write(self.data().as_bytes())
+    fn write_to(
+        &self,
+        w: &mut SafetensorsWriter,
+        name: &str,
+        dtype: DType,
+        shape: &[usize],
+    ) -> Result<()> {
+        write_view(self, w, name, dtype, shape)
     }
 }
 
@@ -181,10 +229,6 @@ pub fn write_state_file<C: Serialize, S: Serialize>(
             parametrized: e.parametrized,
         })
         .collect();
-    for e in entries {
-        validate_name(e.name)?;
-        e.mask.check_shape(e.name, e.data.shape())?;
-    }
     write_state(path.as_ref(), sparsifier, true, &refs, extra)
 }
 
@@ -206,16 +250,26 @@ fn write_state<C: Serialize, S: Serialize>(
     entries: &[EntryRef<'_, C, S>],
     extra: &BTreeMap<String, serde_json::Value>,
 ) -> Result<()> {
+    // Each entry's dtype and shape are read once; the bytes written later must still match them.
+    let layout: Vec<(DType, Vec<usize>)> = entries
+        .iter()
+        .map(|e| (e.data.dtype(), e.data.shape()))
+        .collect();
+    for (e, (_, shape)) in entries.iter().zip(&layout) {
+        validate_name(e.name)?;
+        check_mask_fits(e.name, e.mask, shape)?;
+    }
     let meta = StateMeta {
         sparsifier: sparsifier.to_string(),
         mask_update_enabled,
         entries: entries
             .iter()
-            .map(|e| EntryMeta {
+            .zip(&layout)
+            .map(|(e, (dtype, shape))| EntryMeta {
                 name: e.name.to_string(),
                 kind: e.kind,
-                dtype: e.data.dtype(),
-                shape: e.data.shape(),
+                dtype: *dtype,
+                shape: shape.clone(),
                 parametrized: e.parametrized,
                 config: e.config,
                 state: e.state,
@@ -231,14 +285,12 @@ fn write_state<C: Serialize, S: Serialize>(
     ]);
     let mut headers = Vec::with_capacity(entries.len() * 2);
     let packed: Vec<Vec<u8>> = entries.iter().map(|e| e.mask.to_packed_bytes()).collect();
-    for (e, p) in entries.iter().zip(&packed) {
+    for ((e, p), (dtype, shape)) in entries.iter().zip(&packed).zip(&layout) {
         headers.push(TensorHeader::new(
             data_key(e.name),
-            e.data.dtype().to_safetensors(),
-            e.data.shape(),
+            dtype.to_safetensors(),
+            shape.clone(),
         ));
-        // A shape read later could differ if another holder replaced the data meanwhile; the
-        // writer's byte count check turns that into an error instead of a corrupt file.
         headers.push(TensorHeader::new(
             mask_key(e.name),
             safetensors::Dtype::U8,
@@ -246,11 +298,32 @@ fn write_state<C: Serialize, S: Serialize>(
         ));
     }
     let mut w = SafetensorsWriter::create(path, &headers, Some(&metadata))?;
-    for (e, p) in entries.iter().zip(&packed) {
-        e.data.write_to(&mut w)?;
+    for ((e, p), (dtype, shape)) in entries.iter().zip(&packed).zip(&layout) {
+        e.data.write_to(&mut w, e.name, *dtype, shape)?;
         w.write(p)?;
     }
     w.finish()
+}
+
+/// Errors unless `value` comes back equal from the JSON it is saved as. serde_json writes NaN and
+/// infinities as `null`, which would make a saved file that cannot be loaded (or loads wrong).
+fn check_json_round_trip<T>(name: &str, key: &'static str, value: &T) -> Result<()>
+where
+    T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let back = serde_json::to_value(value)
+        .ok()
+        .and_then(|v| serde_json::from_value::<T>(v).ok());
+    if back.as_ref() != Some(value) {
+        return Err(Error::invalid_config(
+            name,
+            key,
+            format!("{value:?}"),
+            "a value that survives saving as JSON: NaN and infinite floats cannot be saved \
+             (JSON has no such numbers); use finite values",
+        ));
+    }
+    Ok(())
 }
 
 impl<C, S> StateDict<C, S>
@@ -259,7 +332,18 @@ where
     S: Serialize + for<'de> Deserialize<'de>,
 {
     /// Writes the state to `path` atomically (temp file, fsync, rename).
-    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+    ///
+    /// Errors, writing nothing, if a config or state does not survive the JSON round trip (NaN or
+    /// infinite floats) or a mask does not have its data's shape.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()>
+    where
+        C: PartialEq + std::fmt::Debug,
+        S: PartialEq + std::fmt::Debug,
+    {
+        for e in &self.entries {
+            check_json_round_trip(&e.name, "config", &e.config)?;
+            check_json_round_trip(&e.name, "state", &e.state)?;
+        }
         let refs: Vec<EntryRef<'_, C, S>> = self
             .entries
             .iter()
@@ -399,7 +483,21 @@ pub type SparsifierState<U> = StateDict<<U as UpdateMask>::Config, <U as UpdateM
 
 impl<U: UpdateMask> DataSparsifier<U> {
     /// A snapshot of every entry: data (copied), mask, config, implementer state, and whether it is
-    /// still parametrized.
+    /// still parametrized. Later changes to the sparsifier or its data do not show through it.
+    ///
+    /// ```
+    /// use data_sparsifier::{DataNormConfig, DataNormSparsifier, Tensor};
+    /// let mut a = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// a.add_data("x", Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], [2, 4]).unwrap())
+    ///     .unwrap();
+    /// a.step().unwrap();
+    /// let sd = a.state_dict().unwrap();
+    ///
+    /// let mut b = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// b.load_state_dict(sd.clone(), true).unwrap();
+    /// assert_eq!(b.state_dict().unwrap(), sd);
+    /// assert_eq!(b.get_mask("x").unwrap().to_dense_u8(), vec![0, 0, 0, 0, 1, 1, 1, 1]);
+    /// ```
     pub fn state_dict(&self) -> Result<SparsifierState<U>> {
         Ok(StateDict {
             sparsifier: self.updater().name().to_string(),
@@ -408,10 +506,12 @@ impl<U: UpdateMask> DataSparsifier<U> {
                 .entries()
                 .iter()
                 .map(|e| {
+                    let data = e.data.snapshot()?;
+                    check_mask_fits(&e.name, &e.mask, data.shape())?;
                     Ok(EntryState {
                         name: e.name.clone(),
                         kind: e.kind,
-                        data: e.data.snapshot()?,
+                        data,
                         mask: e.mask.clone(),
                         config: e.config.clone(),
                         state: e.state.clone(),
@@ -423,18 +523,32 @@ impl<U: UpdateMask> DataSparsifier<U> {
         })
     }
 
-    /// Loads a state. Everything is checked before anything changes, so a failed load leaves the
-    /// sparsifier as it was.
+    /// Loads a state. Everything is checked before anything changes, so a failed check leaves the
+    /// sparsifier as it was: the sparsifier name, every entry's name (valid, not repeated), shape
+    /// (2-D for embeddings, at most 2-D unless the implementer supports N-D), mask and config.
     ///
-    /// * `strict = true`: afterwards the sparsifier holds exactly the state's entries (PyTorch's
-    ///   strict: everything held before is dropped).
-    /// * `strict = false`: entries of other names are kept; the state's entries are added, or replace
-    ///   same-name entries (PyTorch raises `KeyError` on any overlap).
+    /// * `strict = true`: afterwards the sparsifier holds exactly the state's entries, in its order
+    ///   (PyTorch's strict: everything held before is dropped).
+    /// * `strict = false`: entries of other names are kept; a same-name entry is replaced where it
+    ///   stands (PyTorch raises `KeyError` on any overlap), and new names are added at the end.
     ///
     /// Where an entry of the same name, kind, shape and dtype is already held, the loaded data is
     /// written **into its shared handle**, so a model holding that parameter sees the restored values
-    /// (PyTorch loads detached copies). Other entries get new handles.
+    /// (PyTorch loads detached copies). Other entries get new handles. Writes into another
+    /// framework's storage come first and are the only step that can still fail; if one does, the
+    /// sparsifier is unchanged, but the external handles written before it hold the loaded values.
+    ///
+    /// Whether mask updates are enabled is restored too (PyTorch leaves `enable_mask_update` as it
+    /// is), so a resumed run continues exactly.
     pub fn load_state_dict(&mut self, state: SparsifierState<U>, strict: bool) -> Result<()> {
+        if state.sparsifier != self.updater().name() {
+            return Err(Error::invalid_state(format!(
+                "the state was saved by a {:?} sparsifier; this one is {:?}: load it into a \
+                 sparsifier of the same kind",
+                state.sparsifier,
+                self.updater().name()
+            )));
+        }
         let mut seen = std::collections::HashSet::new();
         for e in &state.entries {
             validate_name(&e.name)?;
@@ -444,32 +558,57 @@ impl<U: UpdateMask> DataSparsifier<U> {
                     e.name
                 )));
             }
-            if e.data.shape().len() > 2 && !self.updater().supports_nd() {
+            let shape = e.data.shape();
+            let embedding = matches!(e.kind, DataKind::Embedding | DataKind::EmbeddingBag);
+            if embedding && shape.len() != 2 {
+                return Err(Error::invalid_state(format!(
+                    "entry {:?} is an {} but its table has shape {shape:?}; an embedding table is 2-D",
+                    e.name, e.kind
+                )));
+            }
+            if shape.len() > 2 && !self.updater().supports_nd() {
                 return Err(Error::UnsupportedShape {
                     name: e.name.clone(),
-                    shape: e.data.shape().to_vec(),
+                    shape: shape.to_vec(),
                 });
             }
-            e.mask.check_shape(&e.name, e.data.shape())?;
+            e.mask.check_shape(&e.name, shape)?;
             self.updater().validate(&e.name, &e.config)?;
         }
-        let mut old: Vec<Entry<U>> = std::mem::take(self.entries_mut());
-        let mut loaded = Vec::with_capacity(state.entries.len());
-        for e in state.entries {
-            let reuse = old
-                .iter()
-                .position(|o| o.name == e.name)
-                .map(|i| old.remove(i))
-                .filter(|o| {
-                    o.kind == e.kind
-                        && o.data.shape() == e.data.shape()
+
+        // Which held handle each loaded entry is written into, if any.
+        let reuse: Vec<Option<usize>> = state
+            .entries
+            .iter()
+            .map(|e| {
+                self.entries().iter().position(|o| {
+                    o.name == e.name
+                        && o.kind == e.kind
                         && o.data.dtype() == e.data.dtype()
+                        && o.data.shape() == e.data.shape()
                 })
-                .map(|o| o.data);
-            let data = match reuse {
-                Some(handle) => {
-                    handle.set(e.data)?;
-                    handle
+            })
+            .collect();
+        // The fallible writes (into other frameworks' storage) first, before anything changes here.
+        for (e, r) in state.entries.iter().zip(&reuse) {
+            if let Some(i) = *r {
+                let h = &self.entries()[i].data;
+                if matches!(h, Handle::External(_)) {
+                    h.set(e.data.clone()).map_err(|err| err.for_data(&e.name))?;
+                }
+            }
+        }
+
+        let old: Vec<Entry<U>> = std::mem::take(self.entries_mut());
+        let mut loaded = Vec::with_capacity(state.entries.len());
+        for (e, r) in state.entries.into_iter().zip(reuse) {
+            let data = match r.map(|i| &old[i]) {
+                Some(o) => {
+                    let h = o.data.clone();
+                    if let Handle::Native(p) = &h {
+                        p.set(e.data);
+                    }
+                    h
                 }
                 None => Handle::Native(
                     Parameter::new(e.data).with_requires_grad(e.kind != DataKind::Tensor),
@@ -486,16 +625,43 @@ impl<U: UpdateMask> DataSparsifier<U> {
             });
         }
         let entries = self.entries_mut();
-        if !strict {
-            entries.extend(old);
+        if strict {
+            *entries = loaded;
+        } else {
+            // Same-name entries are replaced where they stand; new names go to the end.
+            let mut loaded: Vec<Option<Entry<U>>> = loaded.into_iter().map(Some).collect();
+            for held in old {
+                let replacement = loaded
+                    .iter_mut()
+                    .find(|l| l.as_ref().is_some_and(|l| l.name == held.name))
+                    .and_then(Option::take);
+                entries.push(replacement.unwrap_or(held));
+            }
+            entries.extend(loaded.into_iter().flatten());
         }
-        entries.extend(loaded);
         self.set_mask_update_enabled(state.mask_update_enabled);
         Ok(())
     }
 
     /// Saves the state to `path` atomically, streaming each entry's data from its handle (no copy of
     /// the data is made).
+    ///
+    /// Errors, writing nothing, if a config or per-name state does not survive the JSON round trip
+    /// (NaN or infinite floats: JSON has no such numbers) or a mask no longer fits its data.
+    ///
+    /// ```
+    /// use data_sparsifier::{DataNormConfig, DataNormSparsifier, Tensor};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("state.safetensors");
+    /// let mut a = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// a.add_data("x", Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [1, 4]).unwrap()).unwrap();
+    /// a.step().unwrap();
+    /// a.save_state(&path).unwrap();
+    ///
+    /// let mut b = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// b.load_state(&path, true).unwrap();
+    /// assert_eq!(b.state_dict().unwrap(), a.state_dict().unwrap());
+    /// ```
     pub fn save_state(&self, path: impl AsRef<Path>) -> Result<()> {
         self.save_state_with_extra(path, &BTreeMap::new())
     }
@@ -506,6 +672,10 @@ impl<U: UpdateMask> DataSparsifier<U> {
         path: impl AsRef<Path>,
         extra: &BTreeMap<String, serde_json::Value>,
     ) -> Result<()> {
+        for e in self.entries() {
+            check_json_round_trip(&e.name, "config", &e.config)?;
+            check_json_round_trip(&e.name, "state", &e.state)?;
+        }
         let entries: Vec<EntryRef<'_, U::Config, U::State>> = self
             .entries()
             .iter()
@@ -529,6 +699,7 @@ impl<U: UpdateMask> DataSparsifier<U> {
     }
 
     /// Loads a state file saved by [`save_state`](Self::save_state) and returns its `extra` part.
+    /// See [`load_state_dict`](Self::load_state_dict) for what is checked and replaced.
     pub fn load_state(
         &mut self,
         path: impl AsRef<Path>,

@@ -194,6 +194,26 @@ fn check_numel(what: &str, shape: &[usize], len: usize) -> Result<()> {
     Ok(())
 }
 
+/// Checks that a tensor of `shape` and `dtype` can exist in memory: its element count and byte
+/// size fit in `isize`. Returns the element count. Constructors that take sizes from users call
+/// this first, so a huge size is an error rather than an allocation panic.
+pub(crate) fn checked_numel(what: &str, shape: &[usize], elem_bytes: usize) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|n| {
+            n.checked_mul(elem_bytes.max(1))
+                .is_some_and(|b| b <= isize::MAX as usize)
+        })
+        .ok_or_else(|| Error::ShapeMismatch {
+            what: format!(
+                "{what}: the shape is too large to exist in memory; use smaller dimensions"
+            ),
+            expected: vec![],
+            actual: shape.to_vec(),
+        })
+}
+
 /// Number of elements of a shape (1 for a scalar `[]`). Saturates instead of overflowing.
 pub fn numel(shape: &[usize]) -> usize {
     shape.iter().fold(1usize, |a, &d| a.saturating_mul(d))
@@ -327,6 +347,12 @@ impl Tensor {
         Ok(Tensor { shape, storage })
     }
     /// A tensor of zeros.
+    ///
+    /// # Panics
+    ///
+    /// If the shape holds more elements than memory can (as `vec!` does); sizes that come from
+    /// users go through a fallible constructor such as [`Tensor::from_vec`] or
+    /// [`Embedding::new`](crate::Embedding::new).
     pub fn zeros(dtype: DType, shape: impl Into<Vec<usize>>) -> Self {
         let shape = shape.into();
         let storage = Storage::zeros(dtype, numel(&shape));

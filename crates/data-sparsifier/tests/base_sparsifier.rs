@@ -650,3 +650,143 @@ fn data_kinds_are_reported() {
         ]
     );
 }
+
+#[test]
+fn masked_reads_after_a_squash_return_the_data_as_it_is() {
+    // PyTorch: after remove_parametrizations the container attribute is the plain tensor: the
+    // squashed values with leave_parametrized, the untouched data without.
+    let mut sp = sparsifier();
+    let a = Parameter::new(randn([2, 3], DType::F32, 1));
+    let b = Parameter::new(randn([2, 3], DType::F32, 2));
+    let b0 = b.snapshot();
+    sp.add_data("a", &a).unwrap();
+    sp.add_data("b", &b).unwrap();
+    sp.step().unwrap();
+    sp.squash_mask(Some(&["a"]), true).unwrap();
+    sp.squash_mask(Some(&["b"]), false).unwrap();
+    assert_eq!(sp.get_data("a", Version::Masked).unwrap(), a.snapshot());
+    assert_eq!(sp.get_data("b", Version::Masked).unwrap(), b0);
+    let view = sp.masked("b").unwrap();
+    assert!(!view.is_parametrized());
+    assert_eq!(view.get_f64(0), b0.view().data().get_f64(0));
+    // The mask stays readable, with its zeroed first row.
+    assert_eq!(sp.get_mask("b").unwrap().count_zeroed(), 3);
+}
+
+#[test]
+fn squash_with_a_repeated_name_changes_nothing() {
+    let mut sp = sparsifier();
+    let a = Parameter::new(randn([2, 3], DType::F32, 1));
+    let a0 = a.snapshot();
+    sp.add_data("a", &a).unwrap();
+    sp.step().unwrap();
+    let err = sp.squash_mask(Some(&["a", "a"]), true).unwrap_err();
+    assert!(matches!(err, Error::DuplicateName { .. }), "{err}");
+    assert!(err.to_string().contains("\"a\""), "{err}");
+    assert_eq!(a.snapshot(), a0);
+    assert!(sp.is_parametrized("a").unwrap());
+}
+
+#[test]
+fn data_that_changes_shape_behind_the_sparsifier_is_an_error_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sp = sparsifier();
+    let p = Parameter::new(randn([2, 3], DType::F32, 1));
+    sp.add_data("w", &p).unwrap();
+    sp.step().unwrap();
+    let mask_before = sp.get_mask("w").unwrap().clone();
+    // Another holder replaces the tensor with one of another shape (PyTorch: `.data = ...`).
+    let replacement = randn([3, 3], DType::F32, 2);
+    p.set(replacement.clone());
+
+    let names_w = |e: Error| {
+        assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
+        assert!(e.to_string().contains("\"w\""), "{e}");
+    };
+    names_w(sp.get_data("w", Version::Masked).unwrap_err());
+    names_w(sp.masked("w").unwrap().to_tensor().unwrap_err());
+    assert_eq!(sp.masked("w").unwrap().get_f64(0), None);
+    names_w(sp.step().unwrap_err());
+    assert_eq!(
+        sp.get_mask("w").unwrap(),
+        &mask_before,
+        "a refused step changes no mask"
+    );
+    assert_eq!(sp.state("w").unwrap().step_count, 1);
+    names_w(sp.squash_mask(None, true).unwrap_err());
+    assert_eq!(p.snapshot(), replacement, "a refused squash writes nothing");
+    names_w(sp.state_dict().unwrap_err());
+    let path = dir.path().join("s.safetensors");
+    names_w(sp.save_state(&path).unwrap_err());
+    assert!(!path.exists());
+    // The original is still readable, and re-adding with a fresh mask recovers.
+    assert_eq!(sp.get_data("w", Version::Original).unwrap(), replacement);
+    sp.add_data_with("w", &p, &TestPatch::default(), false)
+        .unwrap();
+    sp.step().unwrap();
+    assert_eq!(sp.get_mask("w").unwrap().count_zeroed(), 3);
+}
+
+#[test]
+fn a_hand_set_mask_of_another_shape_is_refused() {
+    let mut sp = sparsifier();
+    let p = Parameter::new(randn([2, 3], DType::F32, 1));
+    sp.add_data("w", &p).unwrap();
+    *sp.get_mask_mut("w").unwrap() = Mask::ones([7]);
+    assert!(matches!(
+        sp.get_data("w", Version::Masked),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert!(matches!(sp.step(), Err(Error::ShapeMismatch { .. })));
+    assert!(matches!(
+        sp.squash_mask(None, true),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    // Squashing without applying the mask needs no fitting mask.
+    sp.squash_mask(None, false).unwrap();
+    assert_eq!(sp.get_data("w", Version::Masked).unwrap(), p.snapshot());
+}
+
+/// Fails the way a buggy implementer might: a mask operation whose error does not name the data.
+struct Failing;
+impl UpdateMask for Failing {
+    type Config = TestConfig;
+    type State = StepCount;
+    fn update_mask(
+        &self,
+        name: &str,
+        _data: TensorView<'_>,
+        _c: &TestConfig,
+        state: &mut StepCount,
+        mask: &mut Mask,
+    ) -> Result<()> {
+        state.step_count += 1;
+        if name == "bad" {
+            mask.and(&Mask::ones([1]))?;
+        }
+        mask.zero_range(0..1);
+        Ok(())
+    }
+}
+
+#[test]
+fn update_mask_errors_name_the_data_and_do_not_count_a_step() {
+    let mut sp = DataSparsifier::new(Failing, TestConfig { test: 0 }).unwrap();
+    sp.add_data("good", randn([2, 2], DType::F32, 1)).unwrap();
+    sp.add_data("bad", randn([2, 2], DType::F32, 2)).unwrap();
+    let err = sp.step().unwrap_err();
+    assert!(err.to_string().contains("\"bad\""), "{err}");
+    assert_eq!(sp.step_count(), 0);
+    // The entry before it was updated, as in PyTorch's loop.
+    assert_eq!(sp.get_mask("good").unwrap().count_zeroed(), 1);
+    assert_eq!(sp.get_mask("bad").unwrap().count_zeroed(), 0);
+}
+
+#[test]
+fn huge_sizes_are_errors_not_panics() {
+    assert!(Embedding::new(usize::MAX / 2, 4, DType::F32, None, 0).is_err());
+    assert!(EmbeddingBag::new(1 << 40, 1 << 40, DType::F16, BagMode::Sum, None, 0).is_err());
+    assert!(Mask::from_dense_u8([usize::MAX, 2], &[]).is_err());
+    assert!(Mask::from_packed_bytes([usize::MAX, usize::MAX], &[]).is_err());
+    assert!(Mask::from_bools([1 << 62, 8], &[true]).is_err());
+}

@@ -444,3 +444,155 @@ fn data_norm_state_round_trips_with_norms_and_masks() {
     s2.step().unwrap();
     assert_eq!(s1.state_dict().unwrap(), s2.state_dict().unwrap());
 }
+
+#[test]
+fn non_strict_replaces_in_place_and_appends_new_names() {
+    let (sp, _) = populated(11);
+    let sd = sp.state_dict().unwrap();
+    let mut other = sparsifier();
+    other
+        .add_data("first", randn([2, 2], DType::F32, 1))
+        .unwrap();
+    other
+        .add_data("half", randn([1, 1], DType::F32, 2))
+        .unwrap();
+    other
+        .add_data("last", randn([2, 2], DType::F32, 3))
+        .unwrap();
+    other.load_state_dict(sd.clone(), false).unwrap();
+    assert_eq!(
+        other.names().collect::<Vec<_>>(),
+        vec!["first", "half", "last", "param", "bf", "dbl", "empty"]
+    );
+    assert_eq!(
+        other.get_data("half", Version::Original).unwrap(),
+        sd.entries[1].data
+    );
+}
+
+#[test]
+fn a_state_of_another_sparsifier_is_refused() {
+    let (sp, _) = populated(12);
+    let mut sd = sp.state_dict().unwrap();
+    sd.sparsifier = "DataNormSparsifier".into();
+    let mut target = sparsifier();
+    target
+        .add_data("keep", randn([2, 2], DType::F32, 1))
+        .unwrap();
+    let err = target.load_state_dict(sd, true).unwrap_err();
+    assert!(err.to_string().contains("DataNormSparsifier"), "{err}");
+    assert_eq!(target.names().collect::<Vec<_>>(), vec!["keep"]);
+}
+
+#[test]
+fn an_embedding_table_must_be_2d() {
+    let (sp, _) = populated(13);
+    let mut sd = sp.state_dict().unwrap();
+    // "bf" is a 1-D tensor; claim it is an embedding.
+    sd.entries[2].kind = data_sparsifier::DataKind::Embedding;
+    let mut target = sparsifier();
+    let err = target.load_state_dict(sd, true).unwrap_err();
+    assert!(err.to_string().contains("\"bf\""), "{err}");
+    assert!(target.is_empty());
+}
+
+#[test]
+fn mask_update_enabled_is_restored() {
+    let (mut sp, _) = populated(14);
+    sp.set_mask_update_enabled(false);
+    let sd = sp.state_dict().unwrap();
+    let mut target = sparsifier();
+    target.load_state_dict(sd, true).unwrap();
+    assert!(!target.mask_update_enabled());
+}
+
+#[test]
+fn non_finite_configs_are_refused_at_save_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.safetensors");
+    let (mut sp, _) = populated(15);
+    sp.config_mut("bf").unwrap().threshold = f64::INFINITY;
+    let err = sp.save_state(&path).unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+    assert!(err.to_string().contains("\"bf\""), "{err}");
+    assert!(!path.exists());
+    let sd = sp.state_dict().unwrap();
+    assert!(matches!(sd.save(&path), Err(Error::InvalidConfig { .. })));
+    assert!(!path.exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn an_entry_squashed_without_the_mask_saves_its_untouched_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.safetensors");
+    let mut sp = sparsifier();
+    let raw = randn([4, 4], DType::F32, 16);
+    sp.add_data("x", raw.clone()).unwrap();
+    sp.step().unwrap();
+    assert!(sp.get_mask("x").unwrap().count_zeroed() > 0);
+    sp.squash_mask(None, false).unwrap();
+    sp.save_state(&path).unwrap();
+    let sd = StateDict::<Cfg, Steps>::load(&path).unwrap();
+    assert_eq!(sd.entries[0].data, raw);
+    assert!(!sd.entries[0].parametrized);
+    let mut back = sparsifier();
+    back.load_state(&path, true).unwrap();
+    assert_eq!(back.get_data("x", Version::Masked).unwrap(), raw);
+    assert!(back.get_data("x", Version::Original).is_err());
+}
+
+/// External storage whose writes can be made to fail (a GPU tensor, say).
+#[derive(Debug)]
+struct Flaky {
+    data: std::sync::Mutex<Tensor>,
+    fail: bool,
+}
+impl data_sparsifier::ExternalTensor for Flaky {
+    fn shape(&self) -> Vec<usize> {
+        self.data.lock().unwrap().shape().to_vec()
+    }
+    fn dtype(&self) -> DType {
+        self.data.lock().unwrap().dtype()
+    }
+    fn read(&self, f: &mut dyn FnMut(TensorView<'_>) -> Result<()>) -> Result<()> {
+        f(self.data.lock().unwrap().view())
+    }
+    fn apply_mask(&self, mask: &Mask) -> Result<()> {
+        self.data.lock().unwrap().apply_mask(mask)
+    }
+    fn assign(&self, t: &Tensor) -> Result<()> {
+        if self.fail {
+            return Err(Error::External {
+                framework: "flaky",
+                message: "the tensor is on another device".into(),
+            });
+        }
+        *self.data.lock().unwrap() = t.clone();
+        Ok(())
+    }
+}
+
+#[test]
+fn a_failed_write_into_external_storage_leaves_the_sparsifier_as_it_was() {
+    let (sp, _) = populated(17);
+    let sd = sp.state_dict().unwrap();
+    let mut target = sparsifier();
+    let native = Parameter::new(Tensor::zeros(DType::F32, [6, 4]));
+    target.add_data("param", &native).unwrap();
+    let flaky = std::sync::Arc::new(Flaky {
+        data: std::sync::Mutex::new(Tensor::zeros(DType::F16, [3, 5])),
+        fail: true,
+    });
+    target
+        .add_data(
+            "half",
+            data_sparsifier::Data::External(data_sparsifier::DataKind::Tensor, flaky.clone()),
+        )
+        .unwrap();
+    let before = target.state_dict().unwrap();
+    let err = target.load_state_dict(sd, true).unwrap_err();
+    assert!(err.to_string().contains("\"half\""), "{err}");
+    assert_eq!(target.state_dict().unwrap(), before);
+    assert_eq!(native.snapshot(), Tensor::zeros(DType::F32, [6, 4]));
+}
