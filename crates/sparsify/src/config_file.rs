@@ -229,12 +229,25 @@ pub fn patch_keys() -> Vec<String> {
     }
 }
 
-/// Whether `patch` sets `key` (generic over the patch's fields, through its serde form).
+/// Whether `patch` sets `key`, read from its `Option` fields directly (a serde round trip would
+/// turn a set NaN or infinite `sparsity_level` into null, i.e. "not set"). The destructuring has no
+/// `..`, so a new patch field fails to compile here until it is handled.
 pub fn patch_sets(patch: &DataNormPatch, key: &str) -> bool {
-    serde_json::to_value(patch)
-        .ok()
-        .and_then(|v| v.get(key).map(|x| !x.is_null()))
-        .unwrap_or(false)
+    let DataNormPatch {
+        sparsity_level,
+        sparse_block_shape,
+        zeros_per_block,
+        norm,
+        nan_policy,
+    } = patch;
+    match key {
+        "sparsity_level" => sparsity_level.is_some(),
+        "sparse_block_shape" => sparse_block_shape.is_some(),
+        "zeros_per_block" => zeros_per_block.is_some(),
+        "norm" => norm.is_some(),
+        "nan_policy" => nan_policy.is_some(),
+        _ => false,
+    }
 }
 
 /// The command-line flag that sets a config key.
@@ -450,5 +463,59 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("--zeros-per-block"), "{e}");
+    }
+
+    #[test]
+    fn patch_sets_reads_the_option_fields() {
+        for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.5] {
+            let p = DataNormPatch {
+                sparsity_level: Some(v),
+                ..Default::default()
+            };
+            assert!(patch_sets(&p, "sparsity_level"), "{v}");
+            assert!(!patch_sets(&p, "norm"));
+        }
+        let all = DataNormPatch {
+            sparsity_level: Some(0.1),
+            sparse_block_shape: Some((1, 2)),
+            zeros_per_block: Some(1),
+            norm: Some(Norm::L2),
+            nan_policy: Some(data_sparsifier::norm::NanPolicy::RankLast),
+        };
+        for k in patch_keys() {
+            assert!(patch_sets(&all, &k), "{k}");
+            assert!(!patch_sets(&DataNormPatch::default(), &k), "{k}");
+        }
+        assert!(!patch_sets(&all, "bogus"));
+    }
+
+    #[test]
+    fn non_finite_levels_are_blamed_on_their_line_and_key() {
+        for v in ["nan", "inf", "-inf", "+inf"] {
+            let f = ConfigFile::parse(
+                &format!("[defaults]\nnorm = \"L1\"\nsparsity_level = {v}\n"),
+                "c.toml",
+            )
+            .unwrap();
+            let e = resolve(Some(&f), &Default::default(), &ts(), &[0], "in")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("c.toml:3:") && e.contains("`sparsity_level`"),
+                "{v}: {e}"
+            );
+            let f = ConfigFile::parse(
+                &format!("[tensors.\"fc\"]\n\nsparsity_level = {v}\n"),
+                "c.toml",
+            )
+            .unwrap();
+            let e = resolve(Some(&f), &Default::default(), &ts(), &[2], "in")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("c.toml:3:") && e.contains("`sparsity_level`"),
+                "{v}: {e}"
+            );
+        }
     }
 }

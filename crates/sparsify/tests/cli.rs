@@ -448,6 +448,16 @@ fn config_file_errors_name_file_line_and_key() {
         ),
         ("[defaults]\nnorm = \"L7\"\n", ":2:", "`norm`"),
         (
+            "[defaults]\nnorm = \"L2\"\nsparsity_level = nan\n",
+            ":3:",
+            "`sparsity_level`",
+        ),
+        (
+            "[defaults]\nsparsity_level = -inf\n",
+            ":2:",
+            "`sparsity_level`",
+        ),
+        (
             "[defaults]\nsparse_block_shape = [1, 4]\n[tensors.\"z.emb\"]\nzeros_per_block = 5\n",
             ":4:",
             "zeros_per_block",
