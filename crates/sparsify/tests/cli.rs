@@ -539,6 +539,11 @@ fn every_error_is_one_line_and_exit_2() {
     fails(&["inspect", "/no/such/file"]);
     fails(&["bench", "--rows", "x"]);
     fails(&["bench", "--repeat", "0"]);
+    // Tables too large to allocate (or to address) are errors naming the size, not aborts.
+    for rows in ["100000000000", "2305843009213693952"] {
+        let e = fails(&["bench", "--rows", rows, "--cols", "64"]);
+        assert!(e.contains(rows) && e.contains("smaller --rows"), "{e}");
+    }
     assert!(!out.exists());
 }
 
