@@ -73,7 +73,7 @@ impl Ui {
     /// Prints a line of chatter on stderr.
     pub fn say(&self, msg: impl AsRef<str>) {
         if !self.quiet {
-            eprintln!("{}", msg.as_ref());
+            crate::print_stderr(&format!("{}\n", msg.as_ref()));
         }
     }
     fn progress(&self, total: u64) -> Option<indicatif::ProgressBar> {
@@ -388,7 +388,7 @@ pub fn run(opts: &RunOptions, ui: Ui) -> Result<RunReport> {
                 report::config(c),
             ]);
         }
-        eprint!("{}", t.render());
+        crate::print_stderr(&t.render());
     }
     if let Some(old) = ck.metadata().and_then(|m| m.get(METADATA_KEY)) {
         let _ = old;

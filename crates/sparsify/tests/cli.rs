@@ -765,3 +765,58 @@ fn state_names_that_collide_and_directory_outputs_are_errors() {
     let e = fails(&["run", s(&input), "-o", s(dir.path()), "--force"]);
     assert!(e.contains("directory"), "{e}");
 }
+
+/// A pipe's write end whose read end is already closed: writing to it fails with EPIPE.
+#[cfg(unix)]
+fn closed_pipe() -> std::process::Stdio {
+    let mut reader = std::process::Command::new("true")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let w = reader.stdin.take().unwrap();
+    reader.wait().unwrap();
+    std::process::Stdio::from(w)
+}
+
+#[cfg(unix)]
+#[test]
+fn a_closed_stderr_or_stdout_is_not_a_crash() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let (dir, input) = setup();
+    // Runs with stdout and/or stderr closed; returns the exit status (never a signal).
+    let run = |args: &[&str], close_out: bool, close_err: bool| {
+        let pipe = |closed: bool| if closed { closed_pipe() } else { Stdio::null() };
+        let st = std::process::Command::new(env!("CARGO_BIN_EXE_sparsify"))
+            .args(args)
+            .stdout(pipe(close_out))
+            .stderr(pipe(close_err))
+            .status()
+            .unwrap();
+        assert_eq!(st.signal(), None, "{args:?}: killed by a signal");
+        st.code().unwrap()
+    };
+    let (o1, o2, o3) = (
+        dir.path().join("o1.st"),
+        dir.path().join("o2.st"),
+        dir.path().join("o3.st"),
+    );
+    // Errors: the tool's own, and clap's (one line, and the usage of a bare command).
+    assert_eq!(run(&["run", "/no/such.st", "-o", s(&o1)], false, true), 2);
+    assert_eq!(run(&["run", s(&input), "--bogus"], false, true), 2);
+    assert_eq!(run(&[], false, true), 2);
+    // The plan on stderr, the report on stdout.
+    assert_eq!(run(&["run", s(&input), "-o", s(&o1)], false, true), 0);
+    assert_eq!(run(&["run", s(&input), "-o", s(&o2)], true, true), 0);
+    // --report json: the table on stderr, the JSON on stdout.
+    let json = ["run", s(&input), "-o", s(&o3), "--report", "json"];
+    assert_eq!(run(&json, true, true), 0);
+    for o in [&o1, &o2, &o3] {
+        assert!(o.exists(), "{}", o.display());
+    }
+    assert_eq!(run(&["inspect", s(&input)], true, true), 0);
+    assert_eq!(
+        run(&["inspect", s(&input), "--report", "json"], true, false),
+        0
+    );
+}
