@@ -21,6 +21,10 @@
 //! Precedence, lowest first: built-in defaults, the file's `[defaults]`, command-line flags, the
 //! file's glob overrides that match the tensor (in file order), its exact-name override.
 //!
+//! A `[tensors."..."]` key that is exactly a tensor's name is that tensor's exact-name override,
+//! even if it contains glob characters (`[tensors."layer[0].w"]`); otherwise a key with `*`, `?`,
+//! `[` or `{` is a glob.
+//!
 //! Every mistake is an error naming the file, the line and the key: an unknown key, a value of the
 //! wrong type or out of range, an override naming a tensor the input does not hold (or a glob that
 //! matches none), and an exact-name override of a tensor that is not selected.
@@ -67,20 +71,19 @@ impl PatchTable {
 pub struct Override {
     /// The name or glob.
     pub pattern: String,
-    /// The compiled glob, if the pattern is one.
-    pub glob: Option<GlobMatcher>,
+    /// The compiled glob if the pattern has glob characters, or why it is not a valid glob. Used
+    /// only when no tensor has the pattern as its exact name (the exact name wins).
+    pub glob: Option<std::result::Result<GlobMatcher, String>>,
     /// Its keys.
     pub table: PatchTable,
 }
 
-impl Override {
-    /// Whether this override applies to `name`.
-    pub fn matches(&self, name: &str) -> bool {
-        match &self.glob {
-            Some(g) => g.is_match(name),
-            None => self.pattern == name,
-        }
-    }
+/// What an override applies to in a given checkpoint.
+enum Target<'a> {
+    /// The tensor of this index, named exactly by the pattern.
+    Exact(usize),
+    /// The tensors this glob matches.
+    Glob(&'a GlobMatcher),
 }
 
 /// A parsed config file.
@@ -194,17 +197,8 @@ impl ConfigFile {
                 let pattern = k.clone();
                 let label = format!("[tensors.{pattern:?}]");
                 let line = line_of(text, v.span().start);
-                let glob = if is_glob(&pattern) {
-                    Some(
-                        compile(&pattern, "tensor pattern").map_err(|e| CliError::ConfigFile {
-                            file: path.to_string(),
-                            line,
-                            message: e.to_string(),
-                        })?,
-                    )
-                } else {
-                    None
-                };
+                let glob = is_glob(&pattern)
+                    .then(|| compile(&pattern, "tensor pattern").map_err(|e| e.to_string()));
                 let table = table(label, line, v.get_ref())?;
                 overrides.push(Override {
                     pattern,
@@ -309,50 +303,71 @@ pub fn resolve(
         selected.iter().for_each(|&i| v[i] = true);
         v
     };
+    let f = file.map(|f| f.path.clone()).unwrap_or_default();
+    let err = |o: &Override, message: String| CliError::ConfigFile {
+        file: f.clone(),
+        line: o.table.line,
+        message: format!("{}: {message}", o.table.label),
+    };
+    // What each override applies to: the tensor it names exactly, else the tensors its glob
+    // matches; every override must apply to at least one tensor.
+    let mut targets = Vec::with_capacity(overrides.len());
     for o in overrides {
-        let f = file.map(|f| f.path.clone()).unwrap_or_default();
-        let hits: Vec<usize> = (0..tensors.len())
-            .filter(|&i| o.matches(&tensors[i].name))
-            .collect();
-        if hits.is_empty() {
-            return Err(CliError::ConfigFile {
-                file: f,
-                line: o.table.line,
-                message: format!(
-                    "{}: {} {:?} is not in {source} ({}); fix the name or remove the override",
-                    o.table.label,
-                    if o.glob.is_some() {
-                        "no tensor matching"
-                    } else {
-                        "no tensor named"
-                    },
-                    o.pattern,
-                    some_names(tensors)
-                ),
-            });
+        let target = match (tensors.iter().position(|t| t.name == o.pattern), &o.glob) {
+            (Some(i), _) => Target::Exact(i),
+            (None, Some(Ok(g))) => Target::Glob(g),
+            (None, Some(Err(e))) => return Err(err(o, e.clone())),
+            (None, None) => {
+                return Err(err(
+                    o,
+                    format!(
+                        "there is no tensor named {:?} in {source} ({}); fix the name or remove the override",
+                        o.pattern,
+                        some_names(tensors)
+                    ),
+                ))
+            }
+        };
+        match target {
+            Target::Exact(i) if !is_selected[i] => {
+                return Err(err(
+                    o,
+                    format!(
+                        "tensor {:?} is not selected for sparsification: add --tensors {:?}, or remove the override",
+                        o.pattern, o.pattern
+                    ),
+                ))
+            }
+            Target::Glob(g) if !tensors.iter().any(|t| g.is_match(&t.name)) => {
+                return Err(err(
+                    o,
+                    format!(
+                        "no tensor in {source} matches the glob {:?} ({}); fix the glob or remove the override",
+                        o.pattern,
+                        some_names(tensors)
+                    ),
+                ))
+            }
+            _ => {}
         }
-        if o.glob.is_none() && !is_selected[hits[0]] {
-            return Err(CliError::ConfigFile {
-                file: f,
-                line: o.table.line,
-                message: format!(
-                    "{}: tensor {:?} is not selected for sparsification: add --tensors {:?}, or remove the override",
-                    o.table.label, o.pattern, o.pattern
-                ),
-            });
-        }
+        targets.push(target);
     }
     let mut configs = Vec::with_capacity(selected.len());
     for &i in selected {
         let name = &tensors[i].name;
+        // Matching globs in file order, then the exact-name override.
         let mut applied: Vec<&Override> = overrides
             .iter()
-            .filter(|o| o.glob.is_some() && o.matches(name))
+            .zip(&targets)
+            .filter(|(_, t)| matches!(t, Target::Glob(g) if g.is_match(name)))
+            .map(|(o, _)| o)
             .collect();
         applied.extend(
             overrides
                 .iter()
-                .filter(|o| o.glob.is_none() && o.matches(name)),
+                .zip(&targets)
+                .filter(|(_, t)| matches!(t, Target::Exact(j) if *j == i))
+                .map(|(o, _)| o),
         );
         let mut c = base.clone();
         for o in &applied {
@@ -463,6 +478,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("--zeros-per-block"), "{e}");
+    }
+
+    #[test]
+    fn an_exact_name_with_glob_characters_is_an_exact_override() {
+        let mut ts = ts();
+        for (t, n) in ts.iter_mut().zip(["layer[0].w", "layer0.w", "odd[", "fc"]) {
+            t.name = n.into();
+        }
+        let text = "[tensors.\"layer*\"]\nsparsity_level = 0.9\n\
+                    [tensors.\"layer[0].w\"]\nsparsity_level = 0.1\n\
+                    [tensors.\"odd[\"]\nsparsity_level = 0.2\n";
+        let f = ConfigFile::parse(text, "c.toml").unwrap();
+        let (_, cs) = resolve(Some(&f), &Default::default(), &ts, &[0, 1, 2], "in").unwrap();
+        // The exact name beats the glob `layer*`, and is not read as the class `[0]`
+        // (which would also match `layer0.w`); an invalid glob that is a name is fine.
+        assert_eq!(
+            cs.iter().map(|c| c.sparsity_level).collect::<Vec<_>>(),
+            [0.1, 0.9, 0.2]
+        );
+        // An exact-name override of an unselected tensor is still an error.
+        let e = resolve(Some(&f), &Default::default(), &ts, &[1, 2], "in")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("c.toml:3:") && e.contains("not selected"),
+            "{e}"
+        );
+        // A pattern that is no name and no valid glob is an error at its line.
+        let f = ConfigFile::parse("\n[tensors.\"x[\"]\nnorm = \"L1\"\n", "c.toml").unwrap();
+        let e = resolve(Some(&f), &Default::default(), &ts, &[0], "in")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("c.toml:2:") && e.contains("not a valid glob"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -820,3 +820,42 @@ fn a_closed_stderr_or_stdout_is_not_a_crash() {
         0
     );
 }
+
+#[test]
+fn names_with_glob_characters_are_selected_and_overridden_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    write(
+        &input,
+        &[
+            t("layer[0].w", Dtype::F32, &[8, 8], 1),
+            t("layer0.w", Dtype::F32, &[8, 8], 2),
+        ],
+        &[],
+    );
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[defaults]\nsparsity_level = 0.25\n[tensors.\"layer[0].w\"]\nsparsity_level = 0.75\n",
+    )
+    .unwrap();
+    let out = dir.path().join("o.st");
+    let (stdout, _) = ok(&[
+        "run",
+        s(&input),
+        "-o",
+        s(&out),
+        "--tensors",
+        "layer[0].w",
+        "--config",
+        s(&cfg),
+        "-q",
+        "--report",
+        "json",
+    ]);
+    let r: Value = serde_json::from_str(&stdout).unwrap();
+    let ts = r["tensors"].as_array().unwrap();
+    assert_eq!(ts.len(), 1, "{r}");
+    assert_eq!(ts[0]["name"], "layer[0].w");
+    assert_eq!(ts[0]["config"]["sparsity_level"], 0.75);
+}
