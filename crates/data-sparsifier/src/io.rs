@@ -67,14 +67,27 @@ impl AtomicFile {
     pub fn target(&self) -> &Path {
         &self.target
     }
-    /// Flushes, fsyncs and renames the temp file over the target.
+    /// Flushes, fsyncs and renames the temp file over the target. If any step fails, the temp
+    /// file is removed and the target is left as it was.
     pub fn commit(mut self) -> Result<()> {
-        let writer = self.writer.take();
-        if let Some(w) = writer {
-            let file = w
-                .into_inner()
-                .map_err(|e| Error::io(&self.temp, e.into_error()))?;
-            file.sync_all().map_err(|e| Error::io(&self.temp, e))?;
+        let result = self.place();
+        if result.is_err() {
+            // `place` may have taken the writer, after which `Drop` no longer cleans up.
+            self.writer = None;
+            let _ = fs::remove_file(&self.temp);
+        }
+        result
+    }
+
+    /// The steps of [`commit`](Self::commit); on error the temp file may still exist.
+    fn place(&mut self) -> Result<()> {
+        if let Some(mut w) = self.writer.take() {
+            w.flush().map_err(|e| Error::io(&self.temp, e))?;
+            w.get_ref()
+                .sync_all()
+                .map_err(|e| Error::io(&self.temp, e))?;
+            // Closed before the rename (some platforms cannot rename an open file).
+            drop(w);
         }
         fs::rename(&self.temp, &self.target).map_err(|e| Error::io(&self.target, e))?;
         if let Some(dir) = self.target.parent() {
@@ -139,5 +152,23 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
         write_atomic(&path, b"new").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"new");
+    }
+
+    #[test]
+    fn a_failed_commit_removes_the_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.bin");
+        let mut f = AtomicFile::create(&path).unwrap();
+        f.write_all(b"data").unwrap();
+        // A non-empty directory appears at the target: the rename fails.
+        fs::create_dir(&path).unwrap();
+        fs::write(path.join("inside"), b"").unwrap();
+        assert!(f.commit().is_err());
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["x.bin"]);
+        assert!(path.join("inside").exists());
     }
 }
