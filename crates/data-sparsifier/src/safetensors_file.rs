@@ -268,12 +268,20 @@ impl SafetensorsWriter {
 
     /// Checks that every declared byte was written, then commits the file.
     pub fn finish(self) -> Result<()> {
+        self.finish_uncommitted()?.commit()
+    }
+
+    /// Checks that every declared byte was written and fsyncs the file, but leaves it uncommitted:
+    /// the caller commits it ([`AtomicFile::commit`] or [`AtomicFile::commit_new`]), or drops it to
+    /// discard it. For writing several files that should appear together.
+    pub fn finish_uncommitted(mut self) -> Result<AtomicFile> {
         if self.remaining != 0 {
             return Err(Error::invalid_state(format!(
                 "writing {}: {} bytes of tensor data missing",
                 self.path, self.remaining
             )));
         }
-        self.file.commit()
+        self.file.sync()?;
+        Ok(self.file)
     }
 }

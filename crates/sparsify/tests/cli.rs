@@ -859,3 +859,24 @@ fn names_with_glob_characters_are_selected_and_overridden_exactly() {
     assert_eq!(ts[0]["name"], "layer[0].w");
     assert_eq!(ts[0]["config"]["sparsity_level"], 0.75);
 }
+
+#[cfg(unix)]
+#[test]
+fn a_dangling_symlink_output_is_not_replaced_without_force() {
+    let (dir, input) = setup();
+    let out = dir.path().join("o.st");
+    std::os::unix::fs::symlink("nowhere", &out).unwrap();
+    let e = fails(&["run", s(&input), "-o", s(&out)]);
+    assert!(e.contains("already exists") && e.contains("--force"), "{e}");
+    assert_eq!(std::fs::read_link(&out).unwrap(), Path::new("nowhere"));
+    let masks = dir.path().join("m.st");
+    std::os::unix::fs::symlink("nowhere", &masks).unwrap();
+    let fresh = dir.path().join("fresh.st");
+    let e = fails(&["run", s(&input), "-o", s(&fresh), "--masks", s(&masks)]);
+    assert!(e.contains("m.st") && e.contains("already exists"), "{e}");
+    assert!(std::fs::symlink_metadata(&fresh).is_err());
+    // --force replaces the link itself (not its target).
+    ok(&["run", s(&input), "-o", s(&out), "--force", "-q"]);
+    assert!(std::fs::symlink_metadata(&out).unwrap().is_file());
+    assert!(!dir.path().join("nowhere").exists());
+}
