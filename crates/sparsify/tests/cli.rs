@@ -880,3 +880,46 @@ fn a_dangling_symlink_output_is_not_replaced_without_force() {
     assert!(std::fs::symlink_metadata(&out).unwrap().is_file());
     assert!(!dir.path().join("nowhere").exists());
 }
+
+/// The names of the files in `dir`, sorted.
+fn dir_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_failure_mid_stream_leaves_no_output_and_no_temp_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    // "a" is streamed into the output and masks temp files before "w" fails on its NaN.
+    let mut w = t("w", Dtype::F32, &[4, 8], 2);
+    w.bytes[8..12].copy_from_slice(&f32::NAN.to_le_bytes());
+    write(&input, &[t("a", Dtype::F32, &[256, 64], 1), w], &[]);
+    let (out, masks, state) = (
+        dir.path().join("o.st"),
+        dir.path().join("m.st"),
+        dir.path().join("s.st"),
+    );
+    let mut args = vec!["run", s(&input), "-o", s(&out), "--masks", s(&masks)];
+    args.extend(["--state", s(&state), "-q"]);
+    let e = fails(&args);
+    assert!(e.contains("NaN") && e.contains("\"w\""), "{e}");
+    assert_eq!(dir_names(dir.path()), ["in.safetensors"]);
+    // With --force over existing outputs: they are left as they were.
+    for p in [&out, &masks, &state] {
+        std::fs::write(p, b"old").unwrap();
+    }
+    args.push("--force");
+    fails(&args);
+    assert_eq!(
+        dir_names(dir.path()),
+        ["in.safetensors", "m.st", "o.st", "s.st"]
+    );
+    for p in [&out, &masks, &state] {
+        assert_eq!(std::fs::read(p).unwrap(), b"old");
+    }
+}
