@@ -6,8 +6,8 @@
 //! sparsity_level = 0.8
 //! sparse_block_shape = [1, 4]
 //! zeros_per_block = 4        # leave out for the whole block
-//! norm = "L2"                # "L1" or "L2"
-//! nan_policy = "error"       # "error" or "rank_last"
+//! norm = "L2"                # "L1" or "L2", any case, as --norm
+//! nan_policy = "error"       # "error" or "rank_last" ("rank-last" too, as --nan-policy)
 //!
 //! # per-tensor overrides, by exact name or glob (the per-name configs of `add_data`)
 //! [tensors."top_l.*.weight"]
@@ -41,7 +41,7 @@ use toml::Spanned;
 use crate::checkpoint::TensorEntry;
 use crate::error::{CliError, Result};
 use crate::select::{compile, is_glob, some_names};
-use data_sparsifier::norm::{DataNormConfig, DataNormPatch};
+use data_sparsifier::norm::{DataNormConfig, DataNormPatch, NanPolicy, Norm};
 
 /// One table of patch keys (`[defaults]` or an override), with where each key is.
 #[derive(Debug, Clone)]
@@ -118,17 +118,40 @@ impl ConfigFile {
     /// Reads and parses `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let shown = path.display().to_string();
+        let not_found = |e: std::io::Error| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 CliError::Usage(format!(
-                    "config file {} does not exist: check the --config path",
-                    path.display()
+                    "config file {shown} does not exist: check the --config path"
                 ))
             } else {
                 CliError::io(path, e)
             }
+        };
+        let meta = std::fs::metadata(path).map_err(not_found)?;
+        if meta.is_dir() {
+            return Err(CliError::Usage(format!(
+                "--config {shown} is a directory: give the path of a TOML file"
+            )));
+        }
+        if !meta.is_file() {
+            return Err(CliError::Usage(format!(
+                "--config {shown} is not a regular file (a FIFO, socket or device?): give the path of a TOML file"
+            )));
+        }
+        let bytes = std::fs::read(path).map_err(not_found)?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let at = e.utf8_error().valid_up_to();
+            let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+            CliError::ConfigFile {
+                file: shown.clone(),
+                line,
+                message: format!(
+                    "not UTF-8 text (invalid byte at offset {at}): --config takes a TOML file saved as UTF-8"
+                ),
+            }
         })?;
-        Self::parse(&text, &path.display().to_string())
+        Self::parse(&text, &shown)
     }
 
     /// Parses config text; `path` is used in messages.
@@ -155,8 +178,9 @@ impl ConfigFile {
             entries.sort_by_key(|(_, v)| v.span().start);
             for (k, v) in entries {
                 let key_line = line_of(text, v.span().start);
+                let value = same_spellings_as_flags(k, v.get_ref());
                 let mut one = toml::Table::new();
-                one.insert(k.clone(), v.get_ref().clone());
+                one.insert(k.clone(), value.clone());
                 toml::Value::Table(one)
                     .try_into::<DataNormPatch>()
                     .map_err(|e| CliError::ConfigFile {
@@ -165,7 +189,7 @@ impl ConfigFile {
                         message: format!("{label} key `{k}`: {}", e.message().trim()),
                     })?;
                 keys.push((k.clone(), key_line));
-                all.insert(k.clone(), v.get_ref().clone());
+                all.insert(k.clone(), value);
             }
             let patch = toml::Value::Table(all)
                 .try_into::<DataNormPatch>()
@@ -213,6 +237,32 @@ impl ConfigFile {
             overrides,
         })
     }
+}
+
+/// A value as the patch's serde form spells it, where the flags' spelling differs: `norm` in any
+/// case (`l2`, `L2`), `nan_policy` as `rank-last` or `rank_last` in any case. Anything else,
+/// invalid values included (so that the error shows them as written), is returned as is.
+fn same_spellings_as_flags(key: &str, value: &toml::Value) -> toml::Value {
+    if let toml::Value::String(s) = value {
+        let s = s.trim();
+        let canonical = match key {
+            "norm" => s
+                .to_ascii_uppercase()
+                .parse::<Norm>()
+                .ok()
+                .map(|n| n.to_string()),
+            "nan_policy" => s
+                .to_ascii_lowercase()
+                .parse::<NanPolicy>()
+                .ok()
+                .map(|p| p.to_string()),
+            _ => None,
+        };
+        if let Some(c) = canonical {
+            return toml::Value::String(c);
+        }
+    }
+    value.clone()
 }
 
 /// The keys a patch can set (read from its serde form, so it follows the library's fields).
@@ -512,6 +562,42 @@ mod tests {
             .to_string();
         assert!(
             e.starts_with("c.toml:2:") && e.contains("not a valid glob"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn values_take_the_flags_spellings_too() {
+        for (norm, nan) in [
+            ("l2", "rank-last"),
+            ("L2", "rank_last"),
+            (" l2 ", "RANK-LAST"),
+        ] {
+            let text = format!("[defaults]\nnorm = {norm:?}\nnan_policy = {nan:?}\n");
+            let f = ConfigFile::parse(&text, "c.toml").unwrap();
+            let p = &f.defaults.unwrap().patch;
+            assert_eq!(p.norm, Some(Norm::L2), "{text}");
+            assert_eq!(p.nan_policy, Some(NanPolicy::RankLast), "{text}");
+        }
+        let m = msg("[defaults]\nnorm = \"l3\"\n");
+        assert!(m.starts_with("c.toml:2:") && m.contains("l3"), "{m}");
+        let m = msg("[defaults]\nnan_policy = \"ignore\"\n");
+        assert!(m.starts_with("c.toml:2:") && m.contains("ignore"), "{m}");
+    }
+
+    #[test]
+    fn unreadable_config_files_say_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = ConfigFile::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("is a directory") && e.contains("TOML file"),
+            "{e}"
+        );
+        let bin = dir.path().join("bin.toml");
+        std::fs::write(&bin, b"[defaults]\nnorm = \"\xff\"\n").unwrap();
+        let e = ConfigFile::load(&bin).unwrap_err().to_string();
+        assert!(
+            e.contains("bin.toml:2:") && e.contains("not UTF-8") && e.contains("saved as UTF-8"),
             "{e}"
         );
     }

@@ -510,7 +510,15 @@ pub fn run(opts: &RunOptions, ui: Ui) -> Result<RunReport> {
         let shape = sparsify_shape(&t.shape);
         let view = data.view(&shape)?;
         let mut mask = Mask::ones(shape.clone());
-        compute_mask(&t.name, view, cfg, &mut mask).map_err(|e| CliError::lib(ctx(), e))?;
+        compute_mask(&t.name, view, cfg, &mut mask).map_err(|e| match e {
+            // The library's message names the config key; here the fix is a flag.
+            data_sparsifier::Error::NanInData { index, row, col, .. } => CliError::Data(format!(
+                "tensor {:?} contains NaN at flat index {index} (row {row}, col {col} of its {} view): clean the data, or pass --nan-policy rank-last (nan_policy = \"rank_last\" in a --config file) to keep NaN blocks unpruned as PyTorch does",
+                t.name,
+                report::shape(&shape)
+            )),
+            e => CliError::lib(ctx(), e),
+        })?;
         let t1 = Instant::now();
         {
             // `mask · data`, streamed through one small buffer: no tensor-sized allocation.

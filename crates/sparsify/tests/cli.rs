@@ -481,6 +481,33 @@ fn config_file_errors_name_file_line_and_key() {
     }
     let e = fails(&["run", s(&input), "-o", s(&out), "--config", "/no/such.toml"]);
     assert!(e.contains("/no/such.toml"), "{e}");
+    let e = fails(&["run", s(&input), "-o", s(&out), "--config", s(dir.path())]);
+    assert!(e.contains("is a directory") && e.contains("TOML"), "{e}");
+    // A binary file (here the checkpoint itself) is not UTF-8 text.
+    let e = fails(&["run", s(&input), "-o", s(&out), "--config", s(&input)]);
+    assert!(e.contains("not UTF-8") && e.contains("TOML"), "{e}");
+    // Values may be spelled as the flags spell them.
+    let cfg = dir.path().join("spell.toml");
+    std::fs::write(
+        &cfg,
+        "[defaults]\nnorm = \"l2\"\nnan_policy = \"rank-last\"\n",
+    )
+    .unwrap();
+    let (stdout, _) = ok(&[
+        "run",
+        s(&input),
+        "-o",
+        s(&out),
+        "--config",
+        s(&cfg),
+        "-q",
+        "--report",
+        "json",
+    ]);
+    let r: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r["tensors"][0]["config"]["norm"], "L2");
+    assert_eq!(r["tensors"][0]["config"]["nan_policy"], "rank_last");
+    std::fs::remove_file(&out).unwrap();
     assert!(!out.exists());
 }
 
@@ -533,6 +560,7 @@ fn every_error_is_one_line_and_exit_2() {
     }
     let e = fails(&["run", s(&input), "-o", o, "--zeros-per-block", "5"]);
     assert!(e.contains("--zeros-per-block"), "{e}");
+    assert!(!e.contains("None") && e.contains("unset"), "{e}");
     fails(&["run", s(&input)]);
     let e = fails(&["run", s(&input), "-o", "/no/such/dir/o.safetensors"]);
     assert!(e.contains("does not exist"), "{e}");
@@ -557,6 +585,7 @@ fn nan_data_is_an_error_unless_ranked_last() {
     let out = dir.path().join("o.safetensors");
     let e = fails(&["run", s(&input), "-o", s(&out), "-q"]);
     assert!(e.contains("NaN") && e.contains("\"w\""), "{e}");
+    assert!(e.contains("--nan-policy rank-last"), "{e}");
     // Without --quiet the plan comes first; the error is still one line, the last.
     let out2 = sparsify()
         .args(["run", s(&input), "-o", s(&out)])
