@@ -432,6 +432,29 @@ pub fn run(opts: &RunOptions, ui: Ui) -> Result<RunReport> {
         }
         crate::print_stderr(&t.render());
     }
+    // zeros_per_block = 0 is valid (PyTorch accepts it) but prunes nothing: almost always a slip.
+    let zero: Vec<&str> = selected
+        .iter()
+        .zip(&configs)
+        .filter(|(_, c)| c.zeros_per_block == Some(0))
+        .map(|(&i, _)| tensors[i].name.as_str())
+        .collect();
+    if !zero.is_empty() {
+        let mut names = zero
+            .iter()
+            .take(3)
+            .map(|n| format!("{n:?}"))
+            .collect::<Vec<_>>();
+        if zero.len() > 3 {
+            names.push("...".into());
+        }
+        ui.say(format!(
+            "sparsify: warning: zeros_per_block is 0 for {} of the {} selected tensors ({}): nothing in them is zeroed; give --zeros-per-block 1 or more, or leave it unset for whole blocks",
+            zero.len(),
+            selected.len(),
+            names.join(", ")
+        ));
+    }
     if let Some(old) = ck.metadata().and_then(|m| m.get(METADATA_KEY)) {
         let _ = old;
         ui.say(format!(

@@ -952,3 +952,48 @@ fn a_failure_mid_stream_leaves_no_output_and_no_temp_file() {
         assert_eq!(std::fs::read(p).unwrap(), b"old");
     }
 }
+
+#[test]
+fn zero_zeros_per_block_is_accepted_with_a_warning() {
+    let (dir, input) = setup();
+    let out = dir.path().join("o.st");
+    let (stdout, stderr) = ok(&[
+        "run",
+        s(&input),
+        "-o",
+        s(&out),
+        "--zeros-per-block",
+        "0",
+        "--report",
+        "json",
+    ]);
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(
+        warnings[0].contains("zeros_per_block is 0") && warnings[0].contains("\"z.emb\""),
+        "{stderr}"
+    );
+    let r: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r["totals"]["sparsity"], 0.0);
+    // Nothing zeroed: the tensor data is the input's.
+    let (a, b) = (std::fs::read(&input).unwrap(), std::fs::read(&out).unwrap());
+    let (sa, sb) = (
+        SafeTensors::deserialize(&a).unwrap(),
+        SafeTensors::deserialize(&b).unwrap(),
+    );
+    for (name, v) in sa.tensors() {
+        assert_eq!(v.data(), sb.tensor(&name).unwrap().data(), "{name}");
+    }
+    // --quiet silences it, like all chatter.
+    let out2 = dir.path().join("o2.st");
+    let (_, stderr) = ok(&[
+        "run",
+        s(&input),
+        "-o",
+        s(&out2),
+        "--zeros-per-block",
+        "0",
+        "-q",
+    ]);
+    assert!(stderr.is_empty(), "{stderr}");
+}
