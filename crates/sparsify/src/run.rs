@@ -628,12 +628,20 @@ pub fn run(opts: &RunOptions, ui: Ui) -> Result<RunReport> {
             .zip(&state_names)
             .map(|(&i, n)| (n.clone(), serde_json::Value::from(tensors[i].name.clone())))
             .collect();
+        // DataNormSparsifier holds at most 2-D data, so N-D tensors are stored as the 2-D view they
+        // were sparsified as; their real shapes are recorded here.
+        let real_shapes: serde_json::Map<String, serde_json::Value> = selected
+            .iter()
+            .zip(&state_names)
+            .map(|(&i, n)| (n.clone(), serde_json::json!(tensors[i].shape)))
+            .collect();
         let extra = BTreeMap::from([(
             METADATA_KEY.to_string(),
             serde_json::json!({
                 "version": env!("CARGO_PKG_VERSION"),
                 "input": source,
                 "names": names,
+                "shapes": real_shapes,
             }),
         )]);
         let f = write_state_file_uncommitted(path, DataNorm.name(), &entries, &extra)

@@ -278,6 +278,7 @@ fn named_nd_and_0d_tensors_are_sparsified_as_2d() {
         &[],
     );
     let (out, masks) = (dir.path().join("o.st"), dir.path().join("m.st"));
+    let state = dir.path().join("s.st");
     ok(&[
         "run",
         s(&input),
@@ -289,8 +290,22 @@ fn named_nd_and_0d_tensors_are_sparsified_as_2d() {
         "scale",
         "--masks",
         s(&masks),
+        "--state",
+        s(&state),
         "-q",
     ]);
+    // The state holds the 2-D view each tensor was sparsified as (DataNormSparsifier takes at most
+    // 2-D data) and records the real shapes.
+    let mut sp = DataNormSparsifier::data_norm(Default::default()).unwrap();
+    let extra = sp.load_state(&state, true).unwrap();
+    let data = |n: &str| sp.get_data(n, data_sparsifier::Version::Original).unwrap();
+    assert_eq!(data("conv").shape(), &[6, 8]);
+    assert_eq!(data("scale").shape(), &[] as &[usize]);
+    assert_eq!(
+        extra["sparsify"]["shapes"],
+        serde_json::json!({"conv": [2, 3, 8], "scale": []})
+    );
+    assert_eq!(sp.get_mask("conv").unwrap().count_zeroed(), 24);
     let mb = std::fs::read(&masks).unwrap();
     let m = SafeTensors::deserialize(&mb).unwrap();
     assert_eq!(m.tensor("conv").unwrap().shape(), &[2, 3, 8]);
