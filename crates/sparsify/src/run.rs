@@ -548,14 +548,20 @@ pub fn run(opts: &RunOptions, ui: Ui) -> Result<RunReport> {
             let n = view.numel();
             let mut buf = Tensor::zeros(dtype, [SQUASH_CHUNK.min(n)]);
             with_dtype!(dtype, T => {
-                if let (Some(src), Some(dst)) = (view.as_slice::<T>(), buf.as_slice_mut::<T>()) {
-                    for start in (0..n).step_by(SQUASH_CHUNK) {
-                        let len = (n - start).min(SQUASH_CHUNK);
-                        mask.apply_into_at(start, &src[start..start + len], &mut dst[..len])
-                            .map_err(|e| CliError::lib(ctx(), e))?;
-                        let bytes: &[u8] = bytemuck::cast_slice(&dst[..len]);
-                        out.write(bytes).map_err(lib("writing", &opts.output))?;
-                    }
+                let (Some(src), Some(dst)) = (view.as_slice::<T>(), buf.as_slice_mut::<T>())
+                else {
+                    // Both are `dtype` by construction; never skip a tensor's bytes silently.
+                    return Err(CliError::Usage(format!(
+                        "internal error (a bug in sparsify, please report it): {}: the data is not {dtype} as its header says",
+                        ctx()
+                    )));
+                };
+                for start in (0..n).step_by(SQUASH_CHUNK) {
+                    let len = (n - start).min(SQUASH_CHUNK);
+                    mask.apply_into_at(start, &src[start..start + len], &mut dst[..len])
+                        .map_err(|e| CliError::lib(ctx(), e))?;
+                    let bytes: &[u8] = bytemuck::cast_slice(&dst[..len]);
+                    out.write(bytes).map_err(lib("writing", &opts.output))?;
                 }
             });
         }

@@ -1012,3 +1012,25 @@ fn zero_zeros_per_block_is_accepted_with_a_warning() {
     ]);
     assert!(stderr.is_empty(), "{stderr}");
 }
+
+#[cfg(unix)]
+#[test]
+fn a_fifo_input_or_config_is_an_error_not_a_hang() {
+    let (dir, input) = setup();
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: mkfifo is not available");
+        return;
+    }
+    let out = dir.path().join("o.st");
+    for args in [
+        &["run", s(&fifo), "-o", s(&out)][..],
+        &["inspect", s(&fifo)],
+        &["run", s(&input), "-o", s(&out), "--config", s(&fifo)],
+    ] {
+        let e = fails(args);
+        assert!(e.contains("not a regular file"), "{args:?}: {e}");
+    }
+    assert!(!out.exists());
+}
