@@ -67,16 +67,87 @@ impl AtomicFile {
     pub fn target(&self) -> &Path {
         &self.target
     }
-    /// Flushes, fsyncs and renames the temp file over the target.
-    pub fn commit(mut self) -> Result<()> {
-        let writer = self.writer.take();
-        if let Some(w) = writer {
-            let file = w
-                .into_inner()
-                .map_err(|e| Error::io(&self.temp, e.into_error()))?;
-            file.sync_all().map_err(|e| Error::io(&self.temp, e))?;
+    /// Flushes and fsyncs the temp file without committing it: a later [`commit`](Self::commit)
+    /// only renames. Lets a caller get several files safely onto disk before putting any of them
+    /// in place. On error the file stays uncommitted (dropping it removes the temp file).
+    pub fn sync(&mut self) -> Result<()> {
+        if let Some(w) = self.writer.as_mut() {
+            w.flush().map_err(|e| Error::io(&self.temp, e))?;
+            w.get_ref()
+                .sync_all()
+                .map_err(|e| Error::io(&self.temp, e))?;
         }
-        fs::rename(&self.temp, &self.target).map_err(|e| Error::io(&self.target, e))?;
+        Ok(())
+    }
+
+    /// Flushes, fsyncs and renames the temp file over the target. If any step fails, the temp
+    /// file is removed and the target is left as it was.
+    pub fn commit(self) -> Result<()> {
+        self.finish(true)
+    }
+
+    /// Like [`commit`](Self::commit), but never replaces anything: if the target path exists (a
+    /// file, a directory, a symlink, even a dangling one) it fails with an [`Error::Io`] of kind
+    /// [`AlreadyExists`](std::io::ErrorKind::AlreadyExists), removes the temp file and leaves the
+    /// target alone.
+    ///
+    /// The temp file is hard-linked to the target, which the OS refuses atomically when the target
+    /// exists, and then unlinked. On a filesystem without hard links (FAT, some network mounts) it
+    /// checks right before a plain rename instead; a file created in that instant is replaced.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("out.txt");
+    /// std::fs::write(&path, b"old").unwrap();
+    /// let mut f = data_sparsifier::io::AtomicFile::create(&path).unwrap();
+    /// f.write_all(b"new").unwrap();
+    /// assert!(f.commit_new().is_err());
+    /// assert_eq!(std::fs::read(&path).unwrap(), b"old");
+    /// assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    /// ```
+    pub fn commit_new(self) -> Result<()> {
+        self.finish(false)
+    }
+
+    fn finish(mut self, overwrite: bool) -> Result<()> {
+        let result = self.place(overwrite);
+        if result.is_err() {
+            // `place` may have taken the writer, after which `Drop` no longer cleans up.
+            self.writer = None;
+            let _ = fs::remove_file(&self.temp);
+        }
+        result
+    }
+
+    /// The steps of committing; on error the temp file may still exist.
+    fn place(&mut self, overwrite: bool) -> Result<()> {
+        self.sync()?;
+        // Closed before the rename (some platforms cannot rename an open file).
+        drop(self.writer.take());
+        let exists = || {
+            Error::io(
+                &self.target,
+                std::io::Error::new(std::io::ErrorKind::AlreadyExists, "the file already exists"),
+            )
+        };
+        if overwrite {
+            fs::rename(&self.temp, &self.target).map_err(|e| Error::io(&self.target, e))?;
+        } else {
+            match fs::hard_link(&self.temp, &self.target) {
+                Ok(()) => {
+                    // The target is in place; a failure here leaves only a stray temp file.
+                    let _ = fs::remove_file(&self.temp);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(exists()),
+                Err(_) => {
+                    if fs::symlink_metadata(&self.target).is_ok() {
+                        return Err(exists());
+                    }
+                    fs::rename(&self.temp, &self.target).map_err(|e| Error::io(&self.target, e))?;
+                }
+            }
+        }
         if let Some(dir) = self.target.parent() {
             // Persist the rename itself; not every platform can open a directory, so this is best effort.
             if let Ok(d) = File::open(if dir.as_os_str().is_empty() {
@@ -139,5 +210,64 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
         write_atomic(&path, b"new").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"new");
+    }
+
+    #[test]
+    fn a_failed_commit_removes_the_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.bin");
+        let mut f = AtomicFile::create(&path).unwrap();
+        f.write_all(b"data").unwrap();
+        // A non-empty directory appears at the target: the rename fails.
+        fs::create_dir(&path).unwrap();
+        fs::write(path.join("inside"), b"").unwrap();
+        assert!(f.commit().is_err());
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["x.bin"]);
+        assert!(path.join("inside").exists());
+    }
+
+    #[test]
+    fn commit_new_never_replaces_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.bin");
+        let only = |name: &str| {
+            let names: Vec<_> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            assert_eq!(names, [name]);
+        };
+        let new = |bytes: &[u8]| {
+            let mut f = AtomicFile::create(&path).unwrap();
+            f.write_all(bytes).unwrap();
+            f.sync().unwrap();
+            f
+        };
+        new(b"one").commit_new().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"one");
+        only("x.bin");
+        let e = new(b"two").commit_new().unwrap_err();
+        assert!(
+            matches!(&e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists),
+            "{e}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), b"one");
+        only("x.bin");
+        #[cfg(unix)]
+        {
+            // A dangling symlink counts as existing.
+            fs::remove_file(&path).unwrap();
+            std::os::unix::fs::symlink("nowhere", &path).unwrap();
+            assert!(new(b"three").commit_new().is_err());
+            assert_eq!(fs::read_link(&path).unwrap(), Path::new("nowhere"));
+            only("x.bin");
+        }
+        new(b"four").commit().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"four");
+        only("x.bin");
     }
 }

@@ -64,5 +64,8 @@ pub use norm::{
     DataNormSparsifier, NanPolicy, Norm,
 };
 pub use sparsifier::{validate_name, Config, DataSparsifier, MaskedView, UpdateMask, Version};
-pub use state::{write_state_file, EntryState, EntryView, SparsifierState, StateDict};
+pub use state::{
+    write_state_file, write_state_file_uncommitted, EntryState, EntryView, SparsifierState,
+    StateDict,
+};
 pub use tensor::{Parameter, Slice, Storage, Tensor, TensorView};

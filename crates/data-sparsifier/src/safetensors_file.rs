@@ -46,11 +46,15 @@ impl MappedFile {
     }
 }
 
+/// The `safetensors` parser's limit on the header size (it refuses larger headers).
+pub const MAX_HEADER_SIZE: usize = 100_000_000;
+
 /// Bounds every tensor's data offsets by the file size before the `safetensors` parser sees them.
 ///
 /// The parser (0.4.5, and 0.8.0 alike) adds header offsets without overflow checks in its final size
 /// check, so a header claiming an offset near `usize::MAX` panics in debug builds and wraps in
-/// release. Everything else (short files, bad lengths, bad JSON) is left to the parser to report.
+/// release. Everything else (short files, bad lengths, a header over [`MAX_HEADER_SIZE`], bad
+/// JSON) is left to the parser to report; in particular a header over the limit is not parsed here.
 ///
 /// ```
 /// use data_sparsifier::safetensors_file::check_offsets;
@@ -67,6 +71,7 @@ pub fn check_offsets(bytes: &[u8]) -> std::result::Result<(), String> {
     arr.copy_from_slice(len_bytes);
     let Some(header) = usize::try_from(u64::from_le_bytes(arr))
         .ok()
+        .filter(|&n| n <= MAX_HEADER_SIZE)
         .and_then(|n| n.checked_add(8))
         .and_then(|end| bytes.get(8..end))
     else {
@@ -268,12 +273,45 @@ impl SafetensorsWriter {
 
     /// Checks that every declared byte was written, then commits the file.
     pub fn finish(self) -> Result<()> {
+        self.finish_uncommitted()?.commit()
+    }
+
+    /// Checks that every declared byte was written and fsyncs the file, but leaves it uncommitted:
+    /// the caller commits it ([`AtomicFile::commit`] or [`AtomicFile::commit_new`]), or drops it to
+    /// discard it. For writing several files that should appear together.
+    pub fn finish_uncommitted(mut self) -> Result<AtomicFile> {
         if self.remaining != 0 {
             return Err(Error::invalid_state(format!(
                 "writing {}: {} bytes of tensor data missing",
                 self.path, self.remaining
             )));
         }
-        self.file.commit()
+        self.file.sync()?;
+        Ok(self.file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_over_the_limit_is_not_parsed_here() {
+        // A header of MAX_HEADER_SIZE + 1 bytes whose offsets run past the file: were it parsed,
+        // check_offsets would report them; the parser's size limit must answer instead.
+        let json = br#"{"t":{"dtype":"F32","shape":[1000],"data_offsets":[0,4000]}}"#;
+        let n = MAX_HEADER_SIZE + 1;
+        let mut file = (n as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(json);
+        file.resize(8 + n, b' ');
+        assert_eq!(check_offsets(&file), Ok(()));
+        assert!(matches!(
+            safetensors::SafeTensors::read_metadata(&file),
+            Err(safetensors::SafeTensorError::HeaderTooLarge)
+        ));
+        // Within the limit the same header is checked.
+        let mut file = (json.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(json);
+        assert!(check_offsets(&file).is_err());
     }
 }

@@ -28,6 +28,7 @@ use crate::data::DataKind;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::handle::Handle;
+use crate::io::AtomicFile;
 use crate::mask::Mask;
 use crate::safetensors_file::{self, MappedFile, SafetensorsWriter, TensorHeader};
 use crate::sparsifier::{check_mask_fits, validate_name, DataSparsifier, Entry, UpdateMask};
@@ -217,6 +218,18 @@ pub fn write_state_file<C: Serialize, S: Serialize>(
     entries: &[EntryView<'_, C, S>],
     extra: &BTreeMap<String, serde_json::Value>,
 ) -> Result<()> {
+    write_state_file_uncommitted(path, sparsifier, entries, extra)?.commit()
+}
+
+/// [`write_state_file`], fsynced but not committed: nothing is at `path` until the caller commits
+/// the returned file ([`AtomicFile::commit`] or [`AtomicFile::commit_new`]); dropping it discards
+/// it. For writing the state together with other files.
+pub fn write_state_file_uncommitted<C: Serialize, S: Serialize>(
+    path: impl AsRef<Path>,
+    sparsifier: &str,
+    entries: &[EntryView<'_, C, S>],
+    extra: &BTreeMap<String, serde_json::Value>,
+) -> Result<AtomicFile> {
     let refs: Vec<EntryRef<'_, C, S>> = entries
         .iter()
         .map(|e| EntryRef {
@@ -229,7 +242,7 @@ pub fn write_state_file<C: Serialize, S: Serialize>(
             parametrized: e.parametrized,
         })
         .collect();
-    write_state(path.as_ref(), sparsifier, true, &refs, extra)
+    write_state_data(path.as_ref(), sparsifier, true, &refs, extra)?.finish_uncommitted()
 }
 
 /// One entry's parts borrowed for writing.
@@ -250,6 +263,17 @@ fn write_state<C: Serialize, S: Serialize>(
     entries: &[EntryRef<'_, C, S>],
     extra: &BTreeMap<String, serde_json::Value>,
 ) -> Result<()> {
+    write_state_data(path, sparsifier, mask_update_enabled, entries, extra)?.finish()
+}
+
+/// Writes a whole state file into a writer, not yet finished.
+fn write_state_data<C: Serialize, S: Serialize>(
+    path: &Path,
+    sparsifier: &str,
+    mask_update_enabled: bool,
+    entries: &[EntryRef<'_, C, S>],
+    extra: &BTreeMap<String, serde_json::Value>,
+) -> Result<SafetensorsWriter> {
     // Each entry's dtype and shape are read once; the bytes written later must still match them.
     let layout: Vec<(DType, Vec<usize>)> = entries
         .iter()
@@ -302,7 +326,7 @@ fn write_state<C: Serialize, S: Serialize>(
         e.data.write_to(&mut w, e.name, *dtype, shape)?;
         w.write(p)?;
     }
-    w.finish()
+    Ok(w)
 }
 
 /// Errors unless `value` comes back equal from the JSON it is saved as. serde_json writes NaN and

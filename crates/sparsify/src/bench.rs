@@ -91,16 +91,56 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// Bytes of memory available for new allocations, where the platform says (Linux:
+/// `MemAvailable` in `/proc/meminfo`).
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}
+
+/// What `bench` holds at its peak, as a multiple of the table: the table, the working copy each
+/// repeat sparsifies, and the mask and kernel scratch (under a quarter of the table).
+const BENCH_MEMORY_FACTOR: (u64, u64) = (9, 4);
+
 /// A `rows x cols` table of standard-normal values.
+///
+/// A table whose byte size overflows, or that (with the working copy `bench` makes) does not fit
+/// in the available memory, or whose allocation fails, is a [`CliError::Usage`] naming the size
+/// and the fix, never an abort.
 pub fn generate(rows: usize, cols: usize, dtype: DType, seed: u64) -> Result<Tensor> {
-    let n = rows.checked_mul(cols).ok_or_else(|| {
+    let what = format!("--rows {rows} x --cols {cols} of {dtype}");
+    let too_big = |detail: String| {
         CliError::Usage(format!(
-            "--rows {rows} x --cols {cols} overflows: use a smaller table"
+            "{what} is {detail}: use a smaller --rows or --cols"
         ))
-    })?;
+    };
+    let n = rows.checked_mul(cols);
+    let bytes = n
+        .and_then(|n| n.checked_mul(dtype.size_in_bytes()))
+        .filter(|&b| b <= isize::MAX as usize);
+    let (Some(n), Some(bytes)) = (n, bytes) else {
+        return Err(too_big("more bytes than this machine can address".into()));
+    };
+    let need = (bytes as u64 / BENCH_MEMORY_FACTOR.1).saturating_mul(BENCH_MEMORY_FACTOR.0);
+    if let Some(avail) = available_memory() {
+        if need > avail {
+            return Err(too_big(format!(
+                "a {} table; the benchmark needs about {} of memory (the table, a working copy and the mask) but {} is available",
+                report::bytes(bytes as u64),
+                report::bytes(need),
+                report::bytes(avail)
+            )));
+        }
+    }
     let mut rng = Rng::new(seed);
     let t = with_dtype!(dtype, T => {
-        let v: Vec<T> = (0..n).map(|_| T::from_f64(rng.normal())).collect();
+        let mut v: Vec<T> = Vec::new();
+        v.try_reserve_exact(n).map_err(|_| {
+            too_big(format!("a {} table, which cannot be allocated", report::bytes(bytes as u64)))
+        })?;
+        v.extend((0..n).map(|_| T::from_f64(rng.normal())));
         Tensor::from_vec(v, [rows, cols])
     });
     t.map_err(|e| CliError::lib("generating the table", e))
@@ -230,5 +270,22 @@ mod tests {
         assert!(r.render().contains("GB/s"));
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn huge_tables_are_errors_not_aborts() {
+        for (rows, cols, dtype) in [
+            (100_000_000_000, 64, DType::F32),
+            (2_305_843_009_213_693_952, 4, DType::F32),
+            (usize::MAX, 2, DType::F16),
+            (1 << 62, 1, DType::F64),
+        ] {
+            let e = generate(rows, cols, dtype, 0).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("--rows {rows} x --cols {cols}")) && e.contains("smaller"),
+                "{e}"
+            );
+        }
+        assert_eq!(generate(3, 5, DType::BF16, 0).unwrap().shape(), &[3, 5]);
     }
 }

@@ -95,6 +95,12 @@ impl Checkpoint {
                     reason: "it is a directory".into(),
                 })
             }
+            // Mapping a FIFO would block forever; a device or socket cannot be mapped sensibly.
+            Ok(m) if !m.is_file() => {
+                return Err(CliError::Usage(format!(
+                    "{shown} is not a regular file (a FIFO, socket or device?): give the path of a safetensors file"
+                )))
+            }
             Ok(_) => {}
         }
         let map = MappedFile::open(path).map_err(|e| match e {
@@ -214,8 +220,9 @@ impl<'a> TypedData<'a> {
     }
 }
 
-/// The 2-D shape a tensor is sparsified as: 0-D is `[1, 1]`, 1-D `[n]` stays `[n]` (one row),
-/// 2-D stays, and N-D `[a, b, ..., z]` is flattened to `[a*b*..., z]` (rows of the last dim).
+/// The shape a tensor is sparsified as: 0-D `[]`, 1-D `[n]` and 2-D shapes stay as they are (the
+/// library treats 0-D as one 1x1 row and 1-D as one row), and N-D `[a, b, ..., z]` is flattened
+/// to `[a*b*..., z]` (rows of the last dim).
 pub fn sparsify_shape(shape: &[usize]) -> Vec<usize> {
     match shape {
         [] | [_] | [_, _] => shape.to_vec(),

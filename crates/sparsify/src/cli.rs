@@ -86,7 +86,8 @@ impl ConfigFlags {
 #[derive(Debug, Args)]
 #[command(
     after_help = "Selection: by default every floating-point tensor with 2 dims; --tensors \
-names tensors (any rank) instead, --exclude removes; globs match whole names and '*' matches '.'.\n\
+names tensors (any rank) instead, --exclude removes; globs match whole names and '*' matches '.'; \
+a pattern that is exactly a tensor's name selects just that tensor.\n\
 Config precedence, lowest first: built-in defaults, the --config file's [defaults], flags, the \
 file's [tensors.\"GLOB\"] overrides, its [tensors.\"NAME\"] overrides."
 )]

@@ -61,6 +61,10 @@ pub enum CliError {
     #[error("{0}")]
     Selection(String),
 
+    /// The input's data cannot be sparsified as asked (e.g. NaN with the default NaN policy).
+    #[error("{0}")]
+    Data(String),
+
     /// An I/O error on a path.
     #[error("{path}: {source}")]
     Io {

@@ -69,6 +69,15 @@ use crate::cli::{Cli, Command, ReportFormat};
 use crate::error::{CliError, Result};
 use crate::run::Ui;
 
+/// Writes to stderr, ignoring errors: a closed stderr (e.g. `sparsify run ... 2>&1 | head -1`)
+/// must not kill the process, as `eprintln!` would (it panics). Everything the tool writes to
+/// stderr goes through here.
+pub fn print_stderr(s: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(s.as_bytes());
+    let _ = err.flush();
+}
+
 /// Prints to stdout, ignoring a closed pipe (e.g. `sparsify inspect f | head`).
 fn print_stdout(s: &str) {
     let mut out = std::io::stdout().lock();
@@ -97,7 +106,7 @@ fn print_report<T: serde::Serialize>(
         }
         ReportFormat::Json => {
             if !quiet {
-                eprint!("{text}");
+                print_stderr(text);
             }
             print_json(v)
         }
@@ -181,10 +190,10 @@ pub fn main_with(args: impl IntoIterator<Item = OsString>) -> u8 {
             .location()
             .map(|l| format!(" at {l}"))
             .unwrap_or_default();
-        eprintln!(
-            "error: internal error (a bug in sparsify, please report it): {}{loc}",
+        print_stderr(&format!(
+            "error: internal error (a bug in sparsify, please report it): {}{loc}\n",
             msg.replace('\n', " ")
-        );
+        ));
     }));
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
@@ -196,11 +205,11 @@ pub fn main_with(args: impl IntoIterator<Item = OsString>) -> u8 {
                     0
                 }
                 ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-                    eprint!("{}", e.render());
+                    print_stderr(&e.render().to_string());
                     2
                 }
                 _ => {
-                    eprintln!("error: {}", clap_one_line(&e));
+                    print_stderr(&format!("error: {}\n", clap_one_line(&e)));
                     2
                 }
             };
@@ -209,7 +218,7 @@ pub fn main_with(args: impl IntoIterator<Item = OsString>) -> u8 {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(cli))) {
         Ok(Ok(())) => 0,
         Ok(Err(e)) => {
-            eprintln!("error: {}", e.one_line());
+            print_stderr(&format!("error: {}\n", e.one_line()));
             e.exit_code()
         }
         Err(_) => 2,

@@ -3,7 +3,8 @@
 //! # Memory
 //!
 //! The input is memory-mapped and processed tensor by tensor; the output (and `--masks`) are
-//! written as streams into temp files that are fsynced and renamed into place at the end. Beyond
+//! written as streams into temp files, and all outputs are fsynced before any is put in place
+//! (a failed run leaves no new file; see the crate README). Beyond
 //! the mapped file (page cache the kernel can evict), the process holds at most:
 //!
 //! * the mask kernel's scratch for one tensor (a fraction of it: 17% of a 1x4-blocked f32 tensor,
@@ -24,9 +25,11 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use data_sparsifier::io::AtomicFile;
 use data_sparsifier::safetensors_file::{SafetensorsWriter, TensorHeader};
 use data_sparsifier::{
-    validate_name, with_dtype, write_state_file, DataKind, EntryView, Mask, Tensor, UpdateMask,
+    validate_name, with_dtype, write_state_file_uncommitted, DataKind, EntryView, Mask, Tensor,
+    UpdateMask,
 };
 use serde::Serialize;
 
@@ -73,7 +76,7 @@ impl Ui {
     /// Prints a line of chatter on stderr.
     pub fn say(&self, msg: impl AsRef<str>) {
         if !self.quiet {
-            eprintln!("{}", msg.as_ref());
+            crate::print_stderr(&format!("{}\n", msg.as_ref()));
         }
     }
     fn progress(&self, total: u64) -> Option<indicatif::ProgressBar> {
@@ -282,7 +285,8 @@ fn check_paths(opts: &RunOptions) -> Result<()> {
                 p.display()
             )));
         }
-        if p.exists() && !opts.force {
+        // symlink_metadata: a dangling symlink exists too (`exists()` follows it and says no).
+        if std::fs::symlink_metadata(p).is_ok() && !opts.force {
             return Err(CliError::OutputExists {
                 path: p.display().to_string(),
             });
@@ -299,6 +303,44 @@ fn check_paths(opts: &RunOptions) -> Result<()> {
             )));
         }
         roles.push((flag.to_string(), p));
+    }
+    Ok(())
+}
+
+/// Puts written, fsynced temp files in place, in order (the main output last). Without `force`
+/// none replaces anything, even a file that appeared during the run (a no-clobber commit). If a
+/// commit fails, the outputs this run already put in place that did not exist before are removed
+/// again, and the remaining temp files are discarded: a failed run leaves no new file. (A file
+/// that `--force` already replaced cannot be brought back.)
+fn commit_all(files: Vec<(&Path, AtomicFile)>, force: bool) -> Result<()> {
+    let mut created: Vec<&Path> = Vec::new();
+    let mut files = files.into_iter();
+    for (path, file) in files.by_ref() {
+        let existed = std::fs::symlink_metadata(path).is_ok();
+        let committed = if force {
+            file.commit()
+        } else {
+            file.commit_new()
+        };
+        if let Err(e) = committed {
+            for p in &created {
+                let _ = std::fs::remove_file(p);
+            }
+            // Dropping the rest removes their temp files.
+            drop(files);
+            let shown = path.display().to_string();
+            return Err(match e {
+                data_sparsifier::Error::Io { source, .. }
+                    if !force && source.kind() == std::io::ErrorKind::AlreadyExists =>
+                {
+                    CliError::OutputExists { path: shown }
+                }
+                e => CliError::lib(format!("writing {shown}"), e),
+            });
+        }
+        if !existed {
+            created.push(path);
+        }
     }
     Ok(())
 }
@@ -388,7 +430,30 @@ pub fn run(opts: &RunOptions, ui: Ui) -> Result<RunReport> {
                 report::config(c),
             ]);
         }
-        eprint!("{}", t.render());
+        crate::print_stderr(&t.render());
+    }
+    // zeros_per_block = 0 is valid (PyTorch accepts it) but prunes nothing: almost always a slip.
+    let zero: Vec<&str> = selected
+        .iter()
+        .zip(&configs)
+        .filter(|(_, c)| c.zeros_per_block == Some(0))
+        .map(|(&i, _)| tensors[i].name.as_str())
+        .collect();
+    if !zero.is_empty() {
+        let mut names = zero
+            .iter()
+            .take(3)
+            .map(|n| format!("{n:?}"))
+            .collect::<Vec<_>>();
+        if zero.len() > 3 {
+            names.push("...".into());
+        }
+        ui.say(format!(
+            "sparsify: warning: zeros_per_block is 0 for {} of the {} selected tensors ({}): nothing in them is zeroed; give --zeros-per-block 1 or more, or leave it unset for whole blocks",
+            zero.len(),
+            selected.len(),
+            names.join(", ")
+        ));
     }
     if let Some(old) = ck.metadata().and_then(|m| m.get(METADATA_KEY)) {
         let _ = old;
@@ -468,21 +533,35 @@ pub fn run(opts: &RunOptions, ui: Ui) -> Result<RunReport> {
         let shape = sparsify_shape(&t.shape);
         let view = data.view(&shape)?;
         let mut mask = Mask::ones(shape.clone());
-        compute_mask(&t.name, view, cfg, &mut mask).map_err(|e| CliError::lib(ctx(), e))?;
+        compute_mask(&t.name, view, cfg, &mut mask).map_err(|e| match e {
+            // The library's message names the config key; here the fix is a flag.
+            data_sparsifier::Error::NanInData { index, row, col, .. } => CliError::Data(format!(
+                "tensor {:?} contains NaN at flat index {index} (row {row}, col {col} of its {} view): clean the data, or pass --nan-policy rank-last (nan_policy = \"rank_last\" in a --config file) to keep NaN blocks unpruned as PyTorch does",
+                t.name,
+                report::shape(&shape)
+            )),
+            e => CliError::lib(ctx(), e),
+        })?;
         let t1 = Instant::now();
         {
             // `mask · data`, streamed through one small buffer: no tensor-sized allocation.
             let n = view.numel();
             let mut buf = Tensor::zeros(dtype, [SQUASH_CHUNK.min(n)]);
             with_dtype!(dtype, T => {
-                if let (Some(src), Some(dst)) = (view.as_slice::<T>(), buf.as_slice_mut::<T>()) {
-                    for start in (0..n).step_by(SQUASH_CHUNK) {
-                        let len = (n - start).min(SQUASH_CHUNK);
-                        mask.apply_into_at(start, &src[start..start + len], &mut dst[..len])
-                            .map_err(|e| CliError::lib(ctx(), e))?;
-                        let bytes: &[u8] = bytemuck::cast_slice(&dst[..len]);
-                        out.write(bytes).map_err(lib("writing", &opts.output))?;
-                    }
+                let (Some(src), Some(dst)) = (view.as_slice::<T>(), buf.as_slice_mut::<T>())
+                else {
+                    // Both are `dtype` by construction; never skip a tensor's bytes silently.
+                    return Err(CliError::Usage(format!(
+                        "internal error (a bug in sparsify, please report it): {}: the data is not {dtype} as its header says",
+                        ctx()
+                    )));
+                };
+                for start in (0..n).step_by(SQUASH_CHUNK) {
+                    let len = (n - start).min(SQUASH_CHUNK);
+                    mask.apply_into_at(start, &src[start..start + len], &mut dst[..len])
+                        .map_err(|e| CliError::lib(ctx(), e))?;
+                    let bytes: &[u8] = bytemuck::cast_slice(&dst[..len]);
+                    out.write(bytes).map_err(lib("writing", &opts.output))?;
                 }
             });
         }
@@ -517,6 +596,8 @@ pub fn run(opts: &RunOptions, ui: Ui) -> Result<RunReport> {
         }
     }
 
+    // Written, fsynced, uncommitted outputs, in the order they are put in place.
+    let mut pending: Vec<(&Path, AtomicFile)> = Vec::new();
     // The state file: the original data (views into the map) and the masks.
     if let Some(path) = &opts.state {
         if let Some(pb) = &pb {
@@ -553,20 +634,35 @@ pub fn run(opts: &RunOptions, ui: Ui) -> Result<RunReport> {
             .zip(&state_names)
             .map(|(&i, n)| (n.clone(), serde_json::Value::from(tensors[i].name.clone())))
             .collect();
+        // DataNormSparsifier holds at most 2-D data, so N-D tensors are stored as the 2-D view they
+        // were sparsified as; their real shapes are recorded here.
+        let real_shapes: serde_json::Map<String, serde_json::Value> = selected
+            .iter()
+            .zip(&state_names)
+            .map(|(&i, n)| (n.clone(), serde_json::json!(tensors[i].shape)))
+            .collect();
         let extra = BTreeMap::from([(
             METADATA_KEY.to_string(),
             serde_json::json!({
                 "version": env!("CARGO_PKG_VERSION"),
                 "input": source,
                 "names": names,
+                "shapes": real_shapes,
             }),
         )]);
-        write_state_file(path, DataNorm.name(), &entries, &extra).map_err(lib("writing", path))?;
+        let f = write_state_file_uncommitted(path, DataNorm.name(), &entries, &extra)
+            .map_err(lib("writing", path))?;
+        pending.push((path.as_path(), f));
     }
+    // Every output is complete and fsynced before any of them is put in place; the output last.
     if let (Some(w), Some(p)) = (masks_out, opts.masks.as_ref()) {
-        w.finish().map_err(lib("writing", p))?;
+        pending.push((p, w.finish_uncommitted().map_err(lib("writing", p))?));
     }
-    out.finish().map_err(lib("writing", &opts.output))?;
+    let f = out
+        .finish_uncommitted()
+        .map_err(lib("writing", &opts.output))?;
+    pending.push((&opts.output, f));
+    commit_all(pending, opts.force)?;
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
@@ -603,4 +699,64 @@ pub fn run(opts: &RunOptions, ui: Ui) -> Result<RunReport> {
         },
         tensors: reports,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn pending<'a>(paths: &[&'a Path]) -> Vec<(&'a Path, AtomicFile)> {
+        paths
+            .iter()
+            .map(|&p| {
+                let mut f = AtomicFile::create(p).unwrap();
+                f.write_all(b"new").unwrap();
+                (p, f)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn commit_all_is_all_or_nothing_for_new_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
+        // Without --force, "c" appearing after the checks stops the run: "a" and "b", already in
+        // place, are removed again, and "c" is left alone.
+        let files = pending(&[&a, &b, &c]);
+        std::fs::write(&c, b"someone else's").unwrap();
+        let e = commit_all(files, false).unwrap_err().to_string();
+        assert!(e.contains("already exists") && e.contains("--force"), "{e}");
+        assert_eq!(names(dir.path()), ["c"]);
+        assert_eq!(std::fs::read(&c).unwrap(), b"someone else's");
+
+        // With --force: a file that existed is replaced (and stays replaced), a new one is removed
+        // again when a later commit fails (here a non-empty directory blocks the rename).
+        std::fs::remove_file(&c).unwrap();
+        std::fs::write(&a, b"old").unwrap();
+        let files = pending(&[&a, &b, &c]);
+        std::fs::create_dir(&c).unwrap();
+        std::fs::write(c.join("x"), b"").unwrap();
+        assert!(commit_all(files, true).is_err());
+        assert_eq!(names(dir.path()), ["a", "c"]);
+        assert_eq!(std::fs::read(&a).unwrap(), b"new");
+
+        // All good: all three in place.
+        std::fs::remove_dir_all(&c).unwrap();
+        commit_all(pending(&[&a, &b, &c]), true).unwrap();
+        assert_eq!(names(dir.path()), ["a", "b", "c"]);
+    }
 }

@@ -6,6 +6,9 @@
 //! * `--exclude GLOB` (repeatable) then removes tensors.
 //!
 //! Globs match whole names; `*` also matches `.` and `/` (so `emb_l.*` matches `emb_l.0.weight`).
+//! A pattern that is exactly a tensor's name selects that tensor only, even when it contains glob
+//! characters (`layer[0].w` is the tensor `layer[0].w`, not a character class): the exact name
+//! wins over the glob reading.
 //! Every glob must match at least one tensor, selecting a non-float tensor is an error, and so is
 //! an empty selection: each of these is almost always a typo.
 
@@ -56,12 +59,17 @@ pub fn select(
     // Each pattern sets (include) or clears (exclude) the tensors it matches, and must match one.
     for (patterns, flag, value) in [(include, "--tensors", true), (exclude, "--exclude", false)] {
         for pat in patterns {
-            let m = compile(pat, flag)?;
             let mut any = false;
-            for (s, t) in selected.iter_mut().zip(tensors) {
-                if m.is_match(&t.name) {
-                    *s = value;
-                    any = true;
+            if let Some(i) = tensors.iter().position(|t| t.name == *pat) {
+                selected[i] = value;
+                any = true;
+            } else {
+                let m = compile(pat, flag)?;
+                for (s, t) in selected.iter_mut().zip(tensors) {
+                    if m.is_match(&t.name) {
+                        *s = value;
+                        any = true;
+                    }
                 }
             }
             if !any {
@@ -143,5 +151,30 @@ mod tests {
         assert!(e.contains("\"steps\"") && e.contains("--exclude"), "{e}");
         assert!(select(&ts, &[], &["emb*".into()], "x").is_err());
         assert!(select(&ts, &["[".into()], &[], "x").is_err());
+    }
+
+    #[test]
+    fn an_exact_name_wins_over_the_glob_reading() {
+        let ts = vec![
+            t("layer[0].w", Dtype::F32, &[4, 4]),
+            t("layer0.w", Dtype::F32, &[4, 4]),
+            t("a*b", Dtype::F32, &[4]),
+            t("axb", Dtype::F32, &[4]),
+            t("odd[", Dtype::F32, &[4]),
+            t("{x}", Dtype::F32, &[4]),
+        ];
+        let sel = |inc: &[&str], exc: &[&str]| {
+            let inc: Vec<String> = inc.iter().map(|s| s.to_string()).collect();
+            let exc: Vec<String> = exc.iter().map(|s| s.to_string()).collect();
+            names(&ts, &select(&ts, &inc, &exc, "x").unwrap())
+        };
+        assert_eq!(sel(&["layer[0].w"], &[]), ["layer[0].w"]);
+        assert_eq!(sel(&["a*b"], &[]), ["a*b"]);
+        assert_eq!(sel(&["odd["], &[]), ["odd["]);
+        assert_eq!(sel(&["{x}"], &[]), ["{x}"]);
+        assert_eq!(sel(&["layer*"], &["layer[0].w"]), ["layer0.w"]);
+        // Not a name: still a glob.
+        assert_eq!(sel(&["layer[0]*"], &[]), ["layer0.w"]);
+        assert_eq!(sel(&["a?b"], &[]), ["a*b", "axb"]);
     }
 }

@@ -278,6 +278,7 @@ fn named_nd_and_0d_tensors_are_sparsified_as_2d() {
         &[],
     );
     let (out, masks) = (dir.path().join("o.st"), dir.path().join("m.st"));
+    let state = dir.path().join("s.st");
     ok(&[
         "run",
         s(&input),
@@ -289,8 +290,22 @@ fn named_nd_and_0d_tensors_are_sparsified_as_2d() {
         "scale",
         "--masks",
         s(&masks),
+        "--state",
+        s(&state),
         "-q",
     ]);
+    // The state holds the 2-D view each tensor was sparsified as (DataNormSparsifier takes at most
+    // 2-D data) and records the real shapes.
+    let mut sp = DataNormSparsifier::data_norm(Default::default()).unwrap();
+    let extra = sp.load_state(&state, true).unwrap();
+    let data = |n: &str| sp.get_data(n, data_sparsifier::Version::Original).unwrap();
+    assert_eq!(data("conv").shape(), &[6, 8]);
+    assert_eq!(data("scale").shape(), &[] as &[usize]);
+    assert_eq!(
+        extra["sparsify"]["shapes"],
+        serde_json::json!({"conv": [2, 3, 8], "scale": []})
+    );
+    assert_eq!(sp.get_mask("conv").unwrap().count_zeroed(), 24);
     let mb = std::fs::read(&masks).unwrap();
     let m = SafeTensors::deserialize(&mb).unwrap();
     assert_eq!(m.tensor("conv").unwrap().shape(), &[2, 3, 8]);
@@ -448,6 +463,16 @@ fn config_file_errors_name_file_line_and_key() {
         ),
         ("[defaults]\nnorm = \"L7\"\n", ":2:", "`norm`"),
         (
+            "[defaults]\nnorm = \"L2\"\nsparsity_level = nan\n",
+            ":3:",
+            "`sparsity_level`",
+        ),
+        (
+            "[defaults]\nsparsity_level = -inf\n",
+            ":2:",
+            "`sparsity_level`",
+        ),
+        (
             "[defaults]\nsparse_block_shape = [1, 4]\n[tensors.\"z.emb\"]\nzeros_per_block = 5\n",
             ":4:",
             "zeros_per_block",
@@ -471,6 +496,33 @@ fn config_file_errors_name_file_line_and_key() {
     }
     let e = fails(&["run", s(&input), "-o", s(&out), "--config", "/no/such.toml"]);
     assert!(e.contains("/no/such.toml"), "{e}");
+    let e = fails(&["run", s(&input), "-o", s(&out), "--config", s(dir.path())]);
+    assert!(e.contains("is a directory") && e.contains("TOML"), "{e}");
+    // A binary file (here the checkpoint itself) is not UTF-8 text.
+    let e = fails(&["run", s(&input), "-o", s(&out), "--config", s(&input)]);
+    assert!(e.contains("not UTF-8") && e.contains("TOML"), "{e}");
+    // Values may be spelled as the flags spell them.
+    let cfg = dir.path().join("spell.toml");
+    std::fs::write(
+        &cfg,
+        "[defaults]\nnorm = \"l2\"\nnan_policy = \"rank-last\"\n",
+    )
+    .unwrap();
+    let (stdout, _) = ok(&[
+        "run",
+        s(&input),
+        "-o",
+        s(&out),
+        "--config",
+        s(&cfg),
+        "-q",
+        "--report",
+        "json",
+    ]);
+    let r: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r["tensors"][0]["config"]["norm"], "L2");
+    assert_eq!(r["tensors"][0]["config"]["nan_policy"], "rank_last");
+    std::fs::remove_file(&out).unwrap();
     assert!(!out.exists());
 }
 
@@ -523,12 +575,18 @@ fn every_error_is_one_line_and_exit_2() {
     }
     let e = fails(&["run", s(&input), "-o", o, "--zeros-per-block", "5"]);
     assert!(e.contains("--zeros-per-block"), "{e}");
+    assert!(!e.contains("None") && e.contains("unset"), "{e}");
     fails(&["run", s(&input)]);
     let e = fails(&["run", s(&input), "-o", "/no/such/dir/o.safetensors"]);
     assert!(e.contains("does not exist"), "{e}");
     fails(&["inspect", "/no/such/file"]);
     fails(&["bench", "--rows", "x"]);
     fails(&["bench", "--repeat", "0"]);
+    // Tables too large to allocate (or to address) are errors naming the size, not aborts.
+    for rows in ["100000000000", "2305843009213693952"] {
+        let e = fails(&["bench", "--rows", rows, "--cols", "64"]);
+        assert!(e.contains(rows) && e.contains("smaller --rows"), "{e}");
+    }
     assert!(!out.exists());
 }
 
@@ -542,6 +600,7 @@ fn nan_data_is_an_error_unless_ranked_last() {
     let out = dir.path().join("o.safetensors");
     let e = fails(&["run", s(&input), "-o", s(&out), "-q"]);
     assert!(e.contains("NaN") && e.contains("\"w\""), "{e}");
+    assert!(e.contains("--nan-policy rank-last"), "{e}");
     // Without --quiet the plan comes first; the error is still one line, the last.
     let out2 = sparsify()
         .args(["run", s(&input), "-o", s(&out)])
@@ -749,4 +808,229 @@ fn state_names_that_collide_and_directory_outputs_are_errors() {
     assert_eq!(sp.names().collect::<Vec<_>>(), ["a_b"]);
     let e = fails(&["run", s(&input), "-o", s(dir.path()), "--force"]);
     assert!(e.contains("directory"), "{e}");
+}
+
+/// A pipe's write end whose read end is already closed: writing to it fails with EPIPE.
+#[cfg(unix)]
+fn closed_pipe() -> std::process::Stdio {
+    let mut reader = std::process::Command::new("true")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let w = reader.stdin.take().unwrap();
+    reader.wait().unwrap();
+    std::process::Stdio::from(w)
+}
+
+#[cfg(unix)]
+#[test]
+fn a_closed_stderr_or_stdout_is_not_a_crash() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let (dir, input) = setup();
+    // Runs with stdout and/or stderr closed; returns the exit status (never a signal).
+    let run = |args: &[&str], close_out: bool, close_err: bool| {
+        let pipe = |closed: bool| if closed { closed_pipe() } else { Stdio::null() };
+        let st = std::process::Command::new(env!("CARGO_BIN_EXE_sparsify"))
+            .args(args)
+            .stdout(pipe(close_out))
+            .stderr(pipe(close_err))
+            .status()
+            .unwrap();
+        assert_eq!(st.signal(), None, "{args:?}: killed by a signal");
+        st.code().unwrap()
+    };
+    let (o1, o2, o3) = (
+        dir.path().join("o1.st"),
+        dir.path().join("o2.st"),
+        dir.path().join("o3.st"),
+    );
+    // Errors: the tool's own, and clap's (one line, and the usage of a bare command).
+    assert_eq!(run(&["run", "/no/such.st", "-o", s(&o1)], false, true), 2);
+    assert_eq!(run(&["run", s(&input), "--bogus"], false, true), 2);
+    assert_eq!(run(&[], false, true), 2);
+    // The plan on stderr, the report on stdout.
+    assert_eq!(run(&["run", s(&input), "-o", s(&o1)], false, true), 0);
+    assert_eq!(run(&["run", s(&input), "-o", s(&o2)], true, true), 0);
+    // --report json: the table on stderr, the JSON on stdout.
+    let json = ["run", s(&input), "-o", s(&o3), "--report", "json"];
+    assert_eq!(run(&json, true, true), 0);
+    for o in [&o1, &o2, &o3] {
+        assert!(o.exists(), "{}", o.display());
+    }
+    assert_eq!(run(&["inspect", s(&input)], true, true), 0);
+    assert_eq!(
+        run(&["inspect", s(&input), "--report", "json"], true, false),
+        0
+    );
+}
+
+#[test]
+fn names_with_glob_characters_are_selected_and_overridden_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    write(
+        &input,
+        &[
+            t("layer[0].w", Dtype::F32, &[8, 8], 1),
+            t("layer0.w", Dtype::F32, &[8, 8], 2),
+        ],
+        &[],
+    );
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[defaults]\nsparsity_level = 0.25\n[tensors.\"layer[0].w\"]\nsparsity_level = 0.75\n",
+    )
+    .unwrap();
+    let out = dir.path().join("o.st");
+    let (stdout, _) = ok(&[
+        "run",
+        s(&input),
+        "-o",
+        s(&out),
+        "--tensors",
+        "layer[0].w",
+        "--config",
+        s(&cfg),
+        "-q",
+        "--report",
+        "json",
+    ]);
+    let r: Value = serde_json::from_str(&stdout).unwrap();
+    let ts = r["tensors"].as_array().unwrap();
+    assert_eq!(ts.len(), 1, "{r}");
+    assert_eq!(ts[0]["name"], "layer[0].w");
+    assert_eq!(ts[0]["config"]["sparsity_level"], 0.75);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_dangling_symlink_output_is_not_replaced_without_force() {
+    let (dir, input) = setup();
+    let out = dir.path().join("o.st");
+    std::os::unix::fs::symlink("nowhere", &out).unwrap();
+    let e = fails(&["run", s(&input), "-o", s(&out)]);
+    assert!(e.contains("already exists") && e.contains("--force"), "{e}");
+    assert_eq!(std::fs::read_link(&out).unwrap(), Path::new("nowhere"));
+    let masks = dir.path().join("m.st");
+    std::os::unix::fs::symlink("nowhere", &masks).unwrap();
+    let fresh = dir.path().join("fresh.st");
+    let e = fails(&["run", s(&input), "-o", s(&fresh), "--masks", s(&masks)]);
+    assert!(e.contains("m.st") && e.contains("already exists"), "{e}");
+    assert!(std::fs::symlink_metadata(&fresh).is_err());
+    // --force replaces the link itself (not its target).
+    ok(&["run", s(&input), "-o", s(&out), "--force", "-q"]);
+    assert!(std::fs::symlink_metadata(&out).unwrap().is_file());
+    assert!(!dir.path().join("nowhere").exists());
+}
+
+/// The names of the files in `dir`, sorted.
+fn dir_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_failure_mid_stream_leaves_no_output_and_no_temp_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    // "a" is streamed into the output and masks temp files before "w" fails on its NaN.
+    let mut w = t("w", Dtype::F32, &[4, 8], 2);
+    w.bytes[8..12].copy_from_slice(&f32::NAN.to_le_bytes());
+    write(&input, &[t("a", Dtype::F32, &[256, 64], 1), w], &[]);
+    let (out, masks, state) = (
+        dir.path().join("o.st"),
+        dir.path().join("m.st"),
+        dir.path().join("s.st"),
+    );
+    let mut args = vec!["run", s(&input), "-o", s(&out), "--masks", s(&masks)];
+    args.extend(["--state", s(&state), "-q"]);
+    let e = fails(&args);
+    assert!(e.contains("NaN") && e.contains("\"w\""), "{e}");
+    assert_eq!(dir_names(dir.path()), ["in.safetensors"]);
+    // With --force over existing outputs: they are left as they were.
+    for p in [&out, &masks, &state] {
+        std::fs::write(p, b"old").unwrap();
+    }
+    args.push("--force");
+    fails(&args);
+    assert_eq!(
+        dir_names(dir.path()),
+        ["in.safetensors", "m.st", "o.st", "s.st"]
+    );
+    for p in [&out, &masks, &state] {
+        assert_eq!(std::fs::read(p).unwrap(), b"old");
+    }
+}
+
+#[test]
+fn zero_zeros_per_block_is_accepted_with_a_warning() {
+    let (dir, input) = setup();
+    let out = dir.path().join("o.st");
+    let (stdout, stderr) = ok(&[
+        "run",
+        s(&input),
+        "-o",
+        s(&out),
+        "--zeros-per-block",
+        "0",
+        "--report",
+        "json",
+    ]);
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(
+        warnings[0].contains("zeros_per_block is 0") && warnings[0].contains("\"z.emb\""),
+        "{stderr}"
+    );
+    let r: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r["totals"]["sparsity"], 0.0);
+    // Nothing zeroed: the tensor data is the input's.
+    let (a, b) = (std::fs::read(&input).unwrap(), std::fs::read(&out).unwrap());
+    let (sa, sb) = (
+        SafeTensors::deserialize(&a).unwrap(),
+        SafeTensors::deserialize(&b).unwrap(),
+    );
+    for (name, v) in sa.tensors() {
+        assert_eq!(v.data(), sb.tensor(&name).unwrap().data(), "{name}");
+    }
+    // --quiet silences it, like all chatter.
+    let out2 = dir.path().join("o2.st");
+    let (_, stderr) = ok(&[
+        "run",
+        s(&input),
+        "-o",
+        s(&out2),
+        "--zeros-per-block",
+        "0",
+        "-q",
+    ]);
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_fifo_input_or_config_is_an_error_not_a_hang() {
+    let (dir, input) = setup();
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: mkfifo is not available");
+        return;
+    }
+    let out = dir.path().join("o.st");
+    for args in [
+        &["run", s(&fifo), "-o", s(&out)][..],
+        &["inspect", s(&fifo)],
+        &["run", s(&input), "-o", s(&out), "--config", s(&fifo)],
+    ] {
+        let e = fails(args);
+        assert!(e.contains("not a regular file"), "{args:?}: {e}");
+    }
+    assert!(!out.exists());
 }

@@ -216,7 +216,7 @@ impl DataNormConfig {
                     "zeros_per_block",
                     z,
                     format!(
-                        "expected at most the number of cells in a {bh}x{bw} block ({cells}); None zeroes whole blocks"
+                        "expected at most the number of cells in a {bh}x{bw} block ({cells}); leave it unset to zero whole blocks"
                     ),
                 ));
             }
