@@ -203,6 +203,94 @@ fn invalid_schedules_are_rejected() {
     assert!(DataScheduler::new(&mut sp, LEVEL, bad).is_err());
 }
 
+fn point(epoch: u64) -> Point<'static> {
+    Point {
+        name: "x",
+        epoch,
+        base: 0.5,
+        current: 0.25,
+    }
+}
+
+#[test]
+fn zero_step_size_or_frequency_gives_nan_not_a_panic() {
+    // The fields are public, so a schedule validate() refuses can still be built and asked.
+    let step = StepSchedule {
+        step_size: 0,
+        gamma: 2.0,
+    };
+    assert!(step.validate().is_err());
+    for e in [0, 1, 2, 7, u64::MAX] {
+        assert!(step.value(&point(e)).is_nan(), "epoch {e}");
+    }
+    let zg = ZhuGupta {
+        frequency: 0,
+        ..ZhuGupta::new(Some(0.1), 0.9, 2, 4, 1).unwrap()
+    };
+    assert!(zg.validate().is_err());
+    assert_eq!(zg.value(&point(1)), 0.1); // before the start no division happens
+    for e in [2, 3, 5] {
+        assert!(zg.value(&point(e)).is_nan(), "epoch {e}");
+    }
+}
+
+#[test]
+fn step_revalidates_a_schedule_changed_through_schedule_mut() {
+    let mut sp = sparsifier();
+    let mut s = DataScheduler::new(&mut sp, LEVEL, StepSchedule::new(1, 2.0).unwrap()).unwrap();
+    sp.step().unwrap();
+    let _ = s.step(&mut sp).unwrap();
+    let before = (levels(&sp), s.state_dict());
+    assert_eq!(before.0, vec![0.4, 0.8]);
+
+    s.schedule_mut().step_size = 0;
+    sp.step().unwrap();
+    let err = s.step(&mut sp).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                key: "step_size",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let mut after = s.state_dict();
+    after.schedule_state = before.1.schedule_state.clone(); // the bad step_size itself differs
+    assert_eq!((levels(&sp), after), before);
+
+    s.schedule_mut().gamma = f64::INFINITY;
+    s.schedule_mut().step_size = 1;
+    assert!(matches!(
+        s.step(&mut sp),
+        Err(Error::InvalidConfig { key: "gamma", .. })
+    ));
+    assert_eq!(levels(&sp), before.0);
+
+    // Fixed, it steps again.
+    s.schedule_mut().gamma = 0.5;
+    let _ = s.step(&mut sp).unwrap();
+    assert_eq!(levels(&sp), vec![0.2, 0.4]);
+    assert_eq!(s.last_epoch(), 2);
+
+    // The same for Zhu & Gupta's frequency.
+    let mut sp = sparsifier();
+    let zg = ZhuGupta::new(Some(0.0), 0.5, 0, 2, 1).unwrap();
+    let mut s = DataScheduler::new(&mut sp, LEVEL, zg).unwrap();
+    s.schedule_mut().frequency = 0;
+    sp.step().unwrap();
+    assert!(matches!(
+        s.step(&mut sp),
+        Err(Error::InvalidConfig {
+            key: "frequency",
+            ..
+        })
+    ));
+    assert_eq!(levels(&sp), vec![0.0, 0.0]);
+    assert_eq!((s.last_epoch(), s.step_count()), (0, 1));
+}
+
 #[test]
 fn zhu_gupta_is_cubic_monotone_and_respects_frequency() {
     let s = ZhuGupta::new(Some(0.1), 0.9, 3, 12, 4).unwrap();

@@ -283,12 +283,17 @@ impl<C: Config, S: Schedule> DataScheduler<C, S> {
     /// Advances one epoch: writes each scheduled entry's new value (clamped to the parameter's range)
     /// into its config and re-enables mask updates; the masks change at the next sparsifier step.
     ///
-    /// All values are computed first: a NaN, or a scheduled name no longer in the sparsifier, is an
-    /// error and changes nothing.
+    /// Everything is checked and all values are computed first; each of these is an error that
+    /// changes nothing:
+    /// * invalid hyper-parameters ([`Schedule::validate`]; they may have been changed through
+    ///   [`schedule_mut`](Self::schedule_mut) since the scheduler was built);
+    /// * a NaN value;
+    /// * a scheduled name no longer in the sparsifier.
     pub fn step<U>(&mut self, sparsifier: &mut DataSparsifier<U>) -> Result<StepOutcome>
     where
         U: UpdateMask<Config = C>,
     {
+        self.schedule.validate()?;
         let warning =
             self.step_count == 1 && sparsifier.step_count() <= self.sparsifier_steps_at_start;
         let epoch = self.last_epoch + 1;
@@ -339,7 +344,8 @@ impl<C: Config, S: Schedule> DataScheduler<C, S> {
     pub fn schedule(&self) -> &S {
         &self.schedule
     }
-    /// The schedule, mutably (e.g. to change a hyper-parameter mid-run).
+    /// The schedule, mutably (e.g. to change a hyper-parameter mid-run). The next
+    /// [`step`](Self::step) validates it and refuses invalid values.
     pub fn schedule_mut(&mut self) -> &mut S {
         &mut self.schedule
     }

@@ -47,8 +47,13 @@ pub trait Schedule {
     fn name(&self) -> &'static str;
     /// The new value for one entry. A NaN is an error; values outside the parameter's range are
     /// clamped by the scheduler.
+    ///
+    /// It must not panic, whatever the hyper-parameters (the ready-made schedules have public
+    /// fields, so they can hold values [`validate`](Self::validate) refuses): return NaN when no
+    /// value can be computed.
     fn value(&self, at: &Point<'_>) -> f64;
-    /// Checks the hyper-parameters; called when the scheduler is built and when state is loaded.
+    /// Checks the hyper-parameters; called when the scheduler is built, before each of its steps
+    /// (so a change through `DataScheduler::schedule_mut` is checked too) and when state is loaded.
     fn validate(&self) -> Result<()> {
         Ok(())
     }
@@ -147,11 +152,14 @@ impl Schedule for StepSchedule {
     fn name(&self) -> &'static str {
         "step"
     }
+    /// `current · gamma` at the epochs `step_size, 2·step_size, …`, `current` otherwise. An invalid
+    /// `step_size` of 0 gives NaN (which [`DataScheduler::step`](super::DataScheduler::step)
+    /// refuses), not a division by zero.
     fn value(&self, at: &Point<'_>) -> f64 {
-        if at.epoch == 0 || at.epoch % self.step_size != 0 {
-            at.current
-        } else {
-            at.current * self.gamma
+        match at.epoch.checked_rem(self.step_size) {
+            None => f64::NAN,
+            Some(0) if at.epoch > 0 => at.current * self.gamma,
+            Some(_) => at.current,
         }
     }
     fn validate(&self) -> Result<()> {
@@ -319,7 +327,11 @@ impl Schedule for ZhuGupta {
         if t >= self.num_steps {
             return self.final_sparsity;
         }
-        let t = t - t % self.frequency;
+        let Some(rem) = t.checked_rem(self.frequency) else {
+            // frequency 0 is invalid (validate refuses it): no value rather than a panic.
+            return f64::NAN;
+        };
+        let t = t - rem;
         if t == 0 {
             return s_i;
         }
