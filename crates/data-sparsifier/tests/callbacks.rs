@@ -214,7 +214,7 @@ fn resume_from_checkpoint_matches_an_uninterrupted_run() {
                 DataScheduler::new(
                     sp,
                     DataNormConfig::SPARSITY_LEVEL,
-                    ZhuGupta::new(Some(0.1), 0.85, 1, 5, 2)?,
+                    ZhuGupta::new(Some(0.1), 0.85, 1, 3, 2)?, // s_f at 1 + 3·2 = N + M
                 )
             },
         )

@@ -229,7 +229,7 @@ fn zero_step_size_or_frequency_gives_nan_not_a_panic() {
     };
     assert!(zg.validate().is_err());
     assert_eq!(zg.value(&point(1)), 0.1); // before the start no division happens
-    for e in [2, 3, 5] {
+    for e in [2, 3, 6, 100, u64::MAX] {
         assert!(zg.value(&point(e)).is_nan(), "epoch {e}");
     }
 }
@@ -292,37 +292,51 @@ fn step_revalidates_a_schedule_changed_through_schedule_mut() {
 }
 
 #[test]
-fn zhu_gupta_is_cubic_monotone_and_respects_frequency() {
-    let s = ZhuGupta::new(Some(0.1), 0.9, 3, 12, 4).unwrap();
-    let v: Vec<f64> = (0..20)
-        .map(|e| {
-            s.value(&Point {
-                name: "x",
-                epoch: e,
-                base: 0.5,
-                current: 0.0,
-            })
-        })
+fn zhu_gupta_follows_the_paper() {
+    // s_i = 0.25, s_f = 0.75, t0 = 3, n = 4 pruning steps, Δt = 3: the ramp ends at 3 + 4·3 = 15.
+    // s_t = s_f + (s_i − s_f)(1 − k/n)³ with k = ⌊(t − t0)/Δt⌋, by hand:
+    //   k = 1: 0.75 − 0.5 · (3/4)³ = 0.75 − 0.5 · 27/64 = 0.5390625
+    //   k = 2: 0.75 − 0.5 · (1/2)³ = 0.75 − 0.0625     = 0.6875
+    //   k = 3: 0.75 − 0.5 · (1/4)³ = 0.75 − 0.0078125  = 0.7421875
+    // (every value is exact in binary, so the comparison is exact).
+    let s = ZhuGupta::new(Some(0.25), 0.75, 3, 4, 3).unwrap();
+    assert_eq!(s.end_step(), Some(15));
+    let v: Vec<f64> = (0..20).map(|e| s.value(&point(e))).collect();
+    #[rustfmt::skip]
+    let want = [
+        0.25, 0.25, 0.25,            // t < t0
+        0.25, 0.25, 0.25,            // t0 .. t0+Δt: k = 0, still s_i
+        0.5390625, 0.5390625, 0.5390625,
+        0.6875, 0.6875, 0.6875,
+        0.7421875, 0.7421875, 0.7421875,
+        0.75, 0.75, 0.75, 0.75, 0.75, // from t0 + nΔt = 15 on: s_f exactly
+    ];
+    assert_eq!(v, want);
+    // The level changes only at t0 + kΔt.
+    let changes: Vec<u64> = (1..20)
+        .filter(|&e| v[e as usize] != v[e as usize - 1])
         .collect();
-    assert!(v[..=3].iter().all(|&x| x == 0.1));
-    // updated only at t0 + 0, 4, 8, then 12 = end
-    assert_eq!(v[4], v[3]);
-    assert_eq!(v[6], v[3]);
-    let at = |t: f64| 0.9 + (0.1 - 0.9) * (1.0 - t / 12.0).powi(3);
-    assert!((v[7] - at(4.0)).abs() < 1e-12);
-    assert_eq!(v[7], v[10]);
-    assert!((v[11] - at(8.0)).abs() < 1e-12);
-    assert!(v[15..].iter().all(|&x| x == 0.9));
-    assert!(v.windows(2).all(|w| w[1] >= w[0]));
-    // initial = None uses each entry's base value
+    assert_eq!(changes, vec![6, 9, 12, 15]);
+    // Far past the end, including where t0 + nΔt arithmetic would overflow.
+    assert_eq!(s.value(&point(u64::MAX)), 0.75);
+
+    // Δt = 1 updates every step; n = 0 jumps to s_f at t0.
+    let s = ZhuGupta::new(Some(0.0), 1.0, 0, 2, 1).unwrap();
+    let v: Vec<f64> = (0..4).map(|e| s.value(&point(e))).collect();
+    assert_eq!(v, vec![0.0, 0.875, 1.0, 1.0]); // 1 − (1/2)³ = 0.875
+    let s = ZhuGupta::new(Some(0.1), 0.6, 5, 0, 7).unwrap();
+    assert_eq!(s.value(&point(4)), 0.1);
+    assert_eq!(s.value(&point(5)), 0.6);
+
+    // initial = None uses each entry's base value (0.5 in `point`).
     let s = ZhuGupta::new(None, 0.9, 0, 10, 1).unwrap();
-    let p = Point {
-        name: "x",
-        epoch: 0,
-        base: 0.3,
-        current: 0.0,
-    };
-    assert_eq!(s.value(&p), 0.3);
+    assert_eq!(s.value(&point(0)), 0.5);
+    // 0.9 + (0.5 − 0.9)(1 − 1/10)³ = 0.9 − 0.4 · 0.729 = 0.6084
+    assert!((s.value(&point(1)) - 0.6084).abs() < 1e-12);
+
+    // A ramp end past u64::MAX is refused.
+    assert!(ZhuGupta::new(None, 0.9, 1, u64::MAX / 2 + 1, 2).is_err());
+    assert!(ZhuGupta::new(None, 0.9, u64::MAX - 4, 2, 2).is_ok());
 }
 
 #[test]
@@ -331,7 +345,8 @@ fn zhu_gupta_drives_a_sparsifier_to_the_final_level() {
     let mut s = DataScheduler::new(
         &mut sp,
         LEVEL,
-        ZhuGupta::new(Some(0.0), 0.75, 1, 4, 1).unwrap(),
+        // t0 = 1, n = 2 pruning steps every Δt = 2 steps: s_f at 1 + 2·2 = 5.
+        ZhuGupta::new(Some(0.0), 0.75, 1, 2, 2).unwrap(),
     )
     .unwrap();
     assert_eq!(levels(&sp), vec![0.0, 0.0]);
@@ -339,10 +354,11 @@ fn zhu_gupta_drives_a_sparsifier_to_the_final_level() {
     for _ in 0..6 {
         sp.step().unwrap();
         let _ = s.step(&mut sp).unwrap();
-        seen.push(sp.config("a").unwrap().level);
+        seen.push(levels(&sp));
     }
-    assert_eq!(seen[4], 0.75);
-    assert_eq!(seen[5], 0.75);
+    // k = 1 (epochs 3, 4): 0.75 · (1 − (1/2)³) = 0.65625
+    let want = [0.0, 0.0, 0.65625, 0.65625, 0.75, 0.75];
+    assert_eq!(seen, want.map(|l| vec![l, l]));
     sp.step().unwrap();
     assert_eq!(sp.get_mask("a").unwrap().count_zeroed(), 12);
 }
@@ -435,7 +451,7 @@ fn resume_from_file_continues_exactly() {
             let _ = s.step(sp).unwrap();
         }
     }
-    let zg = ZhuGupta::new(Some(0.05), 0.9, 1, 6, 2).unwrap();
+    let zg = ZhuGupta::new(Some(0.05), 0.9, 1, 4, 2).unwrap(); // ends at step 9
     let mut sp_full = sparsifier();
     let mut s_full = DataScheduler::new(&mut sp_full, LEVEL, zg).unwrap();
     run(&mut sp_full, &mut s_full, 0..9);
