@@ -335,7 +335,7 @@ impl<U: UpdateMask, S: Schedule, M: Model> TrainingAwareDataSparsity<U, S, M> {
             Some(sd) => sd.clone(),
             None => sp.state_dict()?,
         };
-        sched.save_into(&mut sd.extra);
+        sched.save_into(&mut sd.extra)?;
         sd.save(path)
     }
 

@@ -131,21 +131,88 @@ fn overshooting_levels_clamp_to_the_range() {
 }
 
 #[test]
-fn nan_is_an_error_and_changes_nothing() {
+fn non_finite_values_are_errors_and_change_nothing() {
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let mut sp = sparsifier();
+        let mut s = DataScheduler::new(
+            &mut sp,
+            LEVEL,
+            Lambda::new(move |e| if e == 2 { bad } else { 1.0 }),
+        )
+        .unwrap();
+        sp.step().unwrap();
+        let _ = s.step(&mut sp).unwrap();
+        let before = (levels(&sp), s.state_dict());
+        let err = s.step(&mut sp).unwrap_err();
+        let Error::InvalidConfig {
+            name, key, value, ..
+        } = &err
+        else {
+            panic!("{err}");
+        };
+        // The data, the value, and the fix are named.
+        assert_eq!((name.as_str(), *key), ("a", "level"));
+        assert_eq!(value, &bad.to_string());
+        let msg = err.to_string();
+        assert!(msg.contains("finite") && msg.contains("epoch 2"), "{msg}");
+        // Nothing changed (clamping would have turned ±inf into 1 or 0).
+        assert_eq!((levels(&sp), s.state_dict()), before);
+        // What is there still saves and loads.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.safetensors");
+        s.save_state(&sp, &path).unwrap();
+        s.load_state(&mut sp, &path, true).unwrap();
+        assert_eq!(s.state_dict(), before.1);
+    }
+}
+
+#[test]
+fn non_finite_base_values_are_refused() {
+    // A parameter whose value is infinite for a level of 0.
+    const INVERSE: Param<Level> =
+        Param::<Level>::new("inverse", |c| 1.0 / c.level, |c, v| c.level = 1.0 / v);
     let mut sp = sparsifier();
-    let mut s = DataScheduler::new(
-        &mut sp,
-        LEVEL,
-        Lambda::new(|e| if e == 2 { f64::NAN } else { 1.0 }),
+    sp.add_data_with(
+        "zero",
+        Tensor::zeros(DType::F32, [2, 2]),
+        &LevelPatch { level: Some(0.0) },
+        true,
     )
     .unwrap();
-    sp.step().unwrap();
-    let _ = s.step(&mut sp).unwrap();
-    let before = levels(&sp);
-    let err = s.step(&mut sp).unwrap_err();
-    assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
-    assert_eq!(levels(&sp), before);
-    assert_eq!(s.last_epoch(), 1);
+    let err = DataScheduler::new(&mut sp, INVERSE, StepSchedule::new(1, 1.0).unwrap()).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidConfig { name, key: "inverse", .. } if name == "zero"),
+        "{err}"
+    );
+    assert_eq!(sp.config("zero").unwrap().level, 0.0);
+}
+
+#[test]
+fn state_that_json_cannot_hold_is_an_error_not_a_file_that_fails_to_load() {
+    let mut sp = sparsifier();
+    let mut s = DataScheduler::new(&mut sp, LEVEL, StepSchedule::new(1, 2.0).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.safetensors");
+    // JSON would write the infinite gamma as null, and the file would not load.
+    s.schedule_mut().gamma = f64::INFINITY;
+    assert!(matches!(
+        s.to_json(),
+        Err(Error::InvalidConfig { key: "gamma", .. })
+    ));
+    let mut extra = std::collections::BTreeMap::new();
+    assert!(s.save_into(&mut extra).is_err());
+    assert!(extra.is_empty());
+    assert!(s.save_state(&sp, &path).is_err());
+    assert!(!path.exists());
+
+    s.schedule_mut().gamma = 2.0;
+    let json = s.to_json().unwrap();
+    assert_eq!(json["schedule_state"]["gamma"], 2.0);
+    s.save_state(&sp, &path).unwrap();
+    let mut sp2 = sparsifier();
+    let mut s2 = DataScheduler::new(&mut sp2, LEVEL, StepSchedule::new(3, 1.0).unwrap()).unwrap();
+    s2.load_state(&mut sp2, &path, true).unwrap();
+    assert_eq!(s2.state_dict(), s.state_dict());
 }
 
 #[test]

@@ -18,7 +18,8 @@
 //!   for a config of your own. A misspelled field is a compile error.
 //! * **Values are clamped to the parameter's range** (`[0, 1]` for a sparsity level). PyTorch lets a
 //!   schedule grow a level past 1 (its callback test reaches 16, which prunes everything, as 1 does);
-//!   here a schedule that overshoots stays at the bound. A NaN is an error and changes nothing.
+//!   here a schedule that overshoots stays at the bound. A NaN or an infinity is an error and
+//!   changes nothing (JSON, the saved state's format, cannot hold either).
 //! * **The scheduler does not hold the sparsifier.** It is passed to `new` and `step`
 //!   (`scheduler.step(&mut sparsifier)`), so both stay freely usable in a training loop, and the
 //!   sparsifier's `step` is not wrapped: the sparsifier counts its own steps
@@ -256,16 +257,23 @@ impl<C: Config, S: Schedule> DataScheduler<C, S> {
     /// Builds a scheduler: reads the base values from `sparsifier`, then steps once (epoch 0),
     /// writing the epoch-0 values into the configs.
     ///
-    /// Errors: invalid schedule hyper-parameters; a NaN value at epoch 0.
+    /// Errors: invalid schedule hyper-parameters; a non-finite base value (it could be neither
+    /// scheduled nor saved); a non-finite value at epoch 0.
     pub fn new<U>(sparsifier: &mut DataSparsifier<U>, param: Param<C>, schedule: S) -> Result<Self>
     where
         U: UpdateMask<Config = C>,
     {
         schedule.validate()?;
-        let base = sparsifier
+        let base: Vec<(String, f64)> = sparsifier
             .configs()
             .map(|(n, c)| (n.to_string(), param.get(c)))
             .collect();
+        check_finite(
+            &base,
+            param.name,
+            "a finite number: the scheduler takes each entry's current value as its base value; \
+             give the entry a finite value before building the scheduler",
+        )?;
         let mut s = DataScheduler {
             param,
             schedule,
@@ -287,7 +295,8 @@ impl<C: Config, S: Schedule> DataScheduler<C, S> {
     /// changes nothing:
     /// * invalid hyper-parameters ([`Schedule::validate`]; they may have been changed through
     ///   [`schedule_mut`](Self::schedule_mut) since the scheduler was built);
-    /// * a NaN value;
+    /// * a non-finite value (NaN or ±infinity: JSON would save it as `null`, and the state would
+    ///   not load);
     /// * a scheduled name no longer in the sparsifier.
     pub fn step<U>(&mut self, sparsifier: &mut DataSparsifier<U>) -> Result<StepOutcome>
     where
@@ -306,13 +315,14 @@ impl<C: Config, S: Schedule> DataScheduler<C, S> {
                 base: *base,
                 current,
             });
-            if v.is_nan() {
+            if !v.is_finite() {
                 return Err(Error::invalid_config(
                     name.as_str(),
                     self.param.name,
                     v,
                     format!(
-                        "a number; the {} schedule gave NaN at epoch {epoch}",
+                        "a finite number; the {} schedule gave {v} at epoch {epoch} and nothing was \
+                         changed: make the schedule (or its hyper-parameters) give finite values",
                         self.schedule.name()
                     ),
                 ));
@@ -419,13 +429,25 @@ impl<C: Config, S: Schedule> DataScheduler<C, S> {
     }
 
     /// The state as JSON, for [`StateDict::extra`](crate::StateDict::extra) under [`STATE_KEY`].
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self.state_dict()).unwrap_or(serde_json::Value::Null)
+    ///
+    /// Errors, rather than JSON that would not load back: hyper-parameters the schedule's
+    /// [`validate`](Schedule::validate) refuses (e.g. an infinite `gamma` set through
+    /// [`schedule_mut`](Self::schedule_mut): JSON would hold `null`); a non-finite base or last
+    /// value; a serialization failure.
+    pub fn to_json(&self) -> Result<serde_json::Value> {
+        self.schedule.validate()?;
+        let unsaveable = "a finite number: JSON cannot hold it, so the saved state would not load";
+        check_finite(&self.base, self.param.name, unsaveable)?;
+        check_finite(&self.last, self.param.name, unsaveable)?;
+        serde_json::to_value(self.state_dict())
+            .map_err(|e| Error::invalid_state(format!("cannot serialize the scheduler state: {e}")))
     }
 
-    /// Puts the state into an `extra` map under [`STATE_KEY`].
-    pub fn save_into(&self, extra: &mut BTreeMap<String, serde_json::Value>) {
-        extra.insert(STATE_KEY.to_string(), self.to_json());
+    /// Puts the state into an `extra` map under [`STATE_KEY`]. On error (see
+    /// [`to_json`](Self::to_json)) the map is unchanged.
+    pub fn save_into(&self, extra: &mut BTreeMap<String, serde_json::Value>) -> Result<()> {
+        extra.insert(STATE_KEY.to_string(), self.to_json()?);
+        Ok(())
     }
 
     /// Reads the state from an `extra` map (an error if it is missing or malformed) and loads it.
@@ -444,7 +466,7 @@ impl<C: Config, S: Schedule> DataScheduler<C, S> {
         U: UpdateMask<Config = C>,
     {
         let mut extra = BTreeMap::new();
-        self.save_into(&mut extra);
+        self.save_into(&mut extra)?;
         sparsifier.save_state_with_extra(path, &extra)
     }
 
@@ -502,6 +524,14 @@ pub fn parse_state(extra: &BTreeMap<String, serde_json::Value>) -> Result<Schedu
     })?;
     serde_json::from_value(v.clone())
         .map_err(|e| Error::invalid_state(format!("scheduler state: {e}")))
+}
+
+/// An [`Error::InvalidConfig`] for the first non-finite value.
+fn check_finite(values: &[(String, f64)], key: &'static str, expected: &str) -> Result<()> {
+    match values.iter().find(|(_, v)| !v.is_finite()) {
+        Some((name, v)) => Err(Error::invalid_config(name.as_str(), key, v, expected)),
+        None => Ok(()),
+    }
 }
 
 fn lookup(values: &[(String, f64)], name: &str) -> Option<f64> {

@@ -45,8 +45,8 @@ pub struct Point<'a> {
 pub trait Schedule {
     /// A short name, saved with the state and checked when loading it.
     fn name(&self) -> &'static str;
-    /// The new value for one entry. A NaN is an error; values outside the parameter's range are
-    /// clamped by the scheduler.
+    /// The new value for one entry. A non-finite value (NaN, ±infinity) is an error; finite values
+    /// outside the parameter's range are clamped by the scheduler.
     ///
     /// It must not panic, whatever the hyper-parameters (the ready-made schedules have public
     /// fields, so they can hold values [`validate`](Self::validate) refuses): return NaN when no
