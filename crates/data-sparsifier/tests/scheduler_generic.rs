@@ -543,6 +543,49 @@ fn resume_from_file_continues_exactly() {
 }
 
 #[test]
+fn counters_at_their_maximum_are_an_error_not_an_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crafted.safetensors");
+    let sched = |sp: &mut DataSparsifier<Magnitude>| {
+        DataScheduler::new(sp, LEVEL, StepSchedule::new(1, 2.0).unwrap()).unwrap()
+    };
+    let mut sp = sparsifier();
+    let s = sched(&mut sp);
+    for (last_epoch, step_count) in [(i64::MAX, 5), (3, u64::MAX), (i64::MAX, u64::MAX)] {
+        // A crafted state file.
+        let mut st = s.state_dict();
+        st.last_epoch = last_epoch;
+        st.step_count = step_count;
+        let extra = std::collections::BTreeMap::from([(
+            data_sparsifier::scheduler::STATE_KEY.to_string(),
+            serde_json::to_value(&st).unwrap(),
+        )]);
+        sp.save_state_with_extra(&path, &extra).unwrap();
+
+        let mut sp2 = sparsifier();
+        let mut s2 = sched(&mut sp2);
+        s2.load_state(&mut sp2, &path, true).unwrap();
+        sp2.step().unwrap();
+        let before = (levels(&sp2), s2.state_dict());
+        let err = s2.step(&mut sp2).unwrap_err();
+        assert!(matches!(err, Error::InvalidState { .. }), "{err}");
+        assert!(err.to_string().contains("maximum"), "{err}");
+        assert_eq!((levels(&sp2), s2.state_dict()), before);
+    }
+    // One below the maximum still steps, to the maximum.
+    let mut sp2 = sparsifier();
+    let mut s2 = sched(&mut sp2);
+    let mut st = s.state_dict();
+    st.last_epoch = i64::MAX - 1;
+    st.step_count = u64::MAX - 1;
+    s2.load_state_dict(st).unwrap();
+    sp2.step().unwrap();
+    let _ = s2.step(&mut sp2).unwrap();
+    assert_eq!((s2.last_epoch(), s2.step_count()), (i64::MAX, u64::MAX));
+    assert_eq!(levels(&sp2), vec![0.4, 0.8]);
+}
+
+#[test]
 fn load_state_without_scheduler_part_is_an_error_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("plain.safetensors");

@@ -297,21 +297,22 @@ impl<C: Config, S: Schedule> DataScheduler<C, S> {
     ///   [`schedule_mut`](Self::schedule_mut) since the scheduler was built);
     /// * a non-finite value (NaN or ±infinity: JSON would save it as `null`, and the state would
     ///   not load);
-    /// * a scheduled name no longer in the sparsifier.
+    /// * a scheduled name no longer in the sparsifier;
+    /// * an epoch or step counter at its maximum (only a crafted state gets there).
     pub fn step<U>(&mut self, sparsifier: &mut DataSparsifier<U>) -> Result<StepOutcome>
     where
         U: UpdateMask<Config = C>,
     {
         self.schedule.validate()?;
+        let (epoch, step_count) = self.next_counters()?;
         let warning =
             self.step_count == 1 && sparsifier.step_count() <= self.sparsifier_steps_at_start;
-        let epoch = self.last_epoch + 1;
         let mut values = Vec::with_capacity(self.base.len());
         for (name, base) in &self.base {
             let current = self.param.get(sparsifier.config(name)?);
             let v = self.schedule.value(&Point {
                 name,
-                epoch: epoch as u64,
+                epoch,
                 base: *base,
                 current,
             });
@@ -332,8 +333,8 @@ impl<C: Config, S: Schedule> DataScheduler<C, S> {
         for ((name, _), v) in self.base.iter().zip(values) {
             self.param.set(sparsifier.config_mut(name)?, v);
         }
-        self.step_count += 1;
-        self.last_epoch = epoch;
+        self.step_count = step_count;
+        self.last_epoch = epoch as i64; // next_counters checked that it fits
         self.last = sparsifier
             .configs()
             .map(|(n, c)| (n.to_string(), self.param.get(c)))
@@ -344,6 +345,23 @@ impl<C: Config, S: Schedule> DataScheduler<C, S> {
         } else {
             StepOutcome::Stepped
         })
+    }
+
+    /// The epoch the next step enters and the step count after it, or an error if either counter
+    /// would overflow (a loaded state may hold any value).
+    fn next_counters(&self) -> Result<(u64, u64)> {
+        let epoch = self
+            .last_epoch
+            .checked_add(1)
+            .and_then(|e| u64::try_from(e).ok());
+        match (epoch, self.step_count.checked_add(1)) {
+            (Some(e), Some(c)) => Ok((e, c)),
+            _ => Err(Error::invalid_state(format!(
+                "the scheduler cannot step: last_epoch {} or step_count {} is at its maximum; \
+                 no run gets there, so the loaded state is corrupt: load a state saved by a real run",
+                self.last_epoch, self.step_count
+            ))),
+        }
     }
 
     /// The scheduled field.
