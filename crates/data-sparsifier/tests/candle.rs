@@ -201,6 +201,56 @@ fn offset_and_strided_layouts() {
 }
 
 #[test]
+fn broadcast_views_are_refused() {
+    let row = CTensor::new(&[1f32, 2., 3., 4.], &CPU).unwrap();
+    let b = row.broadcast_as((3, 4)).unwrap();
+    assert_eq!(b.stride(), &[0, 1]);
+    let left = row.broadcast_left(2).unwrap();
+    let col = CTensor::new(&[[1f32], [2.]], &CPU)
+        .unwrap()
+        .broadcast_as((2, 5))
+        .unwrap();
+    for view in [&b, &left, &col] {
+        for err in [
+            CandleTensor::new(view).unwrap_err(),
+            dc::tensor(view).unwrap_err(),
+        ] {
+            assert!(matches!(err, Error::External { .. }), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains("stride 0"), "{msg}");
+            assert!(msg.contains(&format!("{:?}", view.dims())), "{msg}");
+            assert!(
+                msg.contains(".contiguous()") && msg.contains(".copy()"),
+                "{msg}"
+            );
+        }
+    }
+    // A size-1 dim with stride 0 aliases nothing.
+    let one = row.broadcast_as((1, 4)).unwrap();
+    assert_eq!(one.stride(), &[0, 1]);
+    assert_eq!(CandleTensor::new(&one).unwrap().shape(), vec![1, 4]);
+
+    // The suggested fix: the copy is sparsified to exactly mask · data; the source is untouched.
+    let owned = b.contiguous().unwrap();
+    let native = dc::from_candle(&b).unwrap();
+    let config = DataNormConfig {
+        sparse_block_shape: (1, 2),
+        ..cfg()
+    };
+    let mut sp = DataNormSparsifier::data_norm(config.clone()).unwrap();
+    sp.add_data("b", dc::tensor(&owned).unwrap()).unwrap();
+    sp.step().unwrap();
+    let mask = sp.get_mask("b").unwrap().clone();
+    assert_eq!(mask, native_mask(&native, &config));
+    sp.squash_mask(None, true).unwrap();
+    assert_eq!(
+        dc::from_candle(&owned).unwrap(),
+        native.masked(&mask).unwrap()
+    );
+    assert_eq!(flat_f32(&row), vec![1., 2., 3., 4.]);
+}
+
+#[test]
 fn unsupported_dtypes_are_errors() {
     let t = CTensor::new(&[1u32, 2, 3], &CPU).unwrap();
     assert!(matches!(
