@@ -229,11 +229,22 @@ fn data_added_later_is_not_scheduled() {
     let mut s = DataScheduler::new(&mut sp, LEVEL, StepSchedule::new(1, 2.0).unwrap()).unwrap();
     sp.add_data("late", Tensor::zeros(DType::F32, [2, 2]))
         .unwrap();
+    for epoch in 1..=3 {
+        sp.step().unwrap();
+        let _ = s.step(&mut sp).unwrap();
+        assert_eq!(sp.config("late").unwrap().level, 0.2, "epoch {epoch}");
+        assert_eq!(s.last_value("late"), Some(0.2));
+        assert_eq!(s.base_value("late"), None);
+    }
+    // ...while the entries that existed are scheduled: 0.2 · 2³ and 0.4 · 2³, clamped.
+    assert_eq!(levels(&sp), vec![1.0, 1.0, 0.2]);
+    let mut sp = sparsifier();
+    let mut s = DataScheduler::new(&mut sp, LEVEL, StepSchedule::new(1, 2.0).unwrap()).unwrap();
+    sp.add_data("late", Tensor::zeros(DType::F32, [2, 2]))
+        .unwrap();
     sp.step().unwrap();
     let _ = s.step(&mut sp).unwrap();
-    assert_eq!(sp.config("late").unwrap().level, 0.2);
-    assert_eq!(s.last_value("late"), Some(0.2));
-    assert_eq!(s.base_value("late"), None);
+    assert_eq!(levels(&sp), vec![0.4, 0.8, 0.2]);
 }
 
 #[test]

@@ -3,9 +3,12 @@
 //!
 //! # Semantics (PyTorch's)
 //!
-//! * [`DataScheduler::new`] reads each entry's current value of the field as its **base value**
-//!   (data added later is not scheduled), then makes one step itself, so afterwards
-//!   [`last_epoch`](DataScheduler::last_epoch) is 0 and [`step_count`](DataScheduler::step_count) 1.
+//! * [`DataScheduler::new`] reads each entry's current value of the field as its **base value**,
+//!   then makes one step itself, so afterwards [`last_epoch`](DataScheduler::last_epoch) is 0 and
+//!   [`step_count`](DataScheduler::step_count) 1.
+//! * **Data added later is not scheduled** (PyTorch's schedulers usually schedule it from the next
+//!   epoch): it has no base value, which the base-relative schedules need. Add all data before
+//!   building the scheduler.
 //! * [`DataScheduler::step`] advances `last_epoch`, asks the [`Schedule`] for each entry's new value,
 //!   writes the values into the sparsifier's configs and re-enables mask updates. Masks change on the
 //!   **next** [`DataSparsifier::step`].
