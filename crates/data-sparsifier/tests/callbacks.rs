@@ -12,9 +12,22 @@
 //!   is checked: the last sparsified copy holds `mask · weights`, the trained model is untouched.
 
 use data_sparsifier::hooks::{
-    fit, valid_name, Model, ParameterModel, PostTrainingDataSparsity, TrainingAwareDataSparsity,
-    TrainingHooks,
+    fit, sparsity_levels, valid_name, Model, ParameterModel, PostTrainingDataSparsity,
+    TrainingAwareDataSparsity, TrainingHooks,
 };
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// The sparsity levels a hook reports, collected through a shared handle.
+type Reports = Rc<RefCell<Vec<Vec<(String, f64)>>>>;
+
+fn collector() -> (Reports, impl FnMut(&[(String, f64)]) + 'static) {
+    let reports = Reports::default();
+    let sink = Rc::clone(&reports);
+    (reports, move |levels: &[(String, f64)]| {
+        sink.borrow_mut().push(levels.to_vec())
+    })
+}
 use data_sparsifier::norm::{DataNorm, DataNormConfig, DataNormSparsifier};
 use data_sparsifier::random::randn;
 use data_sparsifier::scheduler::{DataScheduler, StepSchedule, ZhuGupta};
@@ -50,10 +63,18 @@ fn values(t: &Tensor) -> Vec<f64> {
 fn test_post_training_callback() {
     let model = dummy_model(10);
     let before: Vec<Tensor> = model.iter().map(|(_, p)| p.snapshot()).collect();
-    let mut cb = PostTrainingDataSparsity::new(|| DataNormSparsifier::data_norm(sparsifier_args()));
+    let (reports, report) = collector();
+    let mut cb = PostTrainingDataSparsity::new(|| DataNormSparsifier::data_norm(sparsifier_args()))
+        .with_level_report(report);
+    assert!(cb.sparsity_levels().is_none());
     cb.on_fit_end(&model).unwrap();
 
     let sp = cb.data_sparsifier().unwrap();
+    // _log_sparsified_level: 1 − mean(mask) per parameter, recorded and reported once.
+    let want: Vec<(String, f64)> = model.iter().map(|(n, _)| (valid_name(n), 0.5)).collect();
+    assert_eq!(cb.sparsity_levels().unwrap(), &want[..]);
+    assert_eq!(sparsity_levels(sp), want);
+    assert_eq!(*reports.borrow(), vec![want]);
     // 1. the args are the defaults
     assert_eq!(sp.defaults(), &sparsifier_args());
     let copy = cb.sparsified().unwrap();
@@ -174,6 +195,7 @@ fn train_aware_with_partial_levels_squashes_exactly_the_mask() {
     type ZgAware = TrainingAwareDataSparsity<DataNorm, ZhuGupta, ParameterModel>;
     // s_i 0.25, s_f 0.75, t0 = 1, n = 2, Δt = 1: epoch levels 0.25, 0.25, 0.6875, 0.75, 0.75
     // (0.6875 = 0.75 − 0.5 · (1/2)³).
+    let (reports, report) = collector();
     let mut cb: ZgAware = TrainingAwareDataSparsity::new(
         || DataNormSparsifier::data_norm(sparsifier_args()),
         |sp| {
@@ -183,9 +205,11 @@ fn train_aware_with_partial_levels_squashes_exactly_the_mask() {
                 ZhuGupta::new(Some(0.25), 0.75, 1, 2, 1)?,
             )
         },
-    );
+    )
+    .with_level_report(report);
     let model = dummy_model(50);
     cb.on_train_start(&model).unwrap();
+    assert!(cb.sparsity_levels().is_none());
     let mut used = vec![];
     for epoch in 0..4u64 {
         cb.on_train_epoch_start(&model).unwrap();
@@ -210,9 +234,16 @@ fn train_aware_with_partial_levels_squashes_exactly_the_mask() {
         for (name, _) in model.iter() {
             assert_eq!(sp.get_mask(&valid_name(name)).unwrap().sparsity(), level);
         }
+        // The levels are recorded and reported at every epoch end.
+        let recorded = cb.sparsity_levels().unwrap();
+        assert_eq!(recorded.len(), 3);
+        assert!(recorded.iter().all(|(_, l)| *l == level));
+        assert_eq!(recorded, &sparsity_levels(sp)[..]);
+        assert_eq!(reports.borrow().last().unwrap(), recorded);
         used.push(level);
     }
     assert_eq!(used, vec![0.25, 0.25, 0.6875, 0.75]);
+    assert_eq!(reports.borrow().len(), 4);
     assert_eq!(
         cb.data_scheduler().unwrap().last_value("linears_0_weight"),
         Some(0.75)
