@@ -19,6 +19,29 @@
 //!   resumed run continues exactly.
 //!
 //! Names: a parameter `linears.0.weight` is attached as `linears_0_weight` ([`valid_name`]).
+//!
+//! **Sparsity levels** (PyTorch's `_log_sparsified_level`, which logs `1 − mean(mask)` per
+//! parameter): a library does not log, so each hook records the levels — `(name, 1 − density)`
+//! of every mask, see [`sparsity_levels`] — where PyTorch would log them and returns them from
+//! `sparsity_levels()`; [`with_level_report`](PostTrainingDataSparsity::with_level_report) also
+//! hands them to a closure of yours at that moment (to log them with whatever you use, e.g.
+//! inside [`fit`]):
+//!
+//! ```
+//! use data_sparsifier::hooks::{ParameterModel, PostTrainingDataSparsity, TrainingHooks};
+//! use data_sparsifier::norm::{DataNormConfig, DataNormSparsifier};
+//! use data_sparsifier::{DType, Parameter};
+//! let mut model = ParameterModel::new();
+//! model.push("fc.weight", Parameter::new(data_sparsifier::random::randn([4, 8], DType::F32, 1)));
+//! let mut cb = PostTrainingDataSparsity::new(|| DataNormSparsifier::data_norm(DataNormConfig::default()))
+//!     .with_level_report(|levels| {
+//!         for (name, level) in levels {
+//!             println!("{name}: {:.1}% sparse", 100.0 * level);
+//!         }
+//!     });
+//! cb.on_fit_end(&model).unwrap();
+//! assert_eq!(cb.sparsity_levels(), Some(&[("fc_weight".to_string(), 0.5)][..]));
+//! ```
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -68,7 +91,8 @@ pub fn attach_model<U: UpdateMask, M: Model + ?Sized>(
     Ok(())
 }
 
-/// `(name, 1 − density)` of every mask (what PyTorch's `_log_sparsified_level` logs).
+/// `(name, 1 − density)` of every mask, in the sparsifier's order (what PyTorch's
+/// `_log_sparsified_level` logs).
 pub fn sparsity_levels<U: UpdateMask>(sparsifier: &DataSparsifier<U>) -> Vec<(String, f64)> {
     sparsifier
         .names()
@@ -222,15 +246,33 @@ pub type SparsifierFactory<U> = Box<dyn Fn() -> Result<DataSparsifier<U>>>;
 /// Builds a scheduler on a sparsifier.
 pub type SchedulerFactory<U, S> =
     Box<dyn Fn(&mut DataSparsifier<U>) -> Result<DataScheduler<<U as UpdateMask>::Config, S>>>;
+/// Receives the `(name, sparsity level)` of every mask when a hook records them (see the
+/// [module documentation](self)).
+pub type LevelReport = Box<dyn FnMut(&[(String, f64)])>;
+
+/// Records the levels of `sp`'s masks and hands them to the report closure, if any.
+fn record_levels<U: UpdateMask>(
+    sp: &DataSparsifier<U>,
+    report: &mut Option<LevelReport>,
+) -> Vec<(String, f64)> {
+    let levels = sparsity_levels(sp);
+    if let Some(f) = report {
+        f(&levels);
+    }
+    levels
+}
 
 /// Sparsifies a copy of the model once training is over (PyTorch's `PostTrainingDataSparsity`).
 ///
 /// At [`on_fit_end`](TrainingHooks::on_fit_end): deep-copy the model, build the sparsifier, attach
-/// every parameter of the copy, `step`, `squash_mask`. The original model is untouched.
+/// every parameter of the copy, `step`, `squash_mask`, and record the sparsity levels (where
+/// PyTorch logs them). The original model is untouched.
 pub struct PostTrainingDataSparsity<U: UpdateMask, M> {
     make_sparsifier: SparsifierFactory<U>,
     data_sparsifier: Option<DataSparsifier<U>>,
     sparsified: Option<M>,
+    levels: Option<Vec<(String, f64)>>,
+    report: Option<LevelReport>,
 }
 
 impl<U: UpdateMask, M: Model> PostTrainingDataSparsity<U, M> {
@@ -240,7 +282,19 @@ impl<U: UpdateMask, M: Model> PostTrainingDataSparsity<U, M> {
             make_sparsifier: Box::new(make_sparsifier),
             data_sparsifier: None,
             sparsified: None,
+            levels: None,
+            report: None,
         }
+    }
+    /// Also hands the sparsity levels to `report` when they are recorded (at fit end), e.g. to log
+    /// them.
+    pub fn with_level_report(mut self, report: impl FnMut(&[(String, f64)]) + 'static) -> Self {
+        self.report = Some(Box::new(report));
+        self
+    }
+    /// `(name, 1 − density)` of every mask, recorded at fit end (PyTorch logs them there).
+    pub fn sparsity_levels(&self) -> Option<&[(String, f64)]> {
+        self.levels.as_deref()
     }
     /// The sparsifier, after fit end.
     pub fn data_sparsifier(&self) -> Option<&DataSparsifier<U>> {
@@ -263,6 +317,7 @@ impl<U: UpdateMask, M: Model> TrainingHooks<M> for PostTrainingDataSparsity<U, M
         attach_model(&copy, &mut sp, None)?;
         sp.step()?;
         sp.squash_mask(None, true)?;
+        self.levels = Some(record_levels(&sp, &mut self.report));
         self.data_sparsifier = Some(sp);
         self.sparsified = Some(copy);
         Ok(())
@@ -280,6 +335,8 @@ pub struct TrainingAwareDataSparsity<U: UpdateMask, S, M> {
     data_scheduler: Option<DataScheduler<U::Config, S>>,
     sparsified: Option<M>,
     data_sparsifier_state: Option<SparsifierState<U>>,
+    levels: Option<Vec<(String, f64)>>,
+    report: Option<LevelReport>,
 }
 
 impl<U: UpdateMask, S: Schedule, M: Model> TrainingAwareDataSparsity<U, S, M> {
@@ -295,7 +352,21 @@ impl<U: UpdateMask, S: Schedule, M: Model> TrainingAwareDataSparsity<U, S, M> {
             data_scheduler: None,
             sparsified: None,
             data_sparsifier_state: None,
+            levels: None,
+            report: None,
         }
+    }
+    /// Also hands the sparsity levels to `report` each time they are recorded (every epoch end),
+    /// e.g. to log them.
+    pub fn with_level_report(mut self, report: impl FnMut(&[(String, f64)]) + 'static) -> Self {
+        self.report = Some(Box::new(report));
+        self
+    }
+    /// `(name, 1 − density)` of every mask, recorded at each epoch end after the sparsifier's step:
+    /// the levels of the masks that the next epoch end, or the squash at train end, uses. `None`
+    /// before the first epoch end of a run.
+    pub fn sparsity_levels(&self) -> Option<&[(String, f64)]> {
+        self.levels.as_deref()
     }
     /// The sparsifier, from train start on.
     pub fn data_sparsifier(&self) -> Option<&DataSparsifier<U>> {
@@ -335,7 +406,7 @@ impl<U: UpdateMask, S: Schedule, M: Model> TrainingAwareDataSparsity<U, S, M> {
             Some(sd) => sd.clone(),
             None => sp.state_dict()?,
         };
-        sched.save_into(&mut sd.extra);
+        sched.save_into(&mut sd.extra)?;
         sd.save(path)
     }
 
@@ -368,6 +439,7 @@ impl<U: UpdateMask, S: Schedule, M: Model> TrainingHooks<M> for TrainingAwareDat
         self.data_scheduler = Some(sched);
         self.sparsified = Some(copy);
         self.data_sparsifier_state = None;
+        self.levels = None;
         Ok(())
     }
 
@@ -384,7 +456,8 @@ impl<U: UpdateMask, S: Schedule, M: Model> TrainingHooks<M> for TrainingAwareDat
     }
 
     /// Re-attaches a fresh copy of the model (masks and scheduled configs kept), steps the
-    /// sparsifier, then the scheduler, and saves the sparsifier's state.
+    /// sparsifier, then the scheduler, saves the sparsifier's state and records the sparsity
+    /// levels.
     fn on_train_epoch_end(&mut self, model: &M) -> Result<()> {
         let (sp, sched) = match (&mut self.data_sparsifier, &mut self.data_scheduler) {
             (Some(sp), Some(s)) => (sp, s),
@@ -396,6 +469,7 @@ impl<U: UpdateMask, S: Schedule, M: Model> TrainingHooks<M> for TrainingAwareDat
         // The sparsifier stepped just above, so the ordering warning cannot fire.
         let _ = sched.step(sp)?;
         self.data_sparsifier_state = Some(sp.state_dict()?);
+        self.levels = Some(record_levels(sp, &mut self.report));
         self.sparsified = Some(copy);
         Ok(())
     }

@@ -12,9 +12,22 @@
 //!   is checked: the last sparsified copy holds `mask · weights`, the trained model is untouched.
 
 use data_sparsifier::hooks::{
-    fit, valid_name, Model, ParameterModel, PostTrainingDataSparsity, TrainingAwareDataSparsity,
-    TrainingHooks,
+    fit, sparsity_levels, valid_name, Model, ParameterModel, PostTrainingDataSparsity,
+    TrainingAwareDataSparsity, TrainingHooks,
 };
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// The sparsity levels a hook reports, collected through a shared handle.
+type Reports = Rc<RefCell<Vec<Vec<(String, f64)>>>>;
+
+fn collector() -> (Reports, impl FnMut(&[(String, f64)]) + 'static) {
+    let reports = Reports::default();
+    let sink = Rc::clone(&reports);
+    (reports, move |levels: &[(String, f64)]| {
+        sink.borrow_mut().push(levels.to_vec())
+    })
+}
 use data_sparsifier::norm::{DataNorm, DataNormConfig, DataNormSparsifier};
 use data_sparsifier::random::randn;
 use data_sparsifier::scheduler::{DataScheduler, StepSchedule, ZhuGupta};
@@ -50,10 +63,18 @@ fn values(t: &Tensor) -> Vec<f64> {
 fn test_post_training_callback() {
     let model = dummy_model(10);
     let before: Vec<Tensor> = model.iter().map(|(_, p)| p.snapshot()).collect();
-    let mut cb = PostTrainingDataSparsity::new(|| DataNormSparsifier::data_norm(sparsifier_args()));
+    let (reports, report) = collector();
+    let mut cb = PostTrainingDataSparsity::new(|| DataNormSparsifier::data_norm(sparsifier_args()))
+        .with_level_report(report);
+    assert!(cb.sparsity_levels().is_none());
     cb.on_fit_end(&model).unwrap();
 
     let sp = cb.data_sparsifier().unwrap();
+    // _log_sparsified_level: 1 − mean(mask) per parameter, recorded and reported once.
+    let want: Vec<(String, f64)> = model.iter().map(|(n, _)| (valid_name(n), 0.5)).collect();
+    assert_eq!(cb.sparsity_levels().unwrap(), &want[..]);
+    assert_eq!(sparsity_levels(sp), want);
+    assert_eq!(*reports.borrow(), vec![want]);
     // 1. the args are the defaults
     assert_eq!(sp.defaults(), &sparsifier_args());
     let copy = cb.sparsified().unwrap();
@@ -166,6 +187,105 @@ fn test_train_aware_callback() {
     }
 }
 
+/// The training-aware hook with levels that stay below 1 (a Zhu & Gupta schedule ending at 0.75),
+/// so the final masks are partial: the squashed copy must equal `mask · weights` element by
+/// element, and its non-zero positions must be exactly the mask's kept positions.
+#[test]
+fn train_aware_with_partial_levels_squashes_exactly_the_mask() {
+    type ZgAware = TrainingAwareDataSparsity<DataNorm, ZhuGupta, ParameterModel>;
+    // s_i 0.25, s_f 0.75, t0 = 1, n = 2, Δt = 1: epoch levels 0.25, 0.25, 0.6875, 0.75, 0.75
+    // (0.6875 = 0.75 − 0.5 · (1/2)³).
+    let (reports, report) = collector();
+    let mut cb: ZgAware = TrainingAwareDataSparsity::new(
+        || DataNormSparsifier::data_norm(sparsifier_args()),
+        |sp| {
+            DataScheduler::new(
+                sp,
+                DataNormConfig::SPARSITY_LEVEL,
+                ZhuGupta::new(Some(0.25), 0.75, 1, 2, 1)?,
+            )
+        },
+    )
+    .with_level_report(report);
+    let model = dummy_model(50);
+    cb.on_train_start(&model).unwrap();
+    assert!(cb.sparsity_levels().is_none());
+    let mut used = vec![];
+    for epoch in 0..4u64 {
+        cb.on_train_epoch_start(&model).unwrap();
+        // "train": w = 0.9 w + noise, so the kept blocks move from epoch to epoch.
+        for (i, (_, p)) in model.iter().enumerate() {
+            let t = p.snapshot();
+            let noise = randn(t.shape().to_vec(), DType::F32, 500 + 10 * epoch + i as u64);
+            let v: Vec<f64> = t
+                .to_f64_vec()
+                .iter()
+                .zip(noise.to_f64_vec())
+                .map(|(a, b)| 0.9 * a + b)
+                .collect();
+            p.set(Tensor::from_f64s(&v, DType::F32, t.shape().to_vec()).unwrap());
+        }
+        let sp = cb.data_sparsifier().unwrap();
+        let level = sp.config("linears_0_weight").unwrap().sparsity_level;
+        cb.on_train_epoch_end(&model).unwrap();
+        // The masks of this epoch end use the level set at the previous one. Every block count is
+        // a multiple of 64, so the level is met exactly.
+        let sp = cb.data_sparsifier().unwrap();
+        for (name, _) in model.iter() {
+            assert_eq!(sp.get_mask(&valid_name(name)).unwrap().sparsity(), level);
+        }
+        // The levels are recorded and reported at every epoch end.
+        let recorded = cb.sparsity_levels().unwrap();
+        assert_eq!(recorded.len(), 3);
+        assert!(recorded.iter().all(|(_, l)| *l == level));
+        assert_eq!(recorded, &sparsity_levels(sp)[..]);
+        assert_eq!(reports.borrow().last().unwrap(), recorded);
+        used.push(level);
+    }
+    assert_eq!(used, vec![0.25, 0.25, 0.6875, 0.75]);
+    assert_eq!(reports.borrow().len(), 4);
+    assert_eq!(
+        cb.data_scheduler().unwrap().last_value("linears_0_weight"),
+        Some(0.75)
+    );
+
+    let masks: Vec<_> = model
+        .iter()
+        .map(|(n, _)| {
+            cb.data_sparsifier()
+                .unwrap()
+                .get_mask(&valid_name(n))
+                .unwrap()
+                .clone()
+        })
+        .collect();
+    cb.on_train_end(&model).unwrap();
+    let copy = cb.sparsified().unwrap();
+    for ((name, p), mask) in model.iter().zip(masks) {
+        let trained = p.snapshot();
+        // The trained model is not squashed, and has no zeros of its own, so a zero in the copy
+        // can only come from the mask.
+        assert_eq!(trained.zero_fraction(), 0.0, "{name}");
+        let w = trained.to_f64_vec();
+        let sparse = copy.get(name).unwrap().snapshot();
+        assert_eq!(sparse.shape(), trained.shape());
+        let sv = sparse.to_f64_vec();
+        // Partial: a quarter of the weights are kept.
+        assert_eq!(mask.count_kept() * 4, w.len(), "{name}");
+        for i in 0..w.len() {
+            let want = if mask.get(i) { w[i] } else { 0.0 };
+            assert_eq!(sv[i], want, "{name}[{i}]");
+        }
+        let kept: Vec<usize> = (0..sv.len()).filter(|&i| sv[i] != 0.0).collect();
+        let mask_kept: Vec<usize> = (0..mask.len()).filter(|&i| mask.get(i)).collect();
+        assert_eq!(kept, mask_kept, "{name}");
+        // The sparsifier's own view agrees with the copy it squashed.
+        let vname = valid_name(name);
+        let sp = cb.data_sparsifier().unwrap();
+        assert_eq!(sp.get_data(&vname, Version::Masked).unwrap(), sparse);
+    }
+}
+
 #[test]
 fn hooks_run_through_the_fit_loop() {
     let mut model = dummy_model(30);
@@ -214,7 +334,7 @@ fn resume_from_checkpoint_matches_an_uninterrupted_run() {
                 DataScheduler::new(
                     sp,
                     DataNormConfig::SPARSITY_LEVEL,
-                    ZhuGupta::new(Some(0.1), 0.85, 1, 5, 2)?,
+                    ZhuGupta::new(Some(0.1), 0.85, 1, 3, 2)?, // s_f at 1 + 3·2 = N + M
                 )
             },
         )

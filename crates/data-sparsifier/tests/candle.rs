@@ -201,6 +201,56 @@ fn offset_and_strided_layouts() {
 }
 
 #[test]
+fn broadcast_views_are_refused() {
+    let row = CTensor::new(&[1f32, 2., 3., 4.], &CPU).unwrap();
+    let b = row.broadcast_as((3, 4)).unwrap();
+    assert_eq!(b.stride(), &[0, 1]);
+    let left = row.broadcast_left(2).unwrap();
+    let col = CTensor::new(&[[1f32], [2.]], &CPU)
+        .unwrap()
+        .broadcast_as((2, 5))
+        .unwrap();
+    for view in [&b, &left, &col] {
+        for err in [
+            CandleTensor::new(view).unwrap_err(),
+            dc::tensor(view).unwrap_err(),
+        ] {
+            assert!(matches!(err, Error::External { .. }), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains("stride 0"), "{msg}");
+            assert!(msg.contains(&format!("{:?}", view.dims())), "{msg}");
+            assert!(
+                msg.contains(".contiguous()") && msg.contains(".copy()"),
+                "{msg}"
+            );
+        }
+    }
+    // A size-1 dim with stride 0 aliases nothing.
+    let one = row.broadcast_as((1, 4)).unwrap();
+    assert_eq!(one.stride(), &[0, 1]);
+    assert_eq!(CandleTensor::new(&one).unwrap().shape(), vec![1, 4]);
+
+    // The suggested fix: the copy is sparsified to exactly mask · data; the source is untouched.
+    let owned = b.contiguous().unwrap();
+    let native = dc::from_candle(&b).unwrap();
+    let config = DataNormConfig {
+        sparse_block_shape: (1, 2),
+        ..cfg()
+    };
+    let mut sp = DataNormSparsifier::data_norm(config.clone()).unwrap();
+    sp.add_data("b", dc::tensor(&owned).unwrap()).unwrap();
+    sp.step().unwrap();
+    let mask = sp.get_mask("b").unwrap().clone();
+    assert_eq!(mask, native_mask(&native, &config));
+    sp.squash_mask(None, true).unwrap();
+    assert_eq!(
+        dc::from_candle(&owned).unwrap(),
+        native.masked(&mask).unwrap()
+    );
+    assert_eq!(flat_f32(&row), vec![1., 2., 3., 4.]);
+}
+
+#[test]
 fn unsupported_dtypes_are_errors() {
     let t = CTensor::new(&[1u32, 2, 3], &CPU).unwrap();
     assert!(matches!(
@@ -367,14 +417,18 @@ fn embedding_bag_matches_the_reference_semantics() {
                     assert_eq!(a.shape(), b.shape());
                 }
             }
-            if mode == BagMode::Sum && dtype != DType::F16 && dtype != DType::BF16 {
-                let (a, b) = both(&w, mode, Some(0), &idx, offsets, Some(&psw));
-                let close = a
-                    .to_f64_vec()
-                    .iter()
-                    .zip(b.to_f64_vec())
-                    .all(|(x, y)| (x - y).abs() <= 1e-6 * (1.0 + x.abs()));
-                assert!(close, "{dtype} psw");
+            if mode == BagMode::Sum {
+                // Every dtype, halves included (the weights are exact in f16 and bf16).
+                for padding in [None, Some(0)] {
+                    let (a, b) = both(&w, mode, padding, &idx, offsets, Some(&psw));
+                    let close = a
+                        .to_f64_vec()
+                        .iter()
+                        .zip(b.to_f64_vec())
+                        .all(|(x, y)| (x - y).abs() <= 1e-6 * (1.0 + x.abs()));
+                    assert!(close, "{dtype} psw {padding:?}: {a:?} vs {b:?}");
+                    assert_eq!(a.dtype(), b.dtype());
+                }
             }
         }
     }
@@ -403,6 +457,74 @@ fn embedding_bag_half_precision_accumulates_in_f32() {
         .to_scalar::<f32>()
         .unwrap();
     assert_eq!(naive, 1.0);
+}
+
+#[test]
+fn embedding_bag_per_sample_weights_in_half_precision() {
+    let n = 256usize;
+    for cdtype in [CDType::F16, CDType::BF16] {
+        // Row 0 is 1, the others 1 too, weighted by 2^-11 (bf16: 2^-9): accumulated in half
+        // precision each small term would round away (1 + 2^-11 is 1 in f16, 1 + 2^-9 in bf16).
+        let small = if cdtype == CDType::F16 {
+            2f32.powi(-11)
+        } else {
+            2f32.powi(-9)
+        };
+        let w = CTensor::ones((n + 1, 2), CDType::F32, &CPU)
+            .unwrap()
+            .to_dtype(cdtype)
+            .unwrap();
+        let mut pw = vec![1f32];
+        pw.extend(std::iter::repeat(small).take(n));
+        let idx: Vec<i64> = (0..=n as i64).collect();
+        let bags = Bags::Fixed { bag_size: n + 1 };
+        let bag = EmbeddingBag::new(w.clone(), BagMode::Sum).unwrap();
+        let want = 1.0 + n as f32 * small; // 1.125 or 1.5, exact in both
+                                           // per_sample_weights in the table's dtype, and in f32.
+        for psw_dtype in [cdtype, CDType::F32] {
+            let psw = CTensor::from_vec(pw.clone(), n + 1, &CPU)
+                .unwrap()
+                .to_dtype(psw_dtype)
+                .unwrap();
+            let out = bag.forward(&idx, bags, Some(&psw)).unwrap();
+            assert_eq!(out.dtype(), cdtype);
+            assert_eq!(flat_f32(&out), vec![want, want], "{cdtype:?} {psw_dtype:?}");
+        }
+        // The same as the crate's own EmbeddingBag, with weights not exact in half precision
+        // passed as f32 (candle) and as those f32 values (native).
+        let table = randn([10, 6], dc::dtype_from_candle(cdtype).unwrap(), 21);
+        let cw = dc::to_candle(&table, &CPU).unwrap();
+        let idx = [3i64, 0, 7, 7, 1, 9, 2, 0];
+        let pw: Vec<f32> = vec![0.1, -1.3, 2.7, 0.33, 1.9, 3.1, -0.45, 1.01];
+        let offsets = Bags::Offsets {
+            offsets: &[0, 3, 3, 6],
+            include_last_offset: false,
+        };
+        for padding in [None, Some(7)] {
+            let native = data_sparsifier::EmbeddingBag::from_parameter(
+                Parameter::new(table.clone()),
+                BagMode::Sum,
+                padding,
+            )
+            .unwrap()
+            .forward(
+                &idx,
+                offsets,
+                Some(&pw.iter().map(|&x| f64::from(x)).collect::<Vec<_>>()),
+            )
+            .unwrap();
+            let mut bag = EmbeddingBag::new(cw.clone(), BagMode::Sum).unwrap();
+            if let Some(p) = padding {
+                bag = bag.with_padding_idx(p).unwrap();
+            }
+            let psw = CTensor::from_vec(pw.clone(), pw.len(), &CPU).unwrap();
+            let out = bag.forward(&idx, offsets, Some(&psw)).unwrap();
+            assert_eq!(out.dtype(), cdtype);
+            let out = dc::from_candle(&out).unwrap();
+            // Both multiply and sum in f32, in index order, and round to the half type once.
+            assert_eq!(out, native, "{cdtype:?} {padding:?}");
+        }
+    }
 }
 
 #[test]

@@ -131,21 +131,88 @@ fn overshooting_levels_clamp_to_the_range() {
 }
 
 #[test]
-fn nan_is_an_error_and_changes_nothing() {
+fn non_finite_values_are_errors_and_change_nothing() {
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let mut sp = sparsifier();
+        let mut s = DataScheduler::new(
+            &mut sp,
+            LEVEL,
+            Lambda::new(move |e| if e == 2 { bad } else { 1.0 }),
+        )
+        .unwrap();
+        sp.step().unwrap();
+        let _ = s.step(&mut sp).unwrap();
+        let before = (levels(&sp), s.state_dict());
+        let err = s.step(&mut sp).unwrap_err();
+        let Error::InvalidConfig {
+            name, key, value, ..
+        } = &err
+        else {
+            panic!("{err}");
+        };
+        // The data, the value, and the fix are named.
+        assert_eq!((name.as_str(), *key), ("a", "level"));
+        assert_eq!(value, &bad.to_string());
+        let msg = err.to_string();
+        assert!(msg.contains("finite") && msg.contains("epoch 2"), "{msg}");
+        // Nothing changed (clamping would have turned ±inf into 1 or 0).
+        assert_eq!((levels(&sp), s.state_dict()), before);
+        // What is there still saves and loads.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.safetensors");
+        s.save_state(&sp, &path).unwrap();
+        s.load_state(&mut sp, &path, true).unwrap();
+        assert_eq!(s.state_dict(), before.1);
+    }
+}
+
+#[test]
+fn non_finite_base_values_are_refused() {
+    // A parameter whose value is infinite for a level of 0.
+    const INVERSE: Param<Level> =
+        Param::<Level>::new("inverse", |c| 1.0 / c.level, |c, v| c.level = 1.0 / v);
     let mut sp = sparsifier();
-    let mut s = DataScheduler::new(
-        &mut sp,
-        LEVEL,
-        Lambda::new(|e| if e == 2 { f64::NAN } else { 1.0 }),
+    sp.add_data_with(
+        "zero",
+        Tensor::zeros(DType::F32, [2, 2]),
+        &LevelPatch { level: Some(0.0) },
+        true,
     )
     .unwrap();
-    sp.step().unwrap();
-    let _ = s.step(&mut sp).unwrap();
-    let before = levels(&sp);
-    let err = s.step(&mut sp).unwrap_err();
-    assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
-    assert_eq!(levels(&sp), before);
-    assert_eq!(s.last_epoch(), 1);
+    let err = DataScheduler::new(&mut sp, INVERSE, StepSchedule::new(1, 1.0).unwrap()).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidConfig { name, key: "inverse", .. } if name == "zero"),
+        "{err}"
+    );
+    assert_eq!(sp.config("zero").unwrap().level, 0.0);
+}
+
+#[test]
+fn state_that_json_cannot_hold_is_an_error_not_a_file_that_fails_to_load() {
+    let mut sp = sparsifier();
+    let mut s = DataScheduler::new(&mut sp, LEVEL, StepSchedule::new(1, 2.0).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.safetensors");
+    // JSON would write the infinite gamma as null, and the file would not load.
+    s.schedule_mut().gamma = f64::INFINITY;
+    assert!(matches!(
+        s.to_json(),
+        Err(Error::InvalidConfig { key: "gamma", .. })
+    ));
+    let mut extra = std::collections::BTreeMap::new();
+    assert!(s.save_into(&mut extra).is_err());
+    assert!(extra.is_empty());
+    assert!(s.save_state(&sp, &path).is_err());
+    assert!(!path.exists());
+
+    s.schedule_mut().gamma = 2.0;
+    let json = s.to_json().unwrap();
+    assert_eq!(json["schedule_state"]["gamma"], 2.0);
+    s.save_state(&sp, &path).unwrap();
+    let mut sp2 = sparsifier();
+    let mut s2 = DataScheduler::new(&mut sp2, LEVEL, StepSchedule::new(3, 1.0).unwrap()).unwrap();
+    s2.load_state(&mut sp2, &path, true).unwrap();
+    assert_eq!(s2.state_dict(), s.state_dict());
 }
 
 #[test]
@@ -162,11 +229,22 @@ fn data_added_later_is_not_scheduled() {
     let mut s = DataScheduler::new(&mut sp, LEVEL, StepSchedule::new(1, 2.0).unwrap()).unwrap();
     sp.add_data("late", Tensor::zeros(DType::F32, [2, 2]))
         .unwrap();
+    for epoch in 1..=3 {
+        sp.step().unwrap();
+        let _ = s.step(&mut sp).unwrap();
+        assert_eq!(sp.config("late").unwrap().level, 0.2, "epoch {epoch}");
+        assert_eq!(s.last_value("late"), Some(0.2));
+        assert_eq!(s.base_value("late"), None);
+    }
+    // ...while the entries that existed are scheduled: 0.2 · 2³ and 0.4 · 2³, clamped.
+    assert_eq!(levels(&sp), vec![1.0, 1.0, 0.2]);
+    let mut sp = sparsifier();
+    let mut s = DataScheduler::new(&mut sp, LEVEL, StepSchedule::new(1, 2.0).unwrap()).unwrap();
+    sp.add_data("late", Tensor::zeros(DType::F32, [2, 2]))
+        .unwrap();
     sp.step().unwrap();
     let _ = s.step(&mut sp).unwrap();
-    assert_eq!(sp.config("late").unwrap().level, 0.2);
-    assert_eq!(s.last_value("late"), Some(0.2));
-    assert_eq!(s.base_value("late"), None);
+    assert_eq!(levels(&sp), vec![0.4, 0.8, 0.2]);
 }
 
 #[test]
@@ -203,38 +281,140 @@ fn invalid_schedules_are_rejected() {
     assert!(DataScheduler::new(&mut sp, LEVEL, bad).is_err());
 }
 
-#[test]
-fn zhu_gupta_is_cubic_monotone_and_respects_frequency() {
-    let s = ZhuGupta::new(Some(0.1), 0.9, 3, 12, 4).unwrap();
-    let v: Vec<f64> = (0..20)
-        .map(|e| {
-            s.value(&Point {
-                name: "x",
-                epoch: e,
-                base: 0.5,
-                current: 0.0,
-            })
-        })
-        .collect();
-    assert!(v[..=3].iter().all(|&x| x == 0.1));
-    // updated only at t0 + 0, 4, 8, then 12 = end
-    assert_eq!(v[4], v[3]);
-    assert_eq!(v[6], v[3]);
-    let at = |t: f64| 0.9 + (0.1 - 0.9) * (1.0 - t / 12.0).powi(3);
-    assert!((v[7] - at(4.0)).abs() < 1e-12);
-    assert_eq!(v[7], v[10]);
-    assert!((v[11] - at(8.0)).abs() < 1e-12);
-    assert!(v[15..].iter().all(|&x| x == 0.9));
-    assert!(v.windows(2).all(|w| w[1] >= w[0]));
-    // initial = None uses each entry's base value
-    let s = ZhuGupta::new(None, 0.9, 0, 10, 1).unwrap();
-    let p = Point {
+fn point(epoch: u64) -> Point<'static> {
+    Point {
         name: "x",
-        epoch: 0,
-        base: 0.3,
-        current: 0.0,
+        epoch,
+        base: 0.5,
+        current: 0.25,
+    }
+}
+
+#[test]
+fn zero_step_size_or_frequency_gives_nan_not_a_panic() {
+    // The fields are public, so a schedule validate() refuses can still be built and asked.
+    let step = StepSchedule {
+        step_size: 0,
+        gamma: 2.0,
     };
-    assert_eq!(s.value(&p), 0.3);
+    assert!(step.validate().is_err());
+    for e in [0, 1, 2, 7, u64::MAX] {
+        assert!(step.value(&point(e)).is_nan(), "epoch {e}");
+    }
+    let zg = ZhuGupta {
+        frequency: 0,
+        ..ZhuGupta::new(Some(0.1), 0.9, 2, 4, 1).unwrap()
+    };
+    assert!(zg.validate().is_err());
+    assert_eq!(zg.value(&point(1)), 0.1); // before the start no division happens
+    for e in [2, 3, 6, 100, u64::MAX] {
+        assert!(zg.value(&point(e)).is_nan(), "epoch {e}");
+    }
+}
+
+#[test]
+fn step_revalidates_a_schedule_changed_through_schedule_mut() {
+    let mut sp = sparsifier();
+    let mut s = DataScheduler::new(&mut sp, LEVEL, StepSchedule::new(1, 2.0).unwrap()).unwrap();
+    sp.step().unwrap();
+    let _ = s.step(&mut sp).unwrap();
+    let before = (levels(&sp), s.state_dict());
+    assert_eq!(before.0, vec![0.4, 0.8]);
+
+    s.schedule_mut().step_size = 0;
+    sp.step().unwrap();
+    let err = s.step(&mut sp).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                key: "step_size",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let mut after = s.state_dict();
+    after.schedule_state = before.1.schedule_state.clone(); // the bad step_size itself differs
+    assert_eq!((levels(&sp), after), before);
+
+    s.schedule_mut().gamma = f64::INFINITY;
+    s.schedule_mut().step_size = 1;
+    assert!(matches!(
+        s.step(&mut sp),
+        Err(Error::InvalidConfig { key: "gamma", .. })
+    ));
+    assert_eq!(levels(&sp), before.0);
+
+    // Fixed, it steps again.
+    s.schedule_mut().gamma = 0.5;
+    let _ = s.step(&mut sp).unwrap();
+    assert_eq!(levels(&sp), vec![0.2, 0.4]);
+    assert_eq!(s.last_epoch(), 2);
+
+    // The same for Zhu & Gupta's frequency.
+    let mut sp = sparsifier();
+    let zg = ZhuGupta::new(Some(0.0), 0.5, 0, 2, 1).unwrap();
+    let mut s = DataScheduler::new(&mut sp, LEVEL, zg).unwrap();
+    s.schedule_mut().frequency = 0;
+    sp.step().unwrap();
+    assert!(matches!(
+        s.step(&mut sp),
+        Err(Error::InvalidConfig {
+            key: "frequency",
+            ..
+        })
+    ));
+    assert_eq!(levels(&sp), vec![0.0, 0.0]);
+    assert_eq!((s.last_epoch(), s.step_count()), (0, 1));
+}
+
+#[test]
+fn zhu_gupta_follows_the_paper() {
+    // s_i = 0.25, s_f = 0.75, t0 = 3, n = 4 pruning steps, Δt = 3: the ramp ends at 3 + 4·3 = 15.
+    // s_t = s_f + (s_i − s_f)(1 − k/n)³ with k = ⌊(t − t0)/Δt⌋, by hand:
+    //   k = 1: 0.75 − 0.5 · (3/4)³ = 0.75 − 0.5 · 27/64 = 0.5390625
+    //   k = 2: 0.75 − 0.5 · (1/2)³ = 0.75 − 0.0625     = 0.6875
+    //   k = 3: 0.75 − 0.5 · (1/4)³ = 0.75 − 0.0078125  = 0.7421875
+    // (every value is exact in binary, so the comparison is exact).
+    let s = ZhuGupta::new(Some(0.25), 0.75, 3, 4, 3).unwrap();
+    assert_eq!(s.end_step(), Some(15));
+    let v: Vec<f64> = (0..20).map(|e| s.value(&point(e))).collect();
+    #[rustfmt::skip]
+    let want = [
+        0.25, 0.25, 0.25,            // t < t0
+        0.25, 0.25, 0.25,            // t0 .. t0+Δt: k = 0, still s_i
+        0.5390625, 0.5390625, 0.5390625,
+        0.6875, 0.6875, 0.6875,
+        0.7421875, 0.7421875, 0.7421875,
+        0.75, 0.75, 0.75, 0.75, 0.75, // from t0 + nΔt = 15 on: s_f exactly
+    ];
+    assert_eq!(v, want);
+    // The level changes only at t0 + kΔt.
+    let changes: Vec<u64> = (1..20)
+        .filter(|&e| v[e as usize] != v[e as usize - 1])
+        .collect();
+    assert_eq!(changes, vec![6, 9, 12, 15]);
+    // Far past the end, including where t0 + nΔt arithmetic would overflow.
+    assert_eq!(s.value(&point(u64::MAX)), 0.75);
+
+    // Δt = 1 updates every step; n = 0 jumps to s_f at t0.
+    let s = ZhuGupta::new(Some(0.0), 1.0, 0, 2, 1).unwrap();
+    let v: Vec<f64> = (0..4).map(|e| s.value(&point(e))).collect();
+    assert_eq!(v, vec![0.0, 0.875, 1.0, 1.0]); // 1 − (1/2)³ = 0.875
+    let s = ZhuGupta::new(Some(0.1), 0.6, 5, 0, 7).unwrap();
+    assert_eq!(s.value(&point(4)), 0.1);
+    assert_eq!(s.value(&point(5)), 0.6);
+
+    // initial = None uses each entry's base value (0.5 in `point`).
+    let s = ZhuGupta::new(None, 0.9, 0, 10, 1).unwrap();
+    assert_eq!(s.value(&point(0)), 0.5);
+    // 0.9 + (0.5 − 0.9)(1 − 1/10)³ = 0.9 − 0.4 · 0.729 = 0.6084
+    assert!((s.value(&point(1)) - 0.6084).abs() < 1e-12);
+
+    // A ramp end past u64::MAX is refused.
+    assert!(ZhuGupta::new(None, 0.9, 1, u64::MAX / 2 + 1, 2).is_err());
+    assert!(ZhuGupta::new(None, 0.9, u64::MAX - 4, 2, 2).is_ok());
 }
 
 #[test]
@@ -243,7 +423,8 @@ fn zhu_gupta_drives_a_sparsifier_to_the_final_level() {
     let mut s = DataScheduler::new(
         &mut sp,
         LEVEL,
-        ZhuGupta::new(Some(0.0), 0.75, 1, 4, 1).unwrap(),
+        // t0 = 1, n = 2 pruning steps every Δt = 2 steps: s_f at 1 + 2·2 = 5.
+        ZhuGupta::new(Some(0.0), 0.75, 1, 2, 2).unwrap(),
     )
     .unwrap();
     assert_eq!(levels(&sp), vec![0.0, 0.0]);
@@ -251,10 +432,11 @@ fn zhu_gupta_drives_a_sparsifier_to_the_final_level() {
     for _ in 0..6 {
         sp.step().unwrap();
         let _ = s.step(&mut sp).unwrap();
-        seen.push(sp.config("a").unwrap().level);
+        seen.push(levels(&sp));
     }
-    assert_eq!(seen[4], 0.75);
-    assert_eq!(seen[5], 0.75);
+    // k = 1 (epochs 3, 4): 0.75 · (1 − (1/2)³) = 0.65625
+    let want = [0.0, 0.0, 0.65625, 0.65625, 0.75, 0.75];
+    assert_eq!(seen, want.map(|l| vec![l, l]));
     sp.step().unwrap();
     assert_eq!(sp.get_mask("a").unwrap().count_zeroed(), 12);
 }
@@ -347,7 +529,7 @@ fn resume_from_file_continues_exactly() {
             let _ = s.step(sp).unwrap();
         }
     }
-    let zg = ZhuGupta::new(Some(0.05), 0.9, 1, 6, 2).unwrap();
+    let zg = ZhuGupta::new(Some(0.05), 0.9, 1, 4, 2).unwrap(); // ends at step 9
     let mut sp_full = sparsifier();
     let mut s_full = DataScheduler::new(&mut sp_full, LEVEL, zg).unwrap();
     run(&mut sp_full, &mut s_full, 0..9);
@@ -369,6 +551,49 @@ fn resume_from_file_continues_exactly() {
 
     assert_eq!(s_b.state_dict(), s_full.state_dict());
     assert_eq!(sp_b.state_dict().unwrap(), sp_full.state_dict().unwrap());
+}
+
+#[test]
+fn counters_at_their_maximum_are_an_error_not_an_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crafted.safetensors");
+    let sched = |sp: &mut DataSparsifier<Magnitude>| {
+        DataScheduler::new(sp, LEVEL, StepSchedule::new(1, 2.0).unwrap()).unwrap()
+    };
+    let mut sp = sparsifier();
+    let s = sched(&mut sp);
+    for (last_epoch, step_count) in [(i64::MAX, 5), (3, u64::MAX), (i64::MAX, u64::MAX)] {
+        // A crafted state file.
+        let mut st = s.state_dict();
+        st.last_epoch = last_epoch;
+        st.step_count = step_count;
+        let extra = std::collections::BTreeMap::from([(
+            data_sparsifier::scheduler::STATE_KEY.to_string(),
+            serde_json::to_value(&st).unwrap(),
+        )]);
+        sp.save_state_with_extra(&path, &extra).unwrap();
+
+        let mut sp2 = sparsifier();
+        let mut s2 = sched(&mut sp2);
+        s2.load_state(&mut sp2, &path, true).unwrap();
+        sp2.step().unwrap();
+        let before = (levels(&sp2), s2.state_dict());
+        let err = s2.step(&mut sp2).unwrap_err();
+        assert!(matches!(err, Error::InvalidState { .. }), "{err}");
+        assert!(err.to_string().contains("maximum"), "{err}");
+        assert_eq!((levels(&sp2), s2.state_dict()), before);
+    }
+    // One below the maximum still steps, to the maximum.
+    let mut sp2 = sparsifier();
+    let mut s2 = sched(&mut sp2);
+    let mut st = s.state_dict();
+    st.last_epoch = i64::MAX - 1;
+    st.step_count = u64::MAX - 1;
+    s2.load_state_dict(st).unwrap();
+    sp2.step().unwrap();
+    let _ = s2.step(&mut sp2).unwrap();
+    assert_eq!((s2.last_epoch(), s2.step_count()), (i64::MAX, u64::MAX));
+    assert_eq!(levels(&sp2), vec![0.4, 0.8]);
 }
 
 #[test]

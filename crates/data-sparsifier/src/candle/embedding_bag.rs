@@ -18,7 +18,8 @@ fn lookup_err(message: String) -> Error {
 ///
 /// The same semantics as the crate's own [`EmbeddingBag`](crate::EmbeddingBag): `sum` and `mean`
 /// modes; bags given by `offsets` (with `include_last_offset`) or fixed-size ([`Bags`]);
-/// `per_sample_weights` (a 1-D candle tensor, one weight per index) only in `sum` mode; entries
+/// `per_sample_weights` (a 1-D candle tensor, one weight per index, of any dtype: it is converted
+/// to the reduction dtype, `f32` for `f16`/`bf16` tables) only in `sum` mode; entries
 /// equal to `padding_idx` are skipped (and not counted by `mean`); an empty bag gives zeros.
 /// `max` mode is not supported (an error).
 ///

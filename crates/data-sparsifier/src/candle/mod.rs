@@ -8,6 +8,8 @@
 //!   * every `step` reads the current values zero-copy (`storage_and_layout()` → CPU storage
 //!     slice, honouring the layout's start offset; a strided layout is gathered into a temporary),
 //!     so it sees the optimizer's updates;
+//!   * a broadcast view (stride 0 on a dimension of size > 1), whose elements share storage cells,
+//!     is refused: a squash could not write `mask · data` into it;
 //!   * `squash_mask` zeroes the pruned elements **in place** (a candle `InplaceOp1`), so the
 //!     model's next `forward`, the `Var` and the `VarMap` all see the sparse weights.
 //! * [`masked`] gives `mask · data` back as a new candle tensor, [`mask_tensor`] the mask as a 0/1
@@ -111,6 +113,25 @@ fn check_cpu(t: &candle_core::Tensor) -> Result<()> {
     }
 }
 
+/// Refuses a layout in which several elements share one storage cell: stride 0 on a dimension of
+/// more than one element (a `broadcast_as` / `expand` view). A squash would write such a cell once
+/// per element, and the result would not be `mask · data`.
+fn check_no_aliasing(t: &candle_core::Tensor) -> Result<()> {
+    let dims = t.dims();
+    let stride = t.stride();
+    match dims.iter().zip(stride).position(|(&n, &s)| n > 1 && s == 0) {
+        None => Ok(()),
+        Some(d) => Err(external(format!(
+            "the {:?} candle tensor of shape {dims:?} has stride 0 on dim {d} (strides {stride:?}): \
+             it is a broadcast view whose elements share storage, so a squash would write the same \
+             cell for several elements and the result would not be mask · data; pass a tensor that \
+             owns its elements, `t.contiguous()?` or `t.copy()?` (the sparsifier then reads and \
+             squashes that copy, not the broadcast source)",
+            t.dtype()
+        ))),
+    }
+}
+
 /// Storage offsets of the elements of a strided layout, in row-major logical order.
 fn strided_offsets(layout: &Layout) -> impl Iterator<Item = usize> + '_ {
     let dims = layout.dims();
@@ -144,10 +165,14 @@ pub struct CandleTensor {
 }
 
 impl CandleTensor {
-    /// Wraps a tensor, sharing its storage. It must live on the CPU and have a float dtype.
+    /// Wraps a tensor, sharing its storage. It must live on the CPU, have a float dtype, and own
+    /// each of its elements: a broadcast view (stride 0 on a dimension of size > 1, from
+    /// `broadcast_as`, `expand`, …) is an [`Error::External`]; pass `t.contiguous()?` instead.
+    /// Other strided views (a transpose, a `narrow`) are fine.
     pub fn new(t: &candle_core::Tensor) -> Result<Self> {
         check_cpu(t)?;
         dtype_from_candle(t.dtype())?;
+        check_no_aliasing(t)?;
         Ok(CandleTensor { tensor: t.clone() })
     }
     /// The wrapped tensor (sharing the storage).

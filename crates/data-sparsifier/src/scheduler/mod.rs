@@ -3,9 +3,12 @@
 //!
 //! # Semantics (PyTorch's)
 //!
-//! * [`DataScheduler::new`] reads each entry's current value of the field as its **base value**
-//!   (data added later is not scheduled), then makes one step itself, so afterwards
-//!   [`last_epoch`](DataScheduler::last_epoch) is 0 and [`step_count`](DataScheduler::step_count) 1.
+//! * [`DataScheduler::new`] reads each entry's current value of the field as its **base value**,
+//!   then makes one step itself, so afterwards [`last_epoch`](DataScheduler::last_epoch) is 0 and
+//!   [`step_count`](DataScheduler::step_count) 1.
+//! * **Data added later is not scheduled** (PyTorch's schedulers usually schedule it from the next
+//!   epoch): it has no base value, which the base-relative schedules need. Add all data before
+//!   building the scheduler.
 //! * [`DataScheduler::step`] advances `last_epoch`, asks the [`Schedule`] for each entry's new value,
 //!   writes the values into the sparsifier's configs and re-enables mask updates. Masks change on the
 //!   **next** [`DataSparsifier::step`].
@@ -18,7 +21,8 @@
 //!   for a config of your own. A misspelled field is a compile error.
 //! * **Values are clamped to the parameter's range** (`[0, 1]` for a sparsity level). PyTorch lets a
 //!   schedule grow a level past 1 (its callback test reaches 16, which prunes everything, as 1 does);
-//!   here a schedule that overshoots stays at the bound. A NaN is an error and changes nothing.
+//!   here a schedule that overshoots stays at the bound. A NaN or an infinity is an error and
+//!   changes nothing (JSON, the saved state's format, cannot hold either).
 //! * **The scheduler does not hold the sparsifier.** It is passed to `new` and `step`
 //!   (`scheduler.step(&mut sparsifier)`), so both stay freely usable in a training loop, and the
 //!   sparsifier's `step` is not wrapped: the sparsifier counts its own steps
@@ -256,16 +260,23 @@ impl<C: Config, S: Schedule> DataScheduler<C, S> {
     /// Builds a scheduler: reads the base values from `sparsifier`, then steps once (epoch 0),
     /// writing the epoch-0 values into the configs.
     ///
-    /// Errors: invalid schedule hyper-parameters; a NaN value at epoch 0.
+    /// Errors: invalid schedule hyper-parameters; a non-finite base value (it could be neither
+    /// scheduled nor saved); a non-finite value at epoch 0.
     pub fn new<U>(sparsifier: &mut DataSparsifier<U>, param: Param<C>, schedule: S) -> Result<Self>
     where
         U: UpdateMask<Config = C>,
     {
         schedule.validate()?;
-        let base = sparsifier
+        let base: Vec<(String, f64)> = sparsifier
             .configs()
             .map(|(n, c)| (n.to_string(), param.get(c)))
             .collect();
+        check_finite(
+            &base,
+            param.name,
+            "a finite number: the scheduler takes each entry's current value as its base value; \
+             give the entry a finite value before building the scheduler",
+        )?;
         let mut s = DataScheduler {
             param,
             schedule,
@@ -283,31 +294,39 @@ impl<C: Config, S: Schedule> DataScheduler<C, S> {
     /// Advances one epoch: writes each scheduled entry's new value (clamped to the parameter's range)
     /// into its config and re-enables mask updates; the masks change at the next sparsifier step.
     ///
-    /// All values are computed first: a NaN, or a scheduled name no longer in the sparsifier, is an
-    /// error and changes nothing.
+    /// Everything is checked and all values are computed first; each of these is an error that
+    /// changes nothing:
+    /// * invalid hyper-parameters ([`Schedule::validate`]; they may have been changed through
+    ///   [`schedule_mut`](Self::schedule_mut) since the scheduler was built);
+    /// * a non-finite value (NaN or ±infinity: JSON would save it as `null`, and the state would
+    ///   not load);
+    /// * a scheduled name no longer in the sparsifier;
+    /// * an epoch or step counter at its maximum (only a crafted state gets there).
     pub fn step<U>(&mut self, sparsifier: &mut DataSparsifier<U>) -> Result<StepOutcome>
     where
         U: UpdateMask<Config = C>,
     {
+        self.schedule.validate()?;
+        let (epoch, step_count) = self.next_counters()?;
         let warning =
             self.step_count == 1 && sparsifier.step_count() <= self.sparsifier_steps_at_start;
-        let epoch = self.last_epoch + 1;
         let mut values = Vec::with_capacity(self.base.len());
         for (name, base) in &self.base {
             let current = self.param.get(sparsifier.config(name)?);
             let v = self.schedule.value(&Point {
                 name,
-                epoch: epoch as u64,
+                epoch,
                 base: *base,
                 current,
             });
-            if v.is_nan() {
+            if !v.is_finite() {
                 return Err(Error::invalid_config(
                     name.as_str(),
                     self.param.name,
                     v,
                     format!(
-                        "a number; the {} schedule gave NaN at epoch {epoch}",
+                        "a finite number; the {} schedule gave {v} at epoch {epoch} and nothing was \
+                         changed: make the schedule (or its hyper-parameters) give finite values",
                         self.schedule.name()
                     ),
                 ));
@@ -317,8 +336,8 @@ impl<C: Config, S: Schedule> DataScheduler<C, S> {
         for ((name, _), v) in self.base.iter().zip(values) {
             self.param.set(sparsifier.config_mut(name)?, v);
         }
-        self.step_count += 1;
-        self.last_epoch = epoch;
+        self.step_count = step_count;
+        self.last_epoch = epoch as i64; // next_counters checked that it fits
         self.last = sparsifier
             .configs()
             .map(|(n, c)| (n.to_string(), self.param.get(c)))
@@ -331,6 +350,23 @@ impl<C: Config, S: Schedule> DataScheduler<C, S> {
         })
     }
 
+    /// The epoch the next step enters and the step count after it, or an error if either counter
+    /// would overflow (a loaded state may hold any value).
+    fn next_counters(&self) -> Result<(u64, u64)> {
+        let epoch = self
+            .last_epoch
+            .checked_add(1)
+            .and_then(|e| u64::try_from(e).ok());
+        match (epoch, self.step_count.checked_add(1)) {
+            (Some(e), Some(c)) => Ok((e, c)),
+            _ => Err(Error::invalid_state(format!(
+                "the scheduler cannot step: last_epoch {} or step_count {} is at its maximum; \
+                 no run gets there, so the loaded state is corrupt: load a state saved by a real run",
+                self.last_epoch, self.step_count
+            ))),
+        }
+    }
+
     /// The scheduled field.
     pub fn param(&self) -> Param<C> {
         self.param
@@ -339,7 +375,8 @@ impl<C: Config, S: Schedule> DataScheduler<C, S> {
     pub fn schedule(&self) -> &S {
         &self.schedule
     }
-    /// The schedule, mutably (e.g. to change a hyper-parameter mid-run).
+    /// The schedule, mutably (e.g. to change a hyper-parameter mid-run). The next
+    /// [`step`](Self::step) validates it and refuses invalid values.
     pub fn schedule_mut(&mut self) -> &mut S {
         &mut self.schedule
     }
@@ -413,13 +450,25 @@ impl<C: Config, S: Schedule> DataScheduler<C, S> {
     }
 
     /// The state as JSON, for [`StateDict::extra`](crate::StateDict::extra) under [`STATE_KEY`].
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self.state_dict()).unwrap_or(serde_json::Value::Null)
+    ///
+    /// Errors, rather than JSON that would not load back: hyper-parameters the schedule's
+    /// [`validate`](Schedule::validate) refuses (e.g. an infinite `gamma` set through
+    /// [`schedule_mut`](Self::schedule_mut): JSON would hold `null`); a non-finite base or last
+    /// value; a serialization failure.
+    pub fn to_json(&self) -> Result<serde_json::Value> {
+        self.schedule.validate()?;
+        let unsaveable = "a finite number: JSON cannot hold it, so the saved state would not load";
+        check_finite(&self.base, self.param.name, unsaveable)?;
+        check_finite(&self.last, self.param.name, unsaveable)?;
+        serde_json::to_value(self.state_dict())
+            .map_err(|e| Error::invalid_state(format!("cannot serialize the scheduler state: {e}")))
     }
 
-    /// Puts the state into an `extra` map under [`STATE_KEY`].
-    pub fn save_into(&self, extra: &mut BTreeMap<String, serde_json::Value>) {
-        extra.insert(STATE_KEY.to_string(), self.to_json());
+    /// Puts the state into an `extra` map under [`STATE_KEY`]. On error (see
+    /// [`to_json`](Self::to_json)) the map is unchanged.
+    pub fn save_into(&self, extra: &mut BTreeMap<String, serde_json::Value>) -> Result<()> {
+        extra.insert(STATE_KEY.to_string(), self.to_json()?);
+        Ok(())
     }
 
     /// Reads the state from an `extra` map (an error if it is missing or malformed) and loads it.
@@ -438,7 +487,7 @@ impl<C: Config, S: Schedule> DataScheduler<C, S> {
         U: UpdateMask<Config = C>,
     {
         let mut extra = BTreeMap::new();
-        self.save_into(&mut extra);
+        self.save_into(&mut extra)?;
         sparsifier.save_state_with_extra(path, &extra)
     }
 
@@ -496,6 +545,14 @@ pub fn parse_state(extra: &BTreeMap<String, serde_json::Value>) -> Result<Schedu
     })?;
     serde_json::from_value(v.clone())
         .map_err(|e| Error::invalid_state(format!("scheduler state: {e}")))
+}
+
+/// An [`Error::InvalidConfig`] for the first non-finite value.
+fn check_finite(values: &[(String, f64)], key: &'static str, expected: &str) -> Result<()> {
+    match values.iter().find(|(_, v)| !v.is_finite()) {
+        Some((name, v)) => Err(Error::invalid_config(name.as_str(), key, v, expected)),
+        None => Ok(()),
+    }
 }
 
 fn lookup(values: &[(String, f64)], name: &str) -> Option<f64> {

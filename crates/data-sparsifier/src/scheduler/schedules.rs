@@ -45,10 +45,15 @@ pub struct Point<'a> {
 pub trait Schedule {
     /// A short name, saved with the state and checked when loading it.
     fn name(&self) -> &'static str;
-    /// The new value for one entry. A NaN is an error; values outside the parameter's range are
-    /// clamped by the scheduler.
+    /// The new value for one entry. A non-finite value (NaN, ±infinity) is an error; finite values
+    /// outside the parameter's range are clamped by the scheduler.
+    ///
+    /// It must not panic, whatever the hyper-parameters (the ready-made schedules have public
+    /// fields, so they can hold values [`validate`](Self::validate) refuses): return NaN when no
+    /// value can be computed.
     fn value(&self, at: &Point<'_>) -> f64;
-    /// Checks the hyper-parameters; called when the scheduler is built and when state is loaded.
+    /// Checks the hyper-parameters; called when the scheduler is built, before each of its steps
+    /// (so a change through `DataScheduler::schedule_mut` is checked too) and when state is loaded.
     fn validate(&self) -> Result<()> {
         Ok(())
     }
@@ -83,7 +88,7 @@ impl<S: Schedule + ?Sized> Schedule for Box<S> {
     }
 }
 
-fn bad(key: &'static str, value: impl ToString, expected: &str) -> Error {
+fn bad(key: &'static str, value: impl ToString, expected: impl Into<String>) -> Error {
     Error::invalid_config("schedule", key, value, expected)
 }
 
@@ -147,11 +152,14 @@ impl Schedule for StepSchedule {
     fn name(&self) -> &'static str {
         "step"
     }
+    /// `current · gamma` at the epochs `step_size, 2·step_size, …`, `current` otherwise. An invalid
+    /// `step_size` of 0 gives NaN (which [`DataScheduler::step`](super::DataScheduler::step)
+    /// refuses), not a division by zero.
     fn value(&self, at: &Point<'_>) -> f64 {
-        if at.epoch == 0 || at.epoch % self.step_size != 0 {
-            at.current
-        } else {
-            at.current * self.gamma
+        match at.epoch.checked_rem(self.step_size) {
+            None => f64::NAN,
+            Some(0) if at.epoch > 0 => at.current * self.gamma,
+            Some(_) => at.current,
         }
     }
     fn validate(&self) -> Result<()> {
@@ -247,28 +255,50 @@ impl Schedule for LinearSchedule {
     serde_state!();
 }
 
-/// Zhu & Gupta's gradual pruning schedule ("To prune, or not to prune", 2017), the one
-/// practitioners use (TensorFlow Model Optimization's `PolynomialDecay` with power 3):
+/// Zhu & Gupta's gradual pruning schedule (M. Zhu, S. Gupta, "To prune, or not to prune:
+/// exploring the efficacy of pruning for model compression", 2017, equation 1), the one
+/// practitioners use (TensorFlow Model Optimization's `PolynomialDecay` with power 3). PyTorch's
+/// data sparsifier has no such schedule; this one is ours.
 ///
-/// `s(t) = s_f + (s_i − s_f) · (1 − (t − t₀) / n)³` for `t₀ ≤ t ≤ t₀ + n`,
+/// `s_t = s_f + (s_i − s_f) · (1 − (t − t₀) / (n·Δt))³` for `t ∈ {t₀, t₀ + Δt, …, t₀ + n·Δt}`
 ///
 /// with `s_i` = `initial` (each entry's base value if `None`), `s_f` = `final_sparsity`,
-/// `t₀` = `start_step`, `n` = `num_steps`. Before `t₀` the level is `s_i`, from `t₀ + n` on it is `s_f`.
-/// The level changes only every `frequency` steps: `t − t₀` is rounded down to a multiple of
-/// `frequency` (the end of the ramp is reached at `t₀ + n` whatever the frequency). Steps are the
-/// scheduler's steps (epochs, or batches if the scheduler is stepped per batch).
+/// `t₀` = `start_step`, `n` = `pruning_steps` (the number of pruning steps) and
+/// `Δt` = `frequency` (the steps between two pruning steps). So:
 ///
-/// Pruning is fast at first and slows as the level nears `s_f`, giving the weights time to recover.
+/// * before `t₀` the level is `s_i`;
+/// * the level changes only at `t₀ + k·Δt`; in between it keeps the last value: at any step
+///   `t ≥ t₀` it is `s_f + (s_i − s_f) · (1 − k/n)³` with `k = ⌊(t − t₀) / Δt⌋`
+///   (`s_i` exactly for `k = 0`);
+/// * it reaches `s_f` exactly at `t₀ + n·Δt` (the `n`-th pruning step after `t₀`) and stays there
+///   (`n = 0` jumps to `s_f` at `t₀`).
+///
+/// Steps are the scheduler's steps: its construction is step 0, then each
+/// [`DataScheduler::step`](super::DataScheduler::step) is the next (epochs, or batches if the
+/// scheduler is stepped per batch). Pruning is fast at first and slows as the level nears `s_f`,
+/// giving the weights time to recover.
+///
+/// Worked example: `s_i = 0`, `s_f = 0.8`, `t₀ = 2`, `n = 4`, `Δt = 2`, so the ramp ends at
+/// `2 + 4·2 = 10`:
+///
+/// | step `t` | `k` | level |
+/// |---|---|---|
+/// | 0, 1 | (before `t₀`) | 0 |
+/// | 2, 3 | 0 | 0 |
+/// | 4, 5 | 1 | 0.8 · (1 − (3/4)³) = 0.8 · 37/64 = 0.4625 |
+/// | 6, 7 | 2 | 0.8 · (1 − (1/2)³) = 0.7 |
+/// | 8, 9 | 3 | 0.8 · (1 − (1/4)³) = 0.7875 |
+/// | 10, 11, … | 4 = `n` | 0.8 |
 ///
 /// ```
 /// use data_sparsifier::scheduler::{Point, Schedule, ZhuGupta};
-/// let s = ZhuGupta::new(Some(0.0), 0.8, 2, 10, 1).unwrap();
+/// let s = ZhuGupta::new(Some(0.0), 0.8, 2, 4, 2).unwrap();
+/// assert_eq!(s.end_step(), Some(10));
 /// let at = |epoch| Point { name: "w", epoch, base: 0.5, current: 0.0 };
-/// assert_eq!(s.value(&at(0)), 0.0);
-/// assert_eq!(s.value(&at(2)), 0.0);
-/// assert!((s.value(&at(7)) - 0.8 * (1.0 - 0.5f64.powi(3))).abs() < 1e-12);
-/// assert_eq!(s.value(&at(12)), 0.8);
-/// assert_eq!(s.value(&at(100)), 0.8);
+/// let v: Vec<f64> = (0..12).map(|t| s.value(&at(t))).collect();
+/// let want = [0.0, 0.0, 0.0, 0.0, 0.4625, 0.4625, 0.7, 0.7, 0.7875, 0.7875, 0.8, 0.8];
+/// assert!(v.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-12), "{v:?}");
+/// assert_eq!(v[10], 0.8); // exactly s_f at the end of the ramp
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -277,32 +307,41 @@ pub struct ZhuGupta {
     pub initial: Option<f64>,
     /// `s_f`.
     pub final_sparsity: f64,
-    /// `t₀`: the step pruning starts.
+    /// `t₀`: the step of the first pruning step (where the level is still `s_i`).
     pub start_step: u64,
-    /// `n`: the length of the ramp in steps.
-    pub num_steps: u64,
-    /// `Δt`: the level is updated every `frequency` steps (> 0).
+    /// `n`: the number of pruning steps after `t₀`; the level reaches `s_f` at `t₀ + n·Δt`.
+    pub pruning_steps: u64,
+    /// `Δt`: the steps between two pruning steps (> 0).
     pub frequency: u64,
 }
 
 impl ZhuGupta {
-    /// A validated schedule.
+    /// A validated schedule: `s_i` = `initial` (`None`: each entry's base value),
+    /// `s_f` = `final_sparsity`, `t₀` = `start_step`, `n` = `pruning_steps`, `Δt` = `frequency`.
     pub fn new(
         initial: Option<f64>,
         final_sparsity: f64,
         start_step: u64,
-        num_steps: u64,
+        pruning_steps: u64,
         frequency: u64,
     ) -> Result<Self> {
         let s = ZhuGupta {
             initial,
             final_sparsity,
             start_step,
-            num_steps,
+            pruning_steps,
             frequency,
         };
         s.validate()?;
         Ok(s)
+    }
+
+    /// `t₀ + n·Δt`, the step from which the level is `s_f`; `None` if it does not fit in a `u64`
+    /// (which [`validate`](Schedule::validate) refuses).
+    pub fn end_step(&self) -> Option<u64> {
+        self.pruning_steps
+            .checked_mul(self.frequency)
+            .and_then(|ramp| ramp.checked_add(self.start_step))
     }
 }
 
@@ -310,25 +349,41 @@ impl Schedule for ZhuGupta {
     fn name(&self) -> &'static str {
         "zhu_gupta"
     }
+    /// The level at the last pruning step at or before `at.epoch` (see the type's documentation).
+    /// An invalid `frequency` of 0 gives NaN from `t₀` on, not a division by zero.
     fn value(&self, at: &Point<'_>) -> f64 {
         let s_i = self.initial.unwrap_or(at.base);
         if at.epoch < self.start_step {
             return s_i;
         }
-        let t = at.epoch - self.start_step;
-        if t >= self.num_steps {
+        // k: the pruning steps made so far after t0. Dividing (rather than comparing t with
+        // t0 + n·Δt) cannot overflow.
+        let Some(k) = (at.epoch - self.start_step).checked_div(self.frequency) else {
+            return f64::NAN;
+        };
+        if k >= self.pruning_steps {
             return self.final_sparsity;
         }
-        let t = t - t % self.frequency;
-        if t == 0 {
+        if k == 0 {
             return s_i;
         }
-        let remaining = 1.0 - t as f64 / self.num_steps as f64;
+        let remaining = 1.0 - k as f64 / self.pruning_steps as f64;
         self.final_sparsity + (s_i - self.final_sparsity) * remaining.powi(3)
     }
     fn validate(&self) -> Result<()> {
         if self.frequency == 0 {
             return Err(bad("frequency", 0, "a positive number of steps"));
+        }
+        if self.end_step().is_none() {
+            return Err(bad(
+                "pruning_steps",
+                self.pruning_steps,
+                format!(
+                    "start_step + pruning_steps · frequency (the end of the ramp) must fit in a u64; \
+                     with start_step {} and frequency {} it does not",
+                    self.start_step, self.frequency
+                ),
+            ));
         }
         if let Some(v) = self.initial {
             finite("initial", v)?;
