@@ -354,6 +354,17 @@ impl MaskedView<'_> {
     /// Errors with [`Error::ShapeMismatch`] if the data was given another shape after it was added
     /// (e.g. by [`Parameter::set`](crate::Parameter::set)) so that the mask no longer fits, as
     /// PyTorch's parametrization raises.
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, DataNormConfig, DataNormSparsifier, Error, Parameter, Tensor};
+    /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// let w = Parameter::new(Tensor::zeros(DType::F32, [2, 4]));
+    /// sp.add_data("w", &w).unwrap();
+    /// assert_eq!(sp.masked("w").unwrap().to_tensor().unwrap().shape(), &[2, 4]);
+    /// w.set(Tensor::zeros(DType::F32, [3, 4])); // another holder reshapes the data
+    /// let err = sp.masked("w").unwrap().to_tensor().unwrap_err();
+    /// assert!(matches!(err, Error::ShapeMismatch { .. }));
+    /// ```
     pub fn to_tensor(&self) -> Result<Tensor> {
         self.data.read(|d| {
             if !self.parametrized {
