@@ -9,6 +9,16 @@ use crate::tensor::{Parameter, Tensor};
 use std::sync::Arc;
 
 /// What kind of data an entry is. A name keeps its kind: replacing it with another kind is an error.
+///
+/// ```
+/// use data_sparsifier::{DType, DataKind, DataNormConfig, DataNormSparsifier, Parameter, Tensor};
+/// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+/// sp.add_data("w", Parameter::new(Tensor::zeros(DType::F32, [4]))).unwrap();
+/// assert_eq!(sp.kind("w").unwrap(), DataKind::Parameter);
+/// // A name keeps its kind.
+/// assert!(sp.add_data("w", Tensor::zeros(DType::F32, [4])).is_err());
+/// assert_eq!(serde_json::to_string(&DataKind::EmbeddingBag).unwrap(), "\"embedding_bag\"");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DataKind {
@@ -24,6 +34,12 @@ pub enum DataKind {
 
 impl DataKind {
     /// The kind's name as text.
+    ///
+    /// ```
+    /// use data_sparsifier::DataKind;
+    /// assert_eq!(DataKind::EmbeddingBag.as_str(), "embedding_bag");
+    /// assert_eq!(DataKind::Tensor.to_string(), "tensor");
+    /// ```
     pub const fn as_str(self) -> &'static str {
         match self {
             DataKind::Tensor => "tensor",
@@ -70,6 +86,13 @@ pub enum Data {
 
 impl Data {
     /// The kind tag.
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, Data, DataKind, Parameter, Tensor};
+    /// let p = Parameter::new(Tensor::zeros(DType::F32, [2]));
+    /// assert_eq!(Data::from(&p).kind(), DataKind::Parameter);
+    /// assert_eq!(Data::from(Tensor::zeros(DType::F32, [2])).kind(), DataKind::Tensor);
+    /// ```
     pub fn kind(&self) -> DataKind {
         match self {
             Data::Tensor(_) => DataKind::Tensor,

@@ -52,6 +52,13 @@ impl DType {
     }
 
     /// Converts from a safetensors dtype; non-float dtypes are an [`Error::UnsupportedDType`].
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, Error};
+    /// assert_eq!(DType::from_safetensors(safetensors::Dtype::BF16, "w").unwrap(), DType::BF16);
+    /// let err = DType::from_safetensors(safetensors::Dtype::I64, "ids").unwrap_err();
+    /// assert!(matches!(err, Error::UnsupportedDType { .. }));
+    /// ```
     pub fn from_safetensors(dtype: safetensors::Dtype, what: &str) -> Result<Self, Error> {
         match dtype {
             safetensors::Dtype::F32 => Ok(DType::F32),
@@ -66,6 +73,14 @@ impl DType {
     }
 
     /// Converts to the safetensors dtype.
+    ///
+    /// ```
+    /// use data_sparsifier::DType;
+    /// for d in DType::ALL {
+    ///     assert_eq!(DType::from_safetensors(d.to_safetensors(), "x").unwrap(), d);
+    /// }
+    /// assert_eq!(DType::F16.to_safetensors(), safetensors::Dtype::F16);
+    /// ```
     pub const fn to_safetensors(self) -> safetensors::Dtype {
         match self {
             DType::F32 => safetensors::Dtype::F32,

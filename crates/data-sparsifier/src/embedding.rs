@@ -84,6 +84,14 @@ pub struct Embedding {
 impl Embedding {
     /// A new table with N(0, 1) weights from `seed`; the `padding_idx` row (negative counts from the
     /// end) is zero.
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, Embedding};
+    /// let emb = Embedding::new(10, 4, DType::F32, Some(-1), 42).unwrap();
+    /// assert_eq!((emb.dims().unwrap(), emb.padding_idx()), ((10, 4), Some(9)));
+    /// assert_eq!(emb.forward(&[9]).unwrap().to_f64_vec(), vec![0.0; 4]); // the padding row
+    /// assert!(Embedding::new(10, 4, DType::F32, Some(10), 42).is_err());
+    /// ```
     pub fn new(
         num_embeddings: usize,
         embedding_dim: usize,
@@ -107,10 +115,26 @@ impl Embedding {
         })
     }
     /// A table over an existing weight (like `from_pretrained`); the weight is not modified.
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, Embedding, Tensor};
+    /// let emb = Embedding::from_weight(Tensor::zeros(DType::F16, [5, 3])).unwrap();
+    /// assert_eq!((emb.dims().unwrap(), emb.padding_idx()), ((5, 3), None));
+    /// assert!(Embedding::from_weight(Tensor::zeros(DType::F16, [15])).is_err()); // not 2-D
+    /// ```
     pub fn from_weight(weight: impl Into<Parameter>) -> Result<Self> {
         Self::from_parameter(weight.into(), None)
     }
     /// A table over a shared weight handle, with an optional padding index.
+    ///
+    /// ```
+    /// use data_sparsifier::{Embedding, Parameter, Tensor};
+    /// let w = Parameter::new(Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]).unwrap());
+    /// let emb = Embedding::from_parameter(w.clone(), Some(0)).unwrap();
+    /// assert!(emb.weight().ptr_eq(&w));
+    /// assert_eq!(emb.padding_idx(), Some(0));
+    /// assert_eq!(w.read().to_f64_vec(), vec![1.0, 2.0, 3.0, 4.0]); // the padding row is not zeroed
+    /// ```
     pub fn from_parameter(weight: Parameter, padding_idx: Option<i64>) -> Result<Self> {
         let (n, _) = table_shape("Embedding", &weight)?;
         let padding_idx = normalize_padding("Embedding", padding_idx, n)?;
@@ -132,6 +156,17 @@ impl Embedding {
         table_shape("Embedding", &self.weight)
     }
     /// Looks up each index; the output has shape `[indices.len(), embedding_dim]` and the weight's dtype.
+    ///
+    /// ```
+    /// use data_sparsifier::{Embedding, Mask, Parameter, Tensor};
+    /// let w = Parameter::new(Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]).unwrap());
+    /// let emb = Embedding::from_parameter(w.clone(), None).unwrap();
+    /// w.write().apply_mask(&Mask::from_dense_u8([2, 2], &[1, 1, 0, 1]).unwrap()).unwrap();
+    /// let out = emb.forward(&[1, 1, 0]).unwrap(); // sees the change to the shared weight
+    /// assert_eq!(out.shape(), &[3, 2]);
+    /// assert_eq!(out.to_f64_vec(), vec![0.0, 4.0, 0.0, 4.0, 1.0, 2.0]);
+    /// assert!(emb.forward(&[-1]).is_err());
+    /// ```
     pub fn forward(&self, indices: &[i64]) -> Result<Tensor> {
         // One read guard for the dimensions and the rows: another holder may replace the table.
         let w = self.weight.read();
@@ -161,6 +196,19 @@ fn zero_row(w: &mut Tensor, row: usize, d: usize) {
 }
 
 /// How an [`EmbeddingBag`] reduces the rows of a bag.
+///
+/// ```
+/// use data_sparsifier::{BagMode, Bags, EmbeddingBag, Tensor};
+/// let w = Tensor::from_vec(vec![1.0f32, 4.0, 3.0, 2.0], [2, 2]).unwrap();
+/// let reduce = |mode| {
+///     let bag = EmbeddingBag::from_weight(w.clone(), mode).unwrap();
+///     bag.forward(&[0, 1], Bags::Fixed { bag_size: 2 }, None).unwrap().to_f64_vec()
+/// };
+/// assert_eq!(reduce(BagMode::Sum), vec![4.0, 6.0]);
+/// assert_eq!(reduce(BagMode::Mean), vec![2.0, 3.0]);
+/// assert_eq!(reduce(BagMode::Max), vec![3.0, 4.0]);
+/// assert_eq!(BagMode::default(), BagMode::Mean);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum BagMode {
@@ -174,6 +222,19 @@ pub enum BagMode {
 }
 
 /// The bags of one [`EmbeddingBag::forward`] call, as PyTorch takes them.
+///
+/// ```
+/// use data_sparsifier::{BagMode, Bags, EmbeddingBag, Tensor};
+/// let w = Tensor::from_vec(vec![1.0f32, 2.0, 4.0], [3, 1]).unwrap();
+/// let bag = EmbeddingBag::from_weight(w, BagMode::Sum).unwrap();
+/// let idx = [0, 1, 2, 2];
+/// // Two bags of two: {0, 1} and {2, 2}.
+/// let fixed = bag.forward(&idx, Bags::Fixed { bag_size: 2 }, None).unwrap();
+/// // The same bags by offsets, CSR style (a last offset equal to the number of indices).
+/// let csr = Bags::Offsets { offsets: &[0, 2, 4], include_last_offset: true };
+/// assert_eq!(bag.forward(&idx, csr, None).unwrap(), fixed);
+/// assert_eq!(fixed.to_f64_vec(), vec![3.0, 8.0]);
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub enum Bags<'a> {
     /// Fixed-size bags: `indices` is a row-major `(batch, bag_size)` matrix (PyTorch's 2-D input).
@@ -216,6 +277,16 @@ pub struct EmbeddingBag {
 
 impl EmbeddingBag {
     /// A new table with N(0, 1) weights from `seed`; the `padding_idx` row is zero.
+    ///
+    /// ```
+    /// use data_sparsifier::{BagMode, Bags, DType, EmbeddingBag};
+    /// let bag = EmbeddingBag::new(6, 3, DType::BF16, BagMode::Sum, Some(0), 7).unwrap();
+    /// assert_eq!((bag.dims().unwrap(), bag.mode(), bag.padding_idx()), ((6, 3), BagMode::Sum, Some(0)));
+    /// assert_eq!(bag.weight().dtype(), DType::BF16);
+    /// // Only the padding row in the bag: it is skipped, so the bag is empty.
+    /// let out = bag.forward(&[0], Bags::Fixed { bag_size: 1 }, None).unwrap();
+    /// assert_eq!(out.to_f64_vec(), vec![0.0; 3]);
+    /// ```
     pub fn new(
         num_embeddings: usize,
         embedding_dim: usize,
@@ -241,10 +312,27 @@ impl EmbeddingBag {
         })
     }
     /// A table over an existing weight.
+    ///
+    /// ```
+    /// use data_sparsifier::{BagMode, DType, EmbeddingBag, Tensor};
+    /// let bag = EmbeddingBag::from_weight(Tensor::zeros(DType::F32, [4, 2]), BagMode::Max).unwrap();
+    /// assert_eq!((bag.dims().unwrap(), bag.mode()), ((4, 2), BagMode::Max));
+    /// assert!(EmbeddingBag::from_weight(Tensor::zeros(DType::F32, [8]), BagMode::Max).is_err());
+    /// ```
     pub fn from_weight(weight: impl Into<Parameter>, mode: BagMode) -> Result<Self> {
         Self::from_parameter(weight.into(), mode, None)
     }
     /// A table over a shared weight handle.
+    ///
+    /// ```
+    /// use data_sparsifier::{BagMode, Bags, EmbeddingBag, Parameter, Tensor};
+    /// let w = Parameter::new(Tensor::from_vec(vec![1.0f32, 2.0, 3.0], [3, 1]).unwrap());
+    /// let bag = EmbeddingBag::from_parameter(w.clone(), BagMode::Mean, Some(2)).unwrap();
+    /// assert!(bag.weight().ptr_eq(&w));
+    /// // The padding row 2 is skipped and not counted by the mean.
+    /// let out = bag.forward(&[0, 1, 2], Bags::Fixed { bag_size: 3 }, None).unwrap();
+    /// assert_eq!(out.to_f64_vec(), vec![1.5]);
+    /// ```
     pub fn from_parameter(
         weight: Parameter,
         mode: BagMode,
@@ -351,6 +439,18 @@ pub(crate) fn bag_ranges(n_idx: usize, bags: Bags<'_>) -> Result<Vec<(usize, usi
 
 impl EmbeddingBag {
     /// Reduces each bag; the output has shape `[num_bags, embedding_dim]` and the weight's dtype.
+    ///
+    /// ```
+    /// use data_sparsifier::{BagMode, Bags, EmbeddingBag, Tensor};
+    /// let w = Tensor::from_vec(vec![1.0f32, 10.0, 100.0], [3, 1]).unwrap();
+    /// let bag = EmbeddingBag::from_weight(w, BagMode::Sum).unwrap();
+    /// let bags = Bags::Offsets { offsets: &[0, 1], include_last_offset: false };
+    /// // per_sample_weights scale each looked-up row (sum mode only).
+    /// let out = bag.forward(&[0, 1, 2], bags, Some(&[2.0, 1.0, 0.5])).unwrap();
+    /// assert_eq!(out.shape(), &[2, 1]);
+    /// assert_eq!(out.to_f64_vec(), vec![2.0, 60.0]);
+    /// assert!(bag.forward(&[3], Bags::Fixed { bag_size: 1 }, None).is_err()); // out of range
+    /// ```
     pub fn forward(
         &self,
         indices: &[i64],

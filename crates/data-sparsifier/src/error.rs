@@ -201,6 +201,13 @@ pub enum Error {
 
 impl Error {
     /// Shorthand for an [`Error::InvalidConfig`].
+    ///
+    /// ```
+    /// use data_sparsifier::Error;
+    /// let err = Error::invalid_config("emb", "threshold", -1.0, "a value >= 0");
+    /// assert!(matches!(err, Error::InvalidConfig { key: "threshold", .. }));
+    /// assert_eq!(err.to_string(), "invalid config for \"emb\": threshold = -1: a value >= 0");
+    /// ```
     pub fn invalid_config(
         name: impl Into<String>,
         key: &'static str,
@@ -216,6 +223,13 @@ impl Error {
     }
 
     /// Shorthand for an [`Error::InvalidState`] without a file name.
+    ///
+    /// ```
+    /// use data_sparsifier::Error;
+    /// let err = Error::invalid_state("entry \"x\" is missing");
+    /// assert!(matches!(err, Error::InvalidState { source_name: None, .. }));
+    /// assert!(err.to_string().starts_with("invalid saved state: "));
+    /// ```
     pub fn invalid_state(message: impl Into<String>) -> Self {
         Error::InvalidState {
             source_name: None,
@@ -264,6 +278,14 @@ impl Error {
     }
 
     /// Shorthand for an [`Error::Io`].
+    ///
+    /// ```
+    /// use data_sparsifier::Error;
+    /// let source = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+    /// let err = Error::io("/tmp/state.safetensors", source);
+    /// assert_eq!(err.to_string(), "/tmp/state.safetensors: no such file");
+    /// assert!(std::error::Error::source(&err).is_some());
+    /// ```
     pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().display().to_string(),
@@ -273,4 +295,13 @@ impl Error {
 }
 
 /// The crate's result type.
+///
+/// ```
+/// use data_sparsifier::{Result, Tensor};
+/// fn two_by_two(v: Vec<f32>) -> Result<Tensor> {
+///     Tensor::from_vec(v, [2, 2])
+/// }
+/// assert!(two_by_two(vec![0.0; 4]).is_ok());
+/// assert!(two_by_two(vec![0.0; 3]).is_err());
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;

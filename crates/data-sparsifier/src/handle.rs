@@ -59,6 +59,14 @@ pub trait ExternalTensor: Send + Sync + fmt::Debug {
 }
 
 /// The storage behind one entry.
+///
+/// ```
+/// use data_sparsifier::{DType, Handle, Parameter, Tensor};
+/// let p = Parameter::new(Tensor::zeros(DType::F32, [2, 3]));
+/// let h = Handle::Native(p.clone());
+/// assert_eq!((h.shape(), h.dtype()), (vec![2, 3], DType::F32));
+/// assert!(h.as_parameter().unwrap().ptr_eq(&p));
+/// ```
 #[derive(Clone, Debug)]
 pub enum Handle {
     /// Our own shared tensor.
@@ -83,6 +91,13 @@ impl Handle {
         }
     }
     /// Runs `f` on a zero-copy view of the current values.
+    ///
+    /// ```
+    /// use data_sparsifier::{Handle, Parameter, Tensor};
+    /// let h = Handle::Native(Parameter::new(Tensor::from_vec(vec![1.0f32, -3.0], [2]).unwrap()));
+    /// let sum = h.read(|v| Ok(v.as_slice::<f32>().unwrap().iter().sum::<f32>())).unwrap();
+    /// assert_eq!(sum, -2.0);
+    /// ```
     pub fn read<R>(&self, f: impl FnOnce(TensorView<'_>) -> Result<R>) -> Result<R> {
         match self {
             Handle::Native(p) => f(p.read().view()),
@@ -105,10 +120,27 @@ impl Handle {
         }
     }
     /// A copy of the current values.
+    ///
+    /// ```
+    /// use data_sparsifier::{Handle, Parameter, Tensor};
+    /// let p = Parameter::new(Tensor::from_vec(vec![1.0f32], [1]).unwrap());
+    /// let copy = Handle::Native(p.clone()).snapshot().unwrap();
+    /// p.set(Tensor::from_vec(vec![2.0f32], [1]).unwrap());
+    /// assert_eq!(copy.to_f64_vec(), vec![1.0]);
+    /// ```
     pub fn snapshot(&self) -> Result<Tensor> {
         self.read(|v| Ok(v.to_tensor()))
     }
     /// Zeroes the masked-out elements in place.
+    ///
+    /// ```
+    /// use data_sparsifier::{Handle, Mask, Parameter, Tensor};
+    /// let p = Parameter::new(Tensor::from_vec(vec![1.0f32, 2.0], [2]).unwrap());
+    /// let h = Handle::Native(p.clone());
+    /// h.apply_mask(&Mask::from_dense_u8([2], &[1, 0]).unwrap()).unwrap();
+    /// assert_eq!(p.read().to_f64_vec(), vec![1.0, 0.0]); // written through the shared handle
+    /// assert!(h.apply_mask(&Mask::ones([3])).is_err());
+    /// ```
     pub fn apply_mask(&self, mask: &Mask) -> Result<()> {
         match self {
             Handle::Native(p) => p.write().apply_mask(mask),
@@ -117,6 +149,13 @@ impl Handle {
     }
     /// Replaces the values. A native handle takes `t` whole (any shape); an external one must keep
     /// its shape and dtype.
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, Handle, Parameter, Tensor};
+    /// let p = Parameter::new(Tensor::zeros(DType::F32, [2]));
+    /// Handle::Native(p.clone()).set(Tensor::zeros(DType::F64, [4])).unwrap();
+    /// assert_eq!((p.shape(), p.dtype()), (vec![4], DType::F64));
+    /// ```
     pub fn set(&self, t: Tensor) -> Result<()> {
         match self {
             Handle::Native(p) => {
@@ -127,6 +166,12 @@ impl Handle {
         }
     }
     /// The native parameter, if this is one.
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, Handle, Parameter, Tensor};
+    /// let p = Parameter::new(Tensor::zeros(DType::F32, [2]));
+    /// assert!(Handle::Native(p.clone()).as_parameter().is_some_and(|q| q.ptr_eq(&p)));
+    /// ```
     pub fn as_parameter(&self) -> Option<&Parameter> {
         match self {
             Handle::Native(p) => Some(p),

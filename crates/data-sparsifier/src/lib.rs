@@ -26,6 +26,22 @@
 //! An implementer writes only [`UpdateMask::update_mask`]; the container does the housekeeping:
 //! per-name configs, replacing data, stepping, squashing, and saving state. See [`DataSparsifier`]
 //! for a complete custom sparsifier.
+//!
+//! ```
+//! use data_sparsifier::{DataNormConfig, DataNormSparsifier, Parameter, Tensor, Version};
+//! // Prune the half of the (1, 2) blocks with the smallest L1 norm.
+//! let mut sp = DataNormSparsifier::data_norm(DataNormConfig {
+//!     sparse_block_shape: (1, 2),
+//!     ..Default::default()
+//! })
+//! .unwrap();
+//! let w = Parameter::new(Tensor::from_vec(vec![0.1f32, -0.2, 3.0, 1.0], [1, 4]).unwrap());
+//! sp.add_data("w", &w).unwrap();
+//! sp.step().unwrap();
+//! assert_eq!(sp.get_data("w", Version::Masked).unwrap().to_f64_vec(), vec![0.0, 0.0, 3.0, 1.0]);
+//! sp.squash_mask(None, true).unwrap(); // write the sparse values into the shared parameter
+//! assert_eq!(w.read().as_slice::<f32>().unwrap(), &[0.0, 0.0, 3.0, 1.0]);
+//! ```
 #![warn(missing_docs)]
 
 #[cfg(feature = "candle")]

@@ -63,6 +63,13 @@ impl Mask {
         m
     }
     /// A mask that zeroes everything.
+    ///
+    /// ```
+    /// use data_sparsifier::Mask;
+    /// let m = Mask::zeros([2, 3]);
+    /// assert_eq!((m.count_kept(), m.len()), (0, 6));
+    /// assert_eq!(Mask::ones([2, 3]).count_kept(), 6);
+    /// ```
     pub fn zeros(shape: impl Into<Vec<usize>>) -> Self {
         let shape = shape.into();
         let len = numel(&shape);
@@ -89,11 +96,26 @@ impl Mask {
         as_2d(&self.shape)
     }
     /// Bytes used by the bits.
+    ///
+    /// ```
+    /// use data_sparsifier::Mask;
+    /// let m = Mask::ones([100, 3]);
+    /// assert_eq!((m.shape(), m.len(), m.is_empty()), (&[100, 3][..], 300, false));
+    /// assert_eq!(m.rows_cols(), Some((100, 3)));
+    /// assert_eq!(m.size_in_bytes(), 40); // 300 bits in five 64-bit words
+    /// ```
     pub fn size_in_bytes(&self) -> usize {
         self.words.len() * 8
     }
 
     /// Errors unless the mask has exactly `shape`.
+    ///
+    /// ```
+    /// use data_sparsifier::{Error, Mask};
+    /// let m = Mask::ones([2, 3]);
+    /// assert!(m.check_shape("x", &[2, 3]).is_ok());
+    /// assert!(matches!(m.check_shape("x", &[3, 2]), Err(Error::ShapeMismatch { .. })));
+    /// ```
     pub fn check_shape(&self, what: &str, shape: &[usize]) -> Result<()> {
         if self.shape != shape {
             return Err(Error::ShapeMismatch {
@@ -106,6 +128,13 @@ impl Mask {
     }
 
     /// Sets every element to `keep`.
+    ///
+    /// ```
+    /// use data_sparsifier::Mask;
+    /// let mut m = Mask::ones([5]);
+    /// m.fill(false);
+    /// assert_eq!(m.count_kept(), 0);
+    /// ```
     pub fn fill(&mut self, keep: bool) {
         let v = if keep { u64::MAX } else { 0 };
         self.words.iter_mut().for_each(|w| *w = v);
@@ -132,6 +161,15 @@ impl Mask {
     }
 
     /// Sets every element in the flat range (clipped to the mask) to `keep`, a word at a time.
+    ///
+    /// ```
+    /// use data_sparsifier::Mask;
+    /// let mut m = Mask::zeros([10]);
+    /// m.set_range(2..5, true);
+    /// m.keep_range(8..100); // clipped to the mask
+    /// m.zero_range(3..4);
+    /// assert_eq!(m.to_dense_u8(), vec![0, 0, 1, 0, 1, 0, 0, 0, 1, 1]);
+    /// ```
     pub fn set_range(&mut self, range: Range<usize>, keep: bool) {
         let (start, end) = (range.start.min(self.len), range.end.min(self.len));
         if start >= end {
@@ -199,6 +237,14 @@ impl Mask {
 
     /// Sets each bit to `pred(x)` for the matching element of a typed slice (in parallel):
     /// kept where the predicate holds, zeroed elsewhere.
+    ///
+    /// ```
+    /// use data_sparsifier::Mask;
+    /// let mut m = Mask::ones([4]);
+    /// m.keep_where_slice(&[1.0f64, -2.0, 0.0, 5.0], |x| x > 0.0).unwrap();
+    /// assert_eq!(m.to_dense_u8(), vec![1, 0, 0, 1]);
+    /// assert!(m.keep_where_slice(&[1.0f64; 3], |_| true).is_err()); // wrong length
+    /// ```
     pub fn keep_where_slice<T: Element>(
         &mut self,
         data: &[T],
@@ -258,6 +304,15 @@ impl Mask {
         Ok(())
     }
     /// Keeps only what both masks keep (`self &= other`).
+    ///
+    /// ```
+    /// use data_sparsifier::Mask;
+    /// let mut a = Mask::from_bools([4], &[true, true, false, false]).unwrap();
+    /// let b = Mask::from_bools([4], &[true, false, true, false]).unwrap();
+    /// a.and(&b).unwrap();
+    /// assert_eq!(a.to_bools(), [true, false, false, false]);
+    /// assert!(a.and(&Mask::ones([5])).is_err());
+    /// ```
     pub fn and(&mut self, other: &Mask) -> Result<()> {
         self.check_same(other, "and")?;
         self.words
@@ -267,6 +322,14 @@ impl Mask {
         Ok(())
     }
     /// Keeps what either mask keeps (`self |= other`).
+    ///
+    /// ```
+    /// use data_sparsifier::Mask;
+    /// let mut a = Mask::from_bools([4], &[true, true, false, false]).unwrap();
+    /// let b = Mask::from_bools([4], &[true, false, true, false]).unwrap();
+    /// a.or(&b).unwrap();
+    /// assert_eq!(a.to_bools(), [true, true, true, false]);
+    /// ```
     pub fn or(&mut self, other: &Mask) -> Result<()> {
         self.check_same(other, "or")?;
         self.words
@@ -276,6 +339,14 @@ impl Mask {
         Ok(())
     }
     /// Flips every bit.
+    ///
+    /// ```
+    /// use data_sparsifier::Mask;
+    /// let mut m = Mask::from_bools([3], &[true, false, false]).unwrap();
+    /// m.invert();
+    /// assert_eq!(m.to_bools(), [false, true, true]);
+    /// assert_eq!(m.count_kept(), 2); // the padding bits stay zero
+    /// ```
     pub fn invert(&mut self) {
         self.words.iter_mut().for_each(|w| *w = !*w);
         self.clear_tail();
@@ -301,11 +372,26 @@ impl Mask {
         }
     }
     /// Fraction zeroed, `1 - density`.
+    ///
+    /// ```
+    /// use data_sparsifier::Mask;
+    /// let mut m = Mask::ones([8]);
+    /// m.zero_range(0..6);
+    /// assert_eq!((m.count_kept(), m.count_zeroed()), (2, 6));
+    /// assert_eq!((m.density(), m.sparsity()), (0.25, 0.75));
+    /// ```
     pub fn sparsity(&self) -> f64 {
         1.0 - self.density()
     }
 
     /// Iterates the bits in flat order.
+    ///
+    /// ```
+    /// use data_sparsifier::Mask;
+    /// let m = Mask::from_dense_u8([3], &[1, 0, 1]).unwrap();
+    /// assert_eq!(m.iter().len(), 3);
+    /// assert_eq!(m.iter().filter(|&keep| keep).count(), 2);
+    /// ```
     pub fn iter(&self) -> impl ExactSizeIterator<Item = bool> + '_ {
         (0..self.len).map(move |i| self.get(i))
     }
@@ -325,10 +411,24 @@ impl Mask {
         out
     }
     /// A dense `bool` buffer.
+    ///
+    /// ```
+    /// use data_sparsifier::Mask;
+    /// let mut m = Mask::ones([3]);
+    /// m.set(1, false);
+    /// assert_eq!(m.to_bools(), vec![true, false, true]);
+    /// ```
     pub fn to_bools(&self) -> Vec<bool> {
         self.iter().collect()
     }
     /// A mask from a dense buffer of `u8` values: 0 = zero, anything else = keep.
+    ///
+    /// ```
+    /// use data_sparsifier::Mask;
+    /// let m = Mask::from_dense_u8([2, 2], &[1, 0, 7, 0]).unwrap(); // nonzero = keep
+    /// assert_eq!(m.to_dense_u8(), vec![1, 0, 1, 0]);
+    /// assert!(Mask::from_dense_u8([2, 2], &[1, 0, 1]).is_err()); // 3 values for 4 elements
+    /// ```
     pub fn from_dense_u8(shape: impl Into<Vec<usize>>, dense: &[u8]) -> Result<Self> {
         let shape = shape.into();
         if checked_numel("dense mask buffer", &shape, 0)? != dense.len() {
@@ -353,12 +453,25 @@ impl Mask {
         Ok(m)
     }
     /// A mask from a dense `bool` buffer.
+    ///
+    /// ```
+    /// use data_sparsifier::Mask;
+    /// let m = Mask::from_bools([3], &[false, true, true]).unwrap();
+    /// assert!(!m.get(0) && m.get(1));
+    /// assert!(Mask::from_bools([2], &[true]).is_err());
+    /// ```
     pub fn from_bools(shape: impl Into<Vec<usize>>, dense: &[bool]) -> Result<Self> {
         let bytes: Vec<u8> = dense.iter().map(|&b| b as u8).collect();
         Self::from_dense_u8(shape, &bytes)
     }
 
     /// The bits as `ceil(len / 8)` bytes, element `i` at bit `i % 8` of byte `i / 8`.
+    ///
+    /// ```
+    /// use data_sparsifier::Mask;
+    /// let m = Mask::from_dense_u8([10], &[1, 0, 1, 1, 0, 0, 0, 0, 0, 1]).unwrap();
+    /// assert_eq!(m.to_packed_bytes(), vec![0b0000_1101, 0b0000_0010]);
+    /// ```
     pub fn to_packed_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.words.len() * 8);
         for w in &self.words {
@@ -369,6 +482,14 @@ impl Mask {
     }
     /// The inverse of [`Mask::to_packed_bytes`]. The byte count must be exactly `ceil(len / 8)` and
     /// the padding bits of the last byte must be zero, so a tampered buffer is rejected.
+    ///
+    /// ```
+    /// use data_sparsifier::Mask;
+    /// let m = Mask::from_packed_bytes([10], &[0b0000_1101, 0b0000_0010]).unwrap();
+    /// assert_eq!(m.to_dense_u8(), vec![1, 0, 1, 1, 0, 0, 0, 0, 0, 1]);
+    /// assert!(Mask::from_packed_bytes([10], &[0xff]).is_err()); // too short
+    /// assert!(Mask::from_packed_bytes([10], &[0xff, 0b0000_0100]).is_err()); // bit 10 is past the end
+    /// ```
     pub fn from_packed_bytes(shape: impl Into<Vec<usize>>, bytes: &[u8]) -> Result<Self> {
         let shape = shape.into();
         let want = checked_numel("packed mask", &shape, 0)?.div_ceil(8);
@@ -402,12 +523,28 @@ impl Mask {
     }
     /// The raw words, mutably, for kernels that write 64 elements at a time. Bits written past
     /// [`Mask::len`] are cleared when this borrow is released, so counts stay exact.
+    ///
+    /// ```
+    /// use data_sparsifier::Mask;
+    /// let mut m = Mask::zeros([70]);
+    /// m.words_mut()[1] = u64::MAX; // elements 64..128, but the mask ends at 70
+    /// assert_eq!(m.count_kept(), 6);
+    /// assert_eq!(m.words()[1], 0b11_1111);
+    /// ```
     pub fn words_mut(&mut self) -> WordsMut<'_> {
         WordsMut { mask: self }
     }
 
     /// Zeroes the elements of `data` whose bit is 0 (in parallel). `data` must have `len` elements;
     /// extra elements are left alone.
+    ///
+    /// ```
+    /// use data_sparsifier::Mask;
+    /// let m = Mask::from_dense_u8([4], &[1, 0, 0, 1]).unwrap();
+    /// let mut data = vec![1.0f32, 2.0, 3.0, 4.0];
+    /// m.apply(&mut data);
+    /// assert_eq!(data, [1.0, 0.0, 0.0, 4.0]);
+    /// ```
     pub fn apply<T: Element>(&self, data: &mut [T]) {
         Self::apply_words(&self.words, data)
     }
@@ -465,6 +602,15 @@ impl Mask {
     }
 
     /// Writes `mask · src` into `dst` (same length): the masked copy without a clone first.
+    ///
+    /// ```
+    /// use data_sparsifier::Mask;
+    /// let m = Mask::from_dense_u8([3], &[0, 1, 1]).unwrap();
+    /// let src = [5.0f64, 6.0, 7.0];
+    /// let mut dst = [9.0f64; 3];
+    /// m.apply_into(&src, &mut dst);
+    /// assert_eq!(dst, [0.0, 6.0, 7.0]);
+    /// ```
     pub fn apply_into<T: Element>(&self, src: &[T], dst: &mut [T]) {
         dst.par_chunks_mut(PAR_CHUNK_ELEMS)
             .zip(src.par_chunks(PAR_CHUNK_ELEMS))
@@ -581,7 +727,17 @@ fn and_words<U: Lane>(xs: &mut [U], words: &[u64]) {
     }
 }
 
-/// Mutable access to a mask's words; clears the padding bits when dropped.
+/// Mutable access to a mask's words, from [`Mask::words_mut`]; clears the padding bits when dropped.
+///
+/// ```
+/// use data_sparsifier::Mask;
+/// let mut m = Mask::zeros([3]);
+/// {
+///     let mut words = m.words_mut();
+///     words[0] = u64::MAX; // sets bits past element 2 too...
+/// }
+/// assert_eq!(m.words()[0], 0b111); // ...which the drop clears
+/// ```
 pub struct WordsMut<'a> {
     mask: &'a mut Mask,
 }

@@ -40,10 +40,24 @@ impl Rng {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
     /// Uniform integer in `0..n` (`n > 0`).
+    ///
+    /// ```
+    /// use data_sparsifier::random::Rng;
+    /// let mut rng = Rng::new(3);
+    /// assert!((0..100).all(|_| rng.below(6) < 6));
+    /// ```
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n.max(1)
     }
     /// Standard normal.
+    ///
+    /// ```
+    /// use data_sparsifier::random::Rng;
+    /// let mut rng = Rng::new(11);
+    /// let xs: Vec<f64> = (0..10_000).map(|_| rng.normal()).collect();
+    /// let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+    /// assert!(mean.abs() < 0.05);
+    /// ```
     pub fn normal(&mut self) -> f64 {
         let u1 = 1.0 - self.uniform();
         let u2 = self.uniform();

@@ -62,8 +62,42 @@ pub trait Config:
 /// when the data is first added. It is recomputed from the data on every [`DataSparsifier::step`],
 /// not accumulated.
 ///
-/// The full custom-sparsifier example (a threshold sparsifier with a per-name threshold) is in the
-/// crate documentation and in `examples/custom_sparsifier.rs`.
+/// A compact implementer that zeroes every `|x|` below a per-name threshold and refuses negative
+/// thresholds. The full custom-sparsifier example, with per-name overrides and a squash, is in
+/// [`DataSparsifier`]'s documentation and in `examples/custom_sparsifier.rs`.
+///
+/// ```
+/// use data_sparsifier::{Config, DataSparsifier, Error, Mask, Result, Tensor, TensorView, UpdateMask};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// struct Threshold(f64);
+/// impl Config for Threshold {
+///     type Patch = Option<f64>;
+///     fn apply(&mut self, p: &Option<f64>) { if let Some(t) = *p { self.0 = t; } }
+/// }
+///
+/// struct ThresholdSparsifier;
+/// impl UpdateMask for ThresholdSparsifier {
+///     type Config = Threshold;
+///     type State = ();
+///     fn validate(&self, name: &str, c: &Threshold) -> Result<()> {
+///         if c.0 >= 0.0 { Ok(()) } else { Err(Error::invalid_config(name, "threshold", c.0, "at least 0")) }
+///     }
+///     fn update_mask(&self, _name: &str, data: TensorView<'_>, c: &Threshold, _s: &mut (),
+///                    mask: &mut Mask) -> Result<()> {
+///         mask.keep_where(&data, |x| x.abs() >= c.0)
+///     }
+/// }
+///
+/// let mut sp = DataSparsifier::new(ThresholdSparsifier, Threshold(0.5)).unwrap();
+/// sp.add_data("x", Tensor::from_vec(vec![0.1f32, -0.7, 0.4, 2.0], [4]).unwrap()).unwrap();
+/// sp.step().unwrap();
+/// assert_eq!(sp.get_mask("x").unwrap().to_dense_u8(), vec![0, 1, 0, 1]);
+/// let y = Tensor::from_vec(vec![1.0f32], [1]).unwrap();
+/// assert!(sp.add_data_with("y", y, &Some(-1.0), true).is_err()); // validate
+/// assert!(DataSparsifier::new(ThresholdSparsifier, Threshold(-1.0)).is_err());
+/// ```
 pub trait UpdateMask: Send + Sync {
     /// The per-data configuration.
     type Config: Config;
@@ -105,6 +139,19 @@ pub trait UpdateMask: Send + Sync {
 }
 
 /// Which version of an entry's data to read.
+///
+/// ```
+/// use data_sparsifier::{DataNormConfig, DataNormSparsifier, Tensor, Version};
+/// let mut sp = DataNormSparsifier::data_norm(DataNormConfig {
+///     sparse_block_shape: (1, 1),
+///     ..Default::default()
+/// })
+/// .unwrap();
+/// sp.add_data("x", Tensor::from_vec(vec![1.0f32, -4.0], [2]).unwrap()).unwrap();
+/// sp.step().unwrap();
+/// assert_eq!(sp.get_data("x", Version::Original).unwrap().to_f64_vec(), vec![1.0, -4.0]);
+/// assert_eq!(sp.get_data("x", Version::Masked).unwrap().to_f64_vec(), vec![0.0, -4.0]);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
     /// The data as added, without the mask. Gone after a squash.
@@ -250,10 +297,35 @@ impl MaskedView<'_> {
         self.mask
     }
     /// Whether the mask is still applied on read (false once the entry is squashed).
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, DataNormConfig, DataNormSparsifier, Tensor};
+    /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// sp.add_data("x", Tensor::zeros(DType::F16, [2, 4])).unwrap();
+    /// let view = sp.masked("x").unwrap();
+    /// assert!(view.is_parametrized());
+    /// assert_eq!((view.shape(), view.dtype()), (vec![2, 4], DType::F16));
+    /// assert_eq!(view.mask().count_kept(), 8); // a new entry keeps everything
+    /// ```
     pub fn is_parametrized(&self) -> bool {
         self.parametrized
     }
     /// Runs `f` on a zero-copy view of the unmasked data (after a squash: the squashed data).
+    ///
+    /// ```
+    /// use data_sparsifier::{DataNormConfig, DataNormSparsifier, Tensor};
+    /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig {
+    ///     sparse_block_shape: (1, 1),
+    ///     ..Default::default()
+    /// })
+    /// .unwrap();
+    /// sp.add_data("x", Tensor::from_vec(vec![1.0f32, -4.0], [2]).unwrap()).unwrap();
+    /// sp.step().unwrap();
+    /// let view = sp.masked("x").unwrap();
+    /// // The mask zeroes element 0, but the unmasked data still holds it.
+    /// let first = view.with_data(|d| Ok(d.as_slice::<f32>().unwrap()[0])).unwrap();
+    /// assert_eq!((first, view.get_f64(0)), (1.0, Some(0.0)));
+    /// ```
     pub fn with_data<R>(&self, f: impl FnOnce(TensorView<'_>) -> Result<R>) -> Result<R> {
         self.data.read(f)
     }
@@ -282,6 +354,17 @@ impl MaskedView<'_> {
     /// Errors with [`Error::ShapeMismatch`] if the data was given another shape after it was added
     /// (e.g. by [`Parameter::set`](crate::Parameter::set)) so that the mask no longer fits, as
     /// PyTorch's parametrization raises.
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, DataNormConfig, DataNormSparsifier, Error, Parameter, Tensor};
+    /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// let w = Parameter::new(Tensor::zeros(DType::F32, [2, 4]));
+    /// sp.add_data("w", &w).unwrap();
+    /// assert_eq!(sp.masked("w").unwrap().to_tensor().unwrap().shape(), &[2, 4]);
+    /// w.set(Tensor::zeros(DType::F32, [3, 4])); // another holder reshapes the data
+    /// let err = sp.masked("w").unwrap().to_tensor().unwrap_err();
+    /// assert!(matches!(err, Error::ShapeMismatch { .. }));
+    /// ```
     pub fn to_tensor(&self) -> Result<Tensor> {
         self.data.read(|d| {
             if !self.parametrized {
@@ -313,6 +396,14 @@ impl fmt::Debug for MaskedView<'_> {
 }
 
 /// Checks a data name: non-empty, no '.', no path or control characters that break a file layout.
+///
+/// ```
+/// use data_sparsifier::{validate_name, Error};
+/// assert!(validate_name("emb_weight").is_ok());
+/// assert!(matches!(validate_name("emb.weight"), Err(Error::InvalidName { .. })));
+/// assert!(validate_name("a/b").is_err());
+/// assert!(validate_name("").is_err());
+/// ```
 pub fn validate_name(name: &str) -> Result<()> {
     let reason = if name.is_empty() {
         "names must not be empty"
@@ -333,6 +424,14 @@ pub fn validate_name(name: &str) -> Result<()> {
 
 impl<U: UpdateMask> DataSparsifier<U> {
     /// A sparsifier with an update rule and default config. The defaults are validated.
+    ///
+    /// ```
+    /// use data_sparsifier::{norm::DataNorm, DataNormConfig, DataSparsifier};
+    /// let sp = DataSparsifier::new(DataNorm, DataNormConfig::default()).unwrap();
+    /// assert!(sp.is_empty());
+    /// let bad = DataNormConfig { sparse_block_shape: (0, 4), ..Default::default() };
+    /// assert!(DataSparsifier::new(DataNorm, bad).is_err());
+    /// ```
     pub fn new(updater: U, defaults: U::Config) -> Result<Self> {
         updater.validate("defaults", &defaults)?;
         Ok(DataSparsifier {
@@ -345,6 +444,15 @@ impl<U: UpdateMask> DataSparsifier<U> {
     }
 
     /// Adds each `(name, data)` with the default config (PyTorch's `data_list` constructor argument).
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, DataNormConfig, DataNormSparsifier, Tensor};
+    /// let sp = DataNormSparsifier::data_norm(DataNormConfig::default())
+    ///     .unwrap()
+    ///     .with_data([("a", Tensor::zeros(DType::F32, [4])), ("b", Tensor::zeros(DType::F32, [2, 4]))])
+    ///     .unwrap();
+    /// assert_eq!(sp.names().collect::<Vec<_>>(), ["a", "b"]);
+    /// ```
     pub fn with_data<N, D>(mut self, data: impl IntoIterator<Item = (N, D)>) -> Result<Self>
     where
         N: AsRef<str>,
@@ -365,6 +473,14 @@ impl<U: UpdateMask> DataSparsifier<U> {
         &mut self.updater
     }
     /// The default config.
+    ///
+    /// ```
+    /// use data_sparsifier::{DataNormConfig, DataNormSparsifier, UpdateMask};
+    /// let cfg = DataNormConfig { sparsity_level: 0.8, ..Default::default() };
+    /// let sp = DataNormSparsifier::data_norm(cfg.clone()).unwrap();
+    /// assert_eq!(sp.defaults(), &cfg);
+    /// assert_eq!(sp.updater().name(), "DataNormSparsifier");
+    /// ```
     pub fn defaults(&self) -> &U::Config {
         &self.defaults
     }
@@ -381,6 +497,17 @@ impl<U: UpdateMask> DataSparsifier<U> {
         self.position(name).is_some()
     }
     /// The names, in insertion order.
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, DataKind, DataNormConfig, DataNormSparsifier, Parameter, Tensor};
+    /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// sp.add_data("b", Tensor::zeros(DType::F32, [4])).unwrap();
+    /// sp.add_data("a", Parameter::new(Tensor::zeros(DType::F32, [4]))).unwrap();
+    /// assert_eq!(sp.names().collect::<Vec<_>>(), ["b", "a"]);
+    /// assert_eq!((sp.len(), sp.contains("a"), sp.contains("c")), (2, true, false));
+    /// assert_eq!(sp.kind("a").unwrap(), DataKind::Parameter);
+    /// assert_eq!(sp.configs().count(), 2);
+    /// ```
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.iter().map(|e| e.name.as_str())
     }
@@ -399,6 +526,15 @@ impl<U: UpdateMask> DataSparsifier<U> {
     /// How many times [`step`](Self::step) has returned `Ok` on this sparsifier, counting steps
     /// while mask updates were disabled (PyTorch's `_step_count`, which a data scheduler installs; a
     /// data scheduler reads it to warn when it is stepped first). Not saved with the state.
+    ///
+    /// ```
+    /// use data_sparsifier::{DataNormConfig, DataNormSparsifier};
+    /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// sp.step().unwrap();
+    /// sp.set_mask_update_enabled(false);
+    /// sp.step().unwrap(); // counted, though no mask is updated
+    /// assert_eq!(sp.step_count(), 2);
+    /// ```
     pub fn step_count(&self) -> u64 {
         self.step_count
     }
@@ -437,10 +573,31 @@ impl<U: UpdateMask> DataSparsifier<U> {
         Ok(&self.entry(name)?.config)
     }
     /// The config of `name`, mutably (what a scheduler writes). It is validated at the next `step`.
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, DataNormConfig, DataNormSparsifier, Tensor};
+    /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// sp.add_data("x", Tensor::zeros(DType::F32, [2, 4])).unwrap();
+    /// sp.config_mut("x").unwrap().sparsity_level = 1.0;
+    /// assert_eq!(sp.config("x").unwrap().sparsity_level, 1.0);
+    /// sp.config_mut("x").unwrap().sparsity_level = 7.0; // out of range...
+    /// assert!(sp.step().is_err()); // ...refused at the next step
+    /// ```
     pub fn config_mut(&mut self, name: &str) -> Result<&mut U::Config> {
         Ok(&mut self.entry_mut(name)?.config)
     }
     /// Every config, mutably, in insertion order.
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, DataNormConfig, DataNormSparsifier, Tensor};
+    /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// sp.add_data("a", Tensor::zeros(DType::F32, [4])).unwrap();
+    /// sp.add_data("b", Tensor::zeros(DType::F32, [4])).unwrap();
+    /// for (_, c) in sp.configs_mut() {
+    ///     c.sparsity_level = 0.25;
+    /// }
+    /// assert!(sp.configs().all(|(_, c)| c.sparsity_level == 0.25));
+    /// ```
     pub fn configs_mut(&mut self) -> impl Iterator<Item = (&str, &mut U::Config)> {
         self.entries
             .iter_mut()
@@ -451,6 +608,29 @@ impl<U: UpdateMask> DataSparsifier<U> {
         Ok(self.entry(name)?.kind)
     }
     /// The per-name implementer state.
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, DataNormConfig, DataSparsifier, Mask, Result, Tensor, TensorView, UpdateMask};
+    ///
+    /// /// Keeps everything, counting its updates per name.
+    /// struct Counting;
+    /// impl UpdateMask for Counting {
+    ///     type Config = DataNormConfig;
+    ///     type State = u32;
+    ///     fn update_mask(&self, _: &str, _: TensorView<'_>, _: &DataNormConfig, n: &mut u32,
+    ///                    _: &mut Mask) -> Result<()> {
+    ///         *n += 1;
+    ///         Ok(())
+    ///     }
+    /// }
+    /// let mut sp = DataSparsifier::new(Counting, DataNormConfig::default()).unwrap();
+    /// sp.add_data("x", Tensor::zeros(DType::F32, [2])).unwrap();
+    /// sp.step().unwrap();
+    /// sp.step().unwrap();
+    /// assert_eq!(*sp.state("x").unwrap(), 2);
+    /// *sp.state_mut("x").unwrap() = 0;
+    /// assert_eq!(*sp.state("x").unwrap(), 0);
+    /// ```
     pub fn state(&self, name: &str) -> Result<&U::State> {
         Ok(&self.entry(name)?.state)
     }
@@ -459,12 +639,37 @@ impl<U: UpdateMask> DataSparsifier<U> {
         Ok(&mut self.entry_mut(name)?.state)
     }
     /// Whether `name` still has its mask applied lazily (false after a squash).
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, DataNormConfig, DataNormSparsifier, Tensor};
+    /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// sp.add_data("x", Tensor::zeros(DType::F32, [4])).unwrap();
+    /// assert!(sp.is_parametrized("x").unwrap());
+    /// sp.squash_mask(None, true).unwrap();
+    /// assert!(!sp.is_parametrized("x").unwrap());
+    /// ```
     pub fn is_parametrized(&self, name: &str) -> Result<bool> {
         Ok(self.entry(name)?.parametrized)
     }
 
     /// Adds `data` under `name` with the default config, or replaces an existing entry reusing its
     /// mask and config. Returns the sparsified view. See [`add_data_with`](Self::add_data_with).
+    ///
+    /// ```
+    /// use data_sparsifier::{DataNormConfig, DataNormSparsifier, Tensor, Version};
+    /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig {
+    ///     sparse_block_shape: (1, 1),
+    ///     ..Default::default()
+    /// })
+    /// .unwrap();
+    /// sp.add_data("x", Tensor::from_vec(vec![1.0f32, -4.0], [2]).unwrap()).unwrap();
+    /// sp.step().unwrap();
+    /// // Replacing keeps the mask: the new data is read through it.
+    /// let view = sp.add_data("x", Tensor::from_vec(vec![5.0f32, 6.0], [2]).unwrap()).unwrap();
+    /// assert_eq!(view.to_tensor().unwrap().to_f64_vec(), vec![0.0, 6.0]);
+    /// // ...so it must have the old shape.
+    /// assert!(sp.add_data("x", Tensor::from_vec(vec![1.0f32; 3], [3]).unwrap()).is_err());
+    /// ```
     pub fn add_data(&mut self, name: &str, data: impl Into<Data>) -> Result<MaskedView<'_>> {
         self.add_data_with(name, data, &Default::default(), true)
     }
@@ -478,6 +683,24 @@ impl<U: UpdateMask> DataSparsifier<U> {
     ///
     /// Errors: an invalid name ([`validate_name`]), a kind change, a shape mismatch with
     /// `reuse_mask`, a squashed entry (its original is gone), unsupported N-D data, an invalid config.
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, DataNormConfig, DataNormPatch, DataNormSparsifier, Parameter, Tensor};
+    /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// let patch = DataNormPatch { sparsity_level: Some(0.9), ..Default::default() };
+    /// sp.add_data_with("x", Tensor::zeros(DType::F32, [2, 4]), &patch, true).unwrap();
+    /// assert_eq!(sp.config("x").unwrap().sparsity_level, 0.9);
+    /// assert_eq!(sp.config("x").unwrap().sparse_block_shape, (1, 4)); // the default
+    ///
+    /// // Replacing: the old config is patched, and a fresh mask allows a new shape.
+    /// let patch = DataNormPatch { sparse_block_shape: Some((1, 2)), ..Default::default() };
+    /// sp.add_data_with("x", Tensor::zeros(DType::F32, [3, 2]), &patch, false).unwrap();
+    /// assert_eq!(sp.config("x").unwrap().sparsity_level, 0.9);
+    /// assert_eq!(sp.get_mask("x").unwrap().shape(), &[3, 2]);
+    /// // A name cannot change kind.
+    /// let p = Parameter::new(Tensor::zeros(DType::F32, [3, 2]));
+    /// assert!(sp.add_data_with("x", p, &DataNormPatch::default(), false).is_err());
+    /// ```
     pub fn add_data_with(
         &mut self,
         name: &str,
@@ -559,6 +782,19 @@ impl<U: UpdateMask> DataSparsifier<U> {
 
     /// Removes `name`, returning its data handle. The data is left as it is now (masked only if it
     /// was squashed).
+    ///
+    /// ```
+    /// use data_sparsifier::{DataNormConfig, DataNormSparsifier, Parameter, Tensor};
+    /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// let w = Parameter::new(Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [4]).unwrap());
+    /// sp.add_data("w", &w).unwrap();
+    /// sp.step().unwrap();
+    /// let handle = sp.remove_data("w").unwrap();
+    /// assert!(handle.as_parameter().unwrap().ptr_eq(&w)); // the caller's own handle
+    /// assert_eq!(w.read().to_f64_vec(), vec![1.0, 2.0, 3.0, 4.0]); // not squashed: untouched
+    /// assert!(!sp.contains("w"));
+    /// assert!(sp.remove_data("w").is_err());
+    /// ```
     pub fn remove_data(&mut self, name: &str) -> Result<Handle> {
         let i = self.position(name).ok_or_else(|| self.unknown(name))?;
         Ok(self.entries.remove(i).data)
@@ -639,6 +875,19 @@ impl<U: UpdateMask> DataSparsifier<U> {
     }
 
     /// A copy of the data of `name`: the original (an error after a squash) or `mask · data`.
+    ///
+    /// ```
+    /// use data_sparsifier::{DataNormConfig, DataNormSparsifier, Error, Tensor, Version};
+    /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// sp.add_data("x", Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], [2, 4]).unwrap())
+    ///     .unwrap();
+    /// sp.step().unwrap(); // prunes the first row's block
+    /// let masked = sp.get_data("x", Version::Masked).unwrap();
+    /// assert_eq!(masked.to_f64_vec(), vec![0.0, 0.0, 0.0, 0.0, 5.0, 6.0, 7.0, 8.0]);
+    /// sp.squash_mask(None, true).unwrap();
+    /// assert!(matches!(sp.get_data("x", Version::Original), Err(Error::Squashed { .. })));
+    /// assert_eq!(sp.get_data("x", Version::Masked).unwrap(), masked);
+    /// ```
     pub fn get_data(&self, name: &str, version: Version) -> Result<Tensor> {
         match version {
             Version::Original => self.with_original(name, |v| Ok(v.to_tensor())),
@@ -646,6 +895,17 @@ impl<U: UpdateMask> DataSparsifier<U> {
         }
     }
     /// Runs `f` on a zero-copy view of the original data of `name` (an error after a squash).
+    ///
+    /// ```
+    /// use data_sparsifier::{DataNormConfig, DataNormSparsifier, Tensor};
+    /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// sp.add_data("x", Tensor::from_vec(vec![3.0f32, -1.0, 2.0, 0.5], [1, 4]).unwrap()).unwrap();
+    /// sp.step().unwrap();
+    /// let max = sp
+    ///     .with_original("x", |v| Ok(v.as_slice::<f32>().unwrap().iter().copied().fold(f32::MIN, f32::max)))
+    ///     .unwrap();
+    /// assert_eq!(max, 3.0); // the mask does not apply to the original
+    /// ```
     pub fn with_original<R>(
         &self,
         name: &str,
@@ -661,10 +921,35 @@ impl<U: UpdateMask> DataSparsifier<U> {
     }
     /// A lazy view of the masked data of `name`: `mask · data` while parametrized, the data as it
     /// is after a squash (see [`MaskedView`]).
+    ///
+    /// ```
+    /// use data_sparsifier::{DataNormConfig, DataNormSparsifier, Tensor};
+    /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig {
+    ///     sparse_block_shape: (1, 1),
+    ///     ..Default::default()
+    /// })
+    /// .unwrap();
+    /// sp.add_data("x", Tensor::from_vec(vec![1.0f32, -4.0], [2]).unwrap()).unwrap();
+    /// sp.step().unwrap();
+    /// assert_eq!(sp.masked("x").unwrap().to_tensor().unwrap().to_f64_vec(), vec![0.0, -4.0]);
+    /// // Squashed without leave_parametrized: the mask is detached, the data read as it is.
+    /// sp.squash_mask(None, false).unwrap();
+    /// assert_eq!(sp.masked("x").unwrap().to_tensor().unwrap().to_f64_vec(), vec![1.0, -4.0]);
+    /// ```
     pub fn masked(&self, name: &str) -> Result<MaskedView<'_>> {
         Ok(self.entry(name)?.view())
     }
     /// The data handle of `name` (the caller's own handle for parameters and embeddings).
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, DataNormConfig, DataNormSparsifier, Embedding, Tensor};
+    /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// let emb = Embedding::from_weight(Tensor::zeros(DType::F32, [4, 2])).unwrap();
+    /// sp.add_data("emb", &emb).unwrap();
+    /// let handle = sp.data_handle("emb").unwrap();
+    /// assert!(handle.as_parameter().unwrap().ptr_eq(emb.weight()));
+    /// assert_eq!(handle.shape(), vec![4, 2]);
+    /// ```
     pub fn data_handle(&self, name: &str) -> Result<&Handle> {
         Ok(&self.entry(name)?.data)
     }

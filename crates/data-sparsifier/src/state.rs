@@ -40,6 +40,20 @@ pub const FORMAT: &str = "data-sparsifier/state";
 pub const FORMAT_VERSION: u32 = 1;
 
 /// A snapshot of one entry.
+///
+/// ```
+/// use data_sparsifier::{DataKind, DataNormConfig, DataNormSparsifier, Tensor};
+/// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+/// sp.add_data("x", Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], [2, 4]).unwrap())
+///     .unwrap();
+/// sp.step().unwrap();
+/// let sd = sp.state_dict().unwrap();
+/// let e = &sd.entries[0];
+/// assert_eq!((e.name.as_str(), e.kind, e.parametrized), ("x", DataKind::Tensor, true));
+/// assert_eq!(e.data.to_f64_vec(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]); // the original
+/// assert_eq!(e.mask.count_kept(), 4);
+/// assert_eq!(e.config.sparsity_level, 0.5);
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct EntryState<C, S> {
     /// The data name.
@@ -61,6 +75,18 @@ pub struct EntryState<C, S> {
 /// A snapshot of a whole sparsifier: what [`DataSparsifier::state_dict`] returns and
 /// [`DataSparsifier::load_state_dict`] takes. Unlike PyTorch's, it is a real snapshot: later changes
 /// to the sparsifier or its data do not show through it.
+///
+/// ```
+/// use data_sparsifier::{DataNormConfig, DataNormSparsifier, Parameter, Tensor};
+/// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+/// let w = Parameter::new(Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [1, 4]).unwrap());
+/// sp.add_data("w", &w).unwrap();
+/// let mut sd = sp.state_dict().unwrap();
+/// w.set(Tensor::from_vec(vec![0.0f32; 4], [1, 4]).unwrap());
+/// assert_eq!(sd.entries[0].data.to_f64_vec(), vec![1.0, 2.0, 3.0, 4.0]); // a real snapshot
+/// assert_eq!(sd.sparsifier, "DataNormSparsifier");
+/// sd.extra.insert("epoch".into(), serde_json::json!(3));
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateDict<C, S> {
     /// The implementer's name ([`UpdateMask::name`]).
@@ -191,6 +217,28 @@ impl DataSource for TensorView<'_> {
 }
 
 /// One entry of a state written straight from borrowed data, see [`write_state_file`].
+///
+/// ```
+/// use data_sparsifier::{DataKind, DataNormConfig, EntryView, Mask, StateDict, TensorView, write_state_file};
+/// let values = [1.0f32, -2.0, 3.0];
+/// let mut mask = Mask::ones([3]);
+/// mask.set(0, false);
+/// let entry = EntryView {
+///     name: "x",
+///     kind: DataKind::Tensor,
+///     data: TensorView::new(&values[..], &[3]).unwrap(),
+///     mask: &mask,
+///     config: &DataNormConfig::default(),
+///     state: &(),
+///     parametrized: true,
+/// };
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("state.safetensors");
+/// write_state_file(&path, "DataNormSparsifier", &[entry], &Default::default()).unwrap();
+/// let sd = StateDict::<DataNormConfig, ()>::load(&path).unwrap();
+/// assert_eq!(sd.entries[0].mask, mask);
+/// assert_eq!(sd.entries[0].data.to_f64_vec(), vec![1.0, -2.0, 3.0]);
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct EntryView<'a, C, S> {
     /// The data name.
@@ -212,6 +260,31 @@ pub struct EntryView<'a, C, S> {
 /// Writes a state file from borrowed views, streaming, without building a [`StateDict`] or a
 /// sparsifier (the CLI writes `--state` this way from a memory-mapped input). The file loads with
 /// [`StateDict::load`] and [`DataSparsifier::load_state`].
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use data_sparsifier::{write_state_file, DataKind, DataNormConfig, DataNormSparsifier, EntryView, Mask, Tensor};
+/// let table = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]).unwrap();
+/// let mask = Mask::from_dense_u8([2, 2], &[1, 0, 0, 1]).unwrap();
+/// let cfg = DataNormConfig::default();
+/// let entries = [EntryView {
+///     name: "t",
+///     kind: DataKind::Tensor,
+///     data: table.view(),
+///     mask: &mask,
+///     config: &cfg,
+///     state: &(),
+///     parametrized: true,
+/// }];
+/// let extra = BTreeMap::from([("note".to_string(), serde_json::json!("streamed"))]);
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("state.safetensors");
+/// write_state_file(&path, "DataNormSparsifier", &entries, &extra).unwrap();
+///
+/// let mut sp = DataNormSparsifier::data_norm(cfg).unwrap();
+/// assert_eq!(sp.load_state(&path, true).unwrap(), extra);
+/// assert_eq!(sp.get_mask("t").unwrap(), &mask);
+/// ```
 pub fn write_state_file<C: Serialize, S: Serialize>(
     path: impl AsRef<Path>,
     sparsifier: &str,
@@ -359,6 +432,22 @@ where
     ///
     /// Errors, writing nothing, if a config or state does not survive the JSON round trip (NaN or
     /// infinite floats) or a mask does not have its data's shape.
+    ///
+    /// ```
+    /// use data_sparsifier::{DataNormConfig, DataNormSparsifier, StateDict, Tensor};
+    /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// sp.add_data("x", Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [1, 4]).unwrap()).unwrap();
+    /// let mut sd = sp.state_dict().unwrap();
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("state.safetensors");
+    /// sd.save(&path).unwrap();
+    /// assert_eq!(StateDict::load(&path).unwrap(), sd);
+    ///
+    /// sd.entries[0].config.sparsity_level = f64::NAN; // JSON cannot hold NaN
+    /// let other = dir.path().join("nan.safetensors");
+    /// assert!(sd.save(&other).is_err());
+    /// assert!(!other.exists());
+    /// ```
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()>
     where
         C: PartialEq + std::fmt::Debug,
@@ -391,6 +480,21 @@ where
     }
 
     /// Reads a state file (memory-mapped), checking every field.
+    ///
+    /// ```
+    /// use data_sparsifier::{DataNormConfig, DataNormSparsifier, Error, SparsifierState, Tensor};
+    /// use data_sparsifier::norm::DataNorm;
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("state.safetensors");
+    /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// sp.add_data("x", Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [1, 4]).unwrap()).unwrap();
+    /// sp.save_state(&path).unwrap();
+    /// let sd = SparsifierState::<DataNorm>::load(&path).unwrap();
+    /// assert_eq!(sd.entries[0].name, "x");
+    ///
+    /// std::fs::write(&path, b"not a state file").unwrap();
+    /// assert!(matches!(SparsifierState::<DataNorm>::load(&path), Err(Error::Safetensors { .. })));
+    /// ```
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let file = MappedFile::open(path)?;
@@ -407,6 +511,21 @@ where
     }
 
     /// Parses a state from the bytes of a safetensors file.
+    ///
+    /// ```
+    /// use data_sparsifier::{DataNormConfig, DataNormSparsifier, StateDict, Tensor};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("state.safetensors");
+    /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// sp.add_data("x", Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [1, 4]).unwrap()).unwrap();
+    /// sp.save_state(&path).unwrap();
+    ///
+    /// let bytes = std::fs::read(&path).unwrap();
+    /// let sd = StateDict::<DataNormConfig, ()>::from_bytes(&bytes, "in memory").unwrap();
+    /// assert_eq!(sd, sp.state_dict().unwrap());
+    /// // A truncated file is an error, not a panic.
+    /// assert!(StateDict::<DataNormConfig, ()>::from_bytes(&bytes[..bytes.len() - 1], "cut").is_err());
+    /// ```
     pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Self> {
         let st = safetensors_file::parse(bytes, source)?;
         let metadata = safetensors_file::read_metadata(bytes, source)?.unwrap_or_default();
@@ -503,6 +622,14 @@ where
 }
 
 /// The saved state of a `DataSparsifier<U>`.
+///
+/// ```
+/// use data_sparsifier::{norm::DataNorm, DataNormConfig, DataNormSparsifier, SparsifierState};
+/// let sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+/// let sd: SparsifierState<DataNorm> = sp.state_dict().unwrap();
+/// assert_eq!(sd.sparsifier, "DataNormSparsifier");
+/// assert!(sd.entries.is_empty() && sd.mask_update_enabled);
+/// ```
 pub type SparsifierState<U> = StateDict<<U as UpdateMask>::Config, <U as UpdateMask>::State>;
 
 impl<U: UpdateMask> DataSparsifier<U> {
@@ -564,6 +691,20 @@ impl<U: UpdateMask> DataSparsifier<U> {
     ///
     /// Whether mask updates are enabled is restored too (PyTorch leaves `enable_mask_update` as it
     /// is), so a resumed run continues exactly.
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, DataNormConfig, DataNormSparsifier, Tensor};
+    /// let mut a = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// a.add_data("x", Tensor::zeros(DType::F32, [4])).unwrap();
+    /// let sd = a.state_dict().unwrap();
+    ///
+    /// let mut b = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// b.add_data("y", Tensor::zeros(DType::F32, [4])).unwrap();
+    /// b.load_state_dict(sd.clone(), false).unwrap(); // non-strict: "y" is kept
+    /// assert_eq!(b.names().collect::<Vec<_>>(), ["y", "x"]);
+    /// b.load_state_dict(sd, true).unwrap(); // strict: exactly the state's entries
+    /// assert_eq!(b.names().collect::<Vec<_>>(), ["x"]);
+    /// ```
     pub fn load_state_dict(&mut self, state: SparsifierState<U>, strict: bool) -> Result<()> {
         if state.sparsifier != self.updater().name() {
             return Err(Error::invalid_state(format!(
@@ -691,6 +832,19 @@ impl<U: UpdateMask> DataSparsifier<U> {
     }
 
     /// [`save_state`](Self::save_state) with extra JSON state of other components (e.g. a scheduler).
+    ///
+    /// ```
+    /// use std::collections::BTreeMap;
+    /// use data_sparsifier::{DataNormConfig, DataNormSparsifier};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("state.safetensors");
+    /// let sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// let extra = BTreeMap::from([("epoch".to_string(), serde_json::json!(7))]);
+    /// sp.save_state_with_extra(&path, &extra).unwrap();
+    ///
+    /// let mut b = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// assert_eq!(b.load_state(&path, true).unwrap()["epoch"], 7);
+    /// ```
     pub fn save_state_with_extra(
         &self,
         path: impl AsRef<Path>,
@@ -724,6 +878,21 @@ impl<U: UpdateMask> DataSparsifier<U> {
 
     /// Loads a state file saved by [`save_state`](Self::save_state) and returns its `extra` part.
     /// See [`load_state_dict`](Self::load_state_dict) for what is checked and replaced.
+    ///
+    /// ```
+    /// use data_sparsifier::{DataNormConfig, DataNormSparsifier, Parameter, Tensor};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("state.safetensors");
+    /// let w = Parameter::new(Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [1, 4]).unwrap());
+    /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// sp.add_data("w", &w).unwrap();
+    /// sp.save_state(&path).unwrap();
+    ///
+    /// w.write().as_slice_mut::<f32>().unwrap()[0] = 100.0; // training goes on...
+    /// let extra = sp.load_state(&path, true).unwrap(); // ...and is rolled back
+    /// assert!(extra.is_empty());
+    /// assert_eq!(w.read().to_f64_vec(), vec![1.0, 2.0, 3.0, 4.0]); // written into the caller's handle
+    /// ```
     pub fn load_state(
         &mut self,
         path: impl AsRef<Path>,

@@ -11,6 +11,13 @@ use crate::error::{Error, Result};
 use crate::mask::Mask;
 
 /// Typed, owned element storage.
+///
+/// ```
+/// use data_sparsifier::{tensor::Storage, DType, Slice};
+/// let s = Storage::F64(vec![1.0, 2.0]);
+/// assert_eq!((s.dtype(), s.len(), s.is_empty()), (DType::F64, 2, false));
+/// assert!(s.as_slice() == Slice::F64(&[1.0, 2.0]));
+/// ```
 #[derive(Clone, PartialEq)]
 pub enum Storage {
     /// `f32` elements.
@@ -24,6 +31,13 @@ pub enum Storage {
 }
 
 /// A typed, borrowed slice: the zero-copy counterpart of [`Storage`].
+///
+/// ```
+/// use data_sparsifier::{DType, Slice};
+/// let s = Slice::F32(&[1.5, -2.0]);
+/// assert_eq!((s.dtype(), s.len(), s.is_empty()), (DType::F32, 2, false));
+/// assert_eq!(s.get_f64(1), Some(-2.0));
+/// ```
 #[derive(Clone, Copy, PartialEq)]
 pub enum Slice<'a> {
     /// `f32` elements.
@@ -37,6 +51,16 @@ pub enum Slice<'a> {
 }
 
 /// Conversions between an element type and the typed enums (implemented for every [`Element`]).
+///
+/// ```
+/// use data_sparsifier::{half::f16, tensor::{Storage, TypedStorage}, Slice};
+/// let mut s = f16::wrap(vec![f16::ONE, f16::ZERO]);
+/// assert!(matches!(s, Storage::F16(_)));
+/// assert_eq!(f32::slice(&s), None); // not f32 storage
+/// f16::slice_mut(&mut s).unwrap()[1] = f16::from_f32(3.0);
+/// assert_eq!(f16::from_slice(s.as_slice()).unwrap()[1].to_f32(), 3.0);
+/// assert!(matches!(f64::wrap_slice(&[1.0]), Slice::F64(_)));
+/// ```
 pub trait TypedStorage: Element {
     /// Wraps a vector.
     fn wrap(v: Vec<Self>) -> Storage;
@@ -136,6 +160,12 @@ impl<'a> Slice<'a> {
         self.len() == 0
     }
     /// The raw little-endian bytes (zero-copy).
+    ///
+    /// ```
+    /// use data_sparsifier::Slice;
+    /// let s = Slice::F32(&[1.0]);
+    /// assert_eq!(s.as_bytes(), &1.0f32.to_le_bytes());
+    /// ```
     pub fn as_bytes(&self) -> &'a [u8] {
         match *self {
             Slice::F32(v) => bytemuck::cast_slice(v),
@@ -145,6 +175,13 @@ impl<'a> Slice<'a> {
         }
     }
     /// Element `i` widened to f64, or `None` past the end.
+    ///
+    /// ```
+    /// use data_sparsifier::{half::bf16, Slice};
+    /// let v = [bf16::from_f32(0.5)];
+    /// let s = Slice::BF16(&v);
+    /// assert_eq!((s.get_f64(0), s.get_f64(1)), (Some(0.5), None));
+    /// ```
     pub fn get_f64(&self, i: usize) -> Option<f64> {
         match self {
             Slice::F32(v) => v.get(i).map(|x| x.to_f64()),
@@ -155,6 +192,14 @@ impl<'a> Slice<'a> {
     }
     /// Reinterprets little-endian bytes as a typed slice without copying. Returns `None` if the bytes
     /// are not aligned for the type or their length is not a multiple of its size.
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, Slice, Tensor};
+    /// let t = Tensor::from_vec(vec![1.0f32, 2.0], [2]).unwrap();
+    /// let s = Slice::try_from_bytes(DType::F32, t.as_bytes()).unwrap();
+    /// assert!(s == Slice::F32(&[1.0, 2.0]));
+    /// assert!(Slice::try_from_bytes(DType::F32, &t.as_bytes()[..7]).is_none()); // not whole elements
+    /// ```
     pub fn try_from_bytes(dtype: DType, bytes: &'a [u8]) -> Option<Slice<'a>> {
         Some(match dtype {
             DType::F32 => Slice::F32(bytemuck::try_cast_slice(bytes).ok()?),
@@ -164,6 +209,12 @@ impl<'a> Slice<'a> {
         })
     }
     /// Copies into owned storage.
+    ///
+    /// ```
+    /// use data_sparsifier::{tensor::Storage, Slice};
+    /// let s = Slice::F64(&[1.0, 2.0]).to_storage();
+    /// assert!(s == Storage::F64(vec![1.0, 2.0]));
+    /// ```
     pub fn to_storage(&self) -> Storage {
         match *self {
             Slice::F32(v) => Storage::F32(v.to_vec()),
@@ -215,6 +266,14 @@ pub(crate) fn checked_numel(what: &str, shape: &[usize], elem_bytes: usize) -> R
 }
 
 /// Number of elements of a shape (1 for a scalar `[]`). Saturates instead of overflowing.
+///
+/// ```
+/// use data_sparsifier::tensor::numel;
+/// assert_eq!(numel(&[2, 3, 4]), 24);
+/// assert_eq!(numel(&[]), 1); // a scalar
+/// assert_eq!(numel(&[5, 0]), 0);
+/// assert_eq!(numel(&[usize::MAX, 2]), usize::MAX); // saturates
+/// ```
 pub fn numel(shape: &[usize]) -> usize {
     shape.iter().fold(1usize, |a, &d| a.saturating_mul(d))
 }
@@ -262,6 +321,14 @@ impl<'a> TensorView<'a> {
         Self::from_slice(T::wrap_slice(data), shape)
     }
     /// A view of a [`Slice`] with a shape; the element count must match.
+    ///
+    /// ```
+    /// use data_sparsifier::{Slice, TensorView};
+    /// let v = TensorView::from_slice(Slice::F64(&[1.0, 2.0, 3.0]), &[3]).unwrap();
+    /// assert_eq!((v.shape(), v.numel()), (&[3][..], 3));
+    /// assert_eq!(v.data().get_f64(2), Some(3.0));
+    /// assert!(TensorView::from_slice(Slice::F64(&[1.0]), &[2]).is_err());
+    /// ```
     pub fn from_slice(data: Slice<'a>, shape: &'a [usize]) -> Result<Self> {
         check_numel("tensor view", shape, data.len())?;
         Ok(TensorView { shape, data })
@@ -291,6 +358,13 @@ impl<'a> TensorView<'a> {
         as_2d(self.shape)
     }
     /// Copies into an owned [`Tensor`].
+    ///
+    /// ```
+    /// use data_sparsifier::TensorView;
+    /// let data = [1.0f32, 2.0];
+    /// let t = TensorView::new(&data[..], &[1, 2]).unwrap().to_tensor();
+    /// assert_eq!((t.shape(), t.to_f64_vec()), (&[1, 2][..], vec![1.0, 2.0]));
+    /// ```
     pub fn to_tensor(&self) -> Tensor {
         Tensor {
             shape: self.shape.to_vec(),
@@ -298,6 +372,13 @@ impl<'a> TensorView<'a> {
         }
     }
     /// The first NaN's flat index, if any (parallel scan).
+    ///
+    /// ```
+    /// use data_sparsifier::TensorView;
+    /// let data = [1.0f64, f64::NAN, 3.0, f64::NAN];
+    /// assert_eq!(TensorView::new(&data[..], &[4]).unwrap().first_nan(), Some(1));
+    /// assert_eq!(TensorView::new(&data[..1], &[1]).unwrap().first_nan(), None);
+    /// ```
     pub fn first_nan(&self) -> Option<usize> {
         use rayon::prelude::*;
         fn scan<T: Element>(s: &[T]) -> Option<usize> {
@@ -341,6 +422,13 @@ impl Tensor {
         Self::from_storage(T::wrap(data), shape)
     }
     /// A tensor from storage and a shape; the element count must match.
+    ///
+    /// ```
+    /// use data_sparsifier::{tensor::Storage, DType, Tensor};
+    /// let t = Tensor::from_storage(Storage::F64(vec![1.0, 2.0, 3.0, 4.0]), [2, 2]).unwrap();
+    /// assert_eq!(t.dtype(), DType::F64);
+    /// assert!(Tensor::from_storage(Storage::F64(vec![1.0]), [2, 2]).is_err());
+    /// ```
     pub fn from_storage(storage: Storage, shape: impl Into<Vec<usize>>) -> Result<Self> {
         let shape = shape.into();
         check_numel("tensor", &shape, storage.len())?;
@@ -353,17 +441,42 @@ impl Tensor {
     /// If the shape holds more elements than memory can (as `vec!` does); sizes that come from
     /// users go through a fallible constructor such as [`Tensor::from_vec`] or
     /// [`Embedding::new`](crate::Embedding::new).
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, Tensor};
+    /// let t = Tensor::zeros(DType::BF16, [2, 3]);
+    /// assert_eq!((t.shape(), t.dtype()), (&[2, 3][..], DType::BF16));
+    /// assert_eq!(t.zero_fraction(), 1.0);
+    /// ```
     pub fn zeros(dtype: DType, shape: impl Into<Vec<usize>>) -> Self {
         let shape = shape.into();
         let storage = Storage::zeros(dtype, numel(&shape));
         Tensor { shape, storage }
     }
     /// A tensor from f64 values converted to `dtype` (rounding to nearest).
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, Tensor};
+    /// let t = Tensor::from_f64s(&[0.1, 1.5], DType::F16, [2]).unwrap();
+    /// assert_eq!(t.dtype(), DType::F16);
+    /// assert_eq!(t.to_f64_vec()[1], 1.5);
+    /// assert_ne!(t.to_f64_vec()[0], 0.1); // rounded to the nearest f16
+    /// ```
     pub fn from_f64s(values: &[f64], dtype: DType, shape: impl Into<Vec<usize>>) -> Result<Self> {
         let storage = crate::with_dtype!(dtype, T => T::wrap(values.iter().map(|&v| T::from_f64(v)).collect()));
         Self::from_storage(storage, shape)
     }
     /// Copies little-endian bytes (any alignment) into a tensor.
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, Tensor};
+    /// let mut bytes = vec![0u8]; // an offset, so the data below is misaligned
+    /// bytes.extend(1.0f32.to_le_bytes());
+    /// bytes.extend((-2.0f32).to_le_bytes());
+    /// let t = Tensor::from_le_bytes(DType::F32, [2], &bytes[1..]).unwrap();
+    /// assert_eq!(t.as_slice::<f32>().unwrap(), &[1.0, -2.0]);
+    /// assert!(Tensor::from_le_bytes(DType::F32, [2], &bytes[1..8]).is_err());
+    /// ```
     pub fn from_le_bytes(dtype: DType, shape: impl Into<Vec<usize>>, bytes: &[u8]) -> Result<Self> {
         let shape = shape.into();
         let size = dtype.size_in_bytes();
@@ -397,6 +510,12 @@ impl Tensor {
         self.storage.len()
     }
     /// Size of the data in bytes.
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, Tensor};
+    /// let t = Tensor::zeros(DType::F64, [3, 5]);
+    /// assert_eq!((t.numel(), t.size_in_bytes()), (15, 120));
+    /// ```
     pub fn size_in_bytes(&self) -> usize {
         self.numel() * self.dtype().size_in_bytes()
     }
@@ -405,10 +524,25 @@ impl Tensor {
         &self.storage
     }
     /// Consumes the tensor, returning its storage.
+    ///
+    /// ```
+    /// use data_sparsifier::{tensor::Storage, Tensor};
+    /// let t = Tensor::from_vec(vec![1.0f64, 2.0], [2]).unwrap();
+    /// assert!(t.storage() == &Storage::F64(vec![1.0, 2.0]));
+    /// assert!(t.into_storage() == Storage::F64(vec![1.0, 2.0]));
+    /// ```
     pub fn into_storage(self) -> Storage {
         self.storage
     }
     /// A zero-copy view.
+    ///
+    /// ```
+    /// use data_sparsifier::Tensor;
+    /// let t = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]).unwrap();
+    /// let v = t.view();
+    /// assert_eq!((v.shape(), v.rows_cols()), (&[2, 2][..], Some((2, 2))));
+    /// assert_eq!(v.to_tensor(), t);
+    /// ```
     pub fn view(&self) -> TensorView<'_> {
         TensorView {
             shape: &self.shape,
@@ -420,18 +554,46 @@ impl Tensor {
         T::slice(&self.storage)
     }
     /// The data as `&mut [T]`, if `T` is its element type.
+    ///
+    /// ```
+    /// use data_sparsifier::Tensor;
+    /// let mut t = Tensor::from_vec(vec![1.0f32, 2.0], [2]).unwrap();
+    /// t.as_slice_mut::<f32>().unwrap()[1] = 5.0;
+    /// assert_eq!(t.to_f64_vec(), vec![1.0, 5.0]);
+    /// assert!(t.as_slice_mut::<f64>().is_none()); // wrong element type
+    /// ```
     pub fn as_slice_mut<T: TypedStorage>(&mut self) -> Option<&mut [T]> {
         T::slice_mut(&mut self.storage)
     }
     /// The raw little-endian bytes.
+    ///
+    /// ```
+    /// use data_sparsifier::Tensor;
+    /// let t = Tensor::from_vec(vec![1.0f64], [1]).unwrap();
+    /// assert_eq!(t.as_bytes(), &1.0f64.to_le_bytes());
+    /// ```
     pub fn as_bytes(&self) -> &[u8] {
         self.storage.as_slice().as_bytes()
     }
     /// Every element widened to f64.
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, Tensor};
+    /// let t = Tensor::from_f64s(&[1.0, -0.5], DType::BF16, [2]).unwrap();
+    /// assert_eq!(t.to_f64_vec(), vec![1.0, -0.5]);
+    /// ```
     pub fn to_f64_vec(&self) -> Vec<f64> {
         crate::with_dtype!(self.dtype(), T => self.as_slice::<T>().map(|s| s.iter().map(|x| x.to_f64()).collect()).unwrap_or_default())
     }
     /// A copy converted to another dtype (through f64, rounding to nearest).
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, Tensor};
+    /// let t = Tensor::from_vec(vec![1.0f64, 1.0 + 1e-9], [2]).unwrap();
+    /// let f = t.to_dtype(DType::F32);
+    /// assert_eq!(f.dtype(), DType::F32);
+    /// assert_eq!(f.as_slice::<f32>().unwrap(), &[1.0, 1.0]); // rounded to nearest
+    /// ```
     pub fn to_dtype(&self, dtype: DType) -> Tensor {
         if dtype == self.dtype() {
             return self.clone();
@@ -444,10 +606,26 @@ impl Tensor {
         }
     }
     /// The same data under another shape with the same element count.
+    ///
+    /// ```
+    /// use data_sparsifier::Tensor;
+    /// let t = Tensor::from_vec(vec![1.0f32; 6], [2, 3]).unwrap();
+    /// let t = t.reshape([3, 2]).unwrap();
+    /// assert_eq!(t.shape(), &[3, 2]);
+    /// assert!(t.reshape([4, 2]).is_err());
+    /// ```
     pub fn reshape(self, shape: impl Into<Vec<usize>>) -> Result<Tensor> {
         Tensor::from_storage(self.storage, shape)
     }
     /// Zeroes every element whose mask bit is 0, in place. The mask must have this tensor's shape.
+    ///
+    /// ```
+    /// use data_sparsifier::{Mask, Tensor};
+    /// let mut t = Tensor::from_vec(vec![1.0f32, 2.0, 3.0], [3]).unwrap();
+    /// t.apply_mask(&Mask::from_dense_u8([3], &[1, 0, 1]).unwrap()).unwrap();
+    /// assert_eq!(t.to_f64_vec(), vec![1.0, 0.0, 3.0]);
+    /// assert!(t.apply_mask(&Mask::ones([4])).is_err());
+    /// ```
     pub fn apply_mask(&mut self, mask: &Mask) -> Result<()> {
         mask.check_shape("apply_mask", &self.shape)?;
         match &mut self.storage {
@@ -459,12 +637,26 @@ impl Tensor {
         Ok(())
     }
     /// A copy with the mask applied.
+    ///
+    /// ```
+    /// use data_sparsifier::{Mask, Tensor};
+    /// let t = Tensor::from_vec(vec![1.0f32, 2.0], [2]).unwrap();
+    /// let m = t.masked(&Mask::from_dense_u8([2], &[0, 1]).unwrap()).unwrap();
+    /// assert_eq!(m.to_f64_vec(), vec![0.0, 2.0]);
+    /// assert_eq!(t.to_f64_vec(), vec![1.0, 2.0]); // unchanged
+    /// ```
     pub fn masked(&self, mask: &Mask) -> Result<Tensor> {
         let mut t = self.clone();
         t.apply_mask(mask)?;
         Ok(t)
     }
     /// The fraction of elements that are exactly zero (0 for an empty tensor).
+    ///
+    /// ```
+    /// use data_sparsifier::Tensor;
+    /// let t = Tensor::from_vec(vec![0.0f32, 1.0, 0.0, -0.0], [4]).unwrap();
+    /// assert_eq!(t.zero_fraction(), 0.75); // -0.0 counts as zero
+    /// ```
     pub fn zero_fraction(&self) -> f64 {
         let n = self.numel();
         if n == 0 {
@@ -514,6 +706,13 @@ pub struct Parameter {
 
 impl Parameter {
     /// Wraps a tensor in a new shared handle (`requires_grad` = true, as for `nn.Parameter`).
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, Parameter, Tensor};
+    /// let p = Parameter::new(Tensor::zeros(DType::F32, [2, 3]));
+    /// assert!(p.requires_grad());
+    /// assert_eq!((p.shape(), p.dtype()), (vec![2, 3], DType::F32));
+    /// ```
     pub fn new(t: Tensor) -> Self {
         Parameter {
             inner: Arc::new(RwLock::new(t)),
@@ -521,6 +720,12 @@ impl Parameter {
         }
     }
     /// Sets the `requires_grad` flag (carried for integrations; this crate computes no gradients).
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, Parameter, Tensor};
+    /// let p = Parameter::new(Tensor::zeros(DType::F32, [2])).with_requires_grad(false);
+    /// assert!(!p.requires_grad());
+    /// ```
     pub fn with_requires_grad(mut self, requires_grad: bool) -> Self {
         self.requires_grad = requires_grad;
         self
@@ -530,22 +735,61 @@ impl Parameter {
         self.requires_grad
     }
     /// Locks for reading. A poisoned lock (a panic elsewhere while writing) is recovered, not propagated.
+    ///
+    /// ```
+    /// use data_sparsifier::{Parameter, Tensor};
+    /// let p = Parameter::new(Tensor::from_vec(vec![1.0f32, 2.0], [2]).unwrap());
+    /// let guard = p.read();
+    /// assert_eq!(guard.as_slice::<f32>().unwrap(), &[1.0, 2.0]);
+    /// ```
     pub fn read(&self) -> RwLockReadGuard<'_, Tensor> {
         self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
     /// Locks for writing.
+    ///
+    /// ```
+    /// use data_sparsifier::{Mask, Parameter, Tensor};
+    /// let p = Parameter::new(Tensor::from_vec(vec![1.0f32, 2.0], [2]).unwrap());
+    /// p.write().apply_mask(&Mask::from_dense_u8([2], &[0, 1]).unwrap()).unwrap();
+    /// assert_eq!(p.read().to_f64_vec(), vec![0.0, 2.0]);
+    /// ```
     pub fn write(&self) -> RwLockWriteGuard<'_, Tensor> {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
     /// Whether two handles share the same storage.
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, Parameter, Tensor};
+    /// let p = Parameter::new(Tensor::zeros(DType::F32, [2]));
+    /// let same = p.clone();
+    /// let copy = Parameter::new(p.snapshot());
+    /// assert!(p.ptr_eq(&same));
+    /// assert!(!p.ptr_eq(&copy)); // equal values, separate storage
+    /// ```
     pub fn ptr_eq(&self, other: &Parameter) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
     /// Replaces the contents (PyTorch's `param.data = t`): every holder sees the new tensor.
+    ///
+    /// ```
+    /// use data_sparsifier::{DType, Parameter, Tensor};
+    /// let p = Parameter::new(Tensor::zeros(DType::F32, [2]));
+    /// let alias = p.clone();
+    /// p.set(Tensor::zeros(DType::F64, [3, 3])); // any shape and dtype
+    /// assert_eq!((alias.shape(), alias.dtype()), (vec![3, 3], DType::F64));
+    /// ```
     pub fn set(&self, t: Tensor) {
         *self.write() = t;
     }
     /// A copy of the current contents.
+    ///
+    /// ```
+    /// use data_sparsifier::{Parameter, Tensor};
+    /// let p = Parameter::new(Tensor::from_vec(vec![1.0f32], [1]).unwrap());
+    /// let before = p.snapshot();
+    /// p.write().as_slice_mut::<f32>().unwrap()[0] = 2.0;
+    /// assert_eq!(before.to_f64_vec(), vec![1.0]); // a copy, not a view
+    /// ```
     pub fn snapshot(&self) -> Tensor {
         self.read().clone()
     }
