@@ -22,30 +22,40 @@ use crate::mask::Mask;
 /// [`release_scratch`](super::release_scratch).
 static CODES: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
-/// A block-code buffer of `n` bytes (contents unspecified), taken from [`CODES`] when it is large
-/// enough, and given back when dropped.
-struct Codes(Vec<u8>);
+/// A block-code buffer of `n` bytes (contents unspecified), taken from a pool (normally
+/// [`CODES`]) and given back to it when dropped.
+struct Codes<'p> {
+    buf: Vec<u8>,
+    pool: &'p Mutex<Vec<u8>>,
+}
 
-impl Codes {
-    fn take(n: usize) -> Codes {
-        let mut v = CODES
+impl<'p> Codes<'p> {
+    /// Takes the pool's buffer and sizes it to `n` bytes. Its allocation is reused whenever its
+    /// *capacity* is large enough, so a small input after a large one shortens the buffer without
+    /// losing the large allocation; only a larger input than any before allocates.
+    fn take(pool: &'p Mutex<Vec<u8>>, n: usize) -> Codes<'p> {
+        let mut buf = pool
             .lock()
             .map(|mut g| std::mem::take(&mut *g))
             .unwrap_or_default();
-        if v.len() >= n {
-            v.truncate(n);
+        if buf.capacity() >= n {
+            // Growing back within the capacity zeroes the new bytes (a memset of at most one byte
+            // per block; no page faults, the allocation's pages were touched when first used).
+            buf.resize(n, 0);
         } else {
-            v = vec![0u8; n];
+            // Free the old buffer before allocating the larger one.
+            drop(std::mem::take(&mut buf));
+            buf = vec![0u8; n];
         }
-        Codes(v)
+        Codes { buf, pool }
     }
 }
 
-impl Drop for Codes {
+impl Drop for Codes<'_> {
     fn drop(&mut self) {
-        if let Ok(mut g) = CODES.lock() {
-            if g.capacity() < self.0.capacity() {
-                *g = std::mem::take(&mut self.0);
+        if let Ok(mut g) = self.pool.lock() {
+            if g.capacity() < self.buf.capacity() {
+                *g = std::mem::take(&mut self.buf);
             }
         }
     }
@@ -778,8 +788,8 @@ pub(crate) fn run_norm<T: ScoreElem, N: NormKind>(
             .map(|&i| scores::block_key::<T, N>(data, &g, i / g.nbc, i % g.nbc))
             .collect();
         let b = select::bracket_from_sample(sample, nb, k);
-        let mut codes = Codes::take(nb);
-        let codes = &mut codes.0;
+        let mut codes = Codes::take(&CODES, nb);
+        let codes = &mut codes.buf;
         let sel = scores::selection_in_codes(&g, zpb).then_some(zpb);
         if let Some(stats) = scores::coded_pass::<T, N>(data, &g, codes, plan.brs, b, sel) {
             if nan_error_policy && stats.iter().any(|s| s.nan > 0) {
@@ -845,6 +855,37 @@ mod tests {
         for (i, &b) in model.iter().enumerate() {
             assert_eq!((out[i / 64] >> (i % 64)) & 1 == 1, b, "bit {i}");
         }
+    }
+
+    #[test]
+    fn the_code_buffer_keeps_its_allocation_across_sizes() {
+        // A large input, then a small one, then the large one again: the second large one reuses
+        // the first allocation (no new pages to fault in).
+        let pool = Mutex::new(Vec::new());
+        let (big, small) = (100_000, 1_000);
+        let first = {
+            let c = Codes::take(&pool, big);
+            assert_eq!(c.buf.len(), big);
+            c.buf.as_ptr()
+        };
+        {
+            let c = Codes::take(&pool, small);
+            assert_eq!(c.buf.len(), small);
+            assert!(c.buf.capacity() >= big);
+            assert_eq!(c.buf.as_ptr(), first);
+        }
+        {
+            let c = Codes::take(&pool, big);
+            assert_eq!(c.buf.len(), big);
+            assert_eq!(c.buf.as_ptr(), first);
+        }
+        assert!(pool.lock().unwrap().capacity() >= big);
+        // A larger input replaces the kept buffer.
+        {
+            let c = Codes::take(&pool, 2 * big);
+            assert_eq!(c.buf.len(), 2 * big);
+        }
+        assert!(pool.lock().unwrap().capacity() >= 2 * big);
     }
 
     #[test]
