@@ -7,7 +7,7 @@
 //! 1. a sample of block keys (computed straight from the data, before the score pass) gives a
 //!    narrow key interval expected to hold the k-th key;
 //! 2. the score pass counts the keys below and at the ends of that interval and collects the few
-//!    strictly inside ([`score_pass`](super::scores::score_pass));
+//!    strictly inside ([`coded_pass`](super::scores::coded_pass));
 //! 3. `select_nth_unstable` on those few finds `thr`.
 //!
 //! If the interval missed (unlucky sample, or more keys inside than expected), a radix select on the
