@@ -928,6 +928,28 @@ fn nan_rank_last_is_pytorch_behaviour() {
     assert_eq!(mask_of(&t, &c), oracle(&t, &c));
 }
 
+#[test]
+fn nan_in_a_partial_edge_block_is_zeroed_before_the_padding() {
+    // 2x3 data, (2,2) blocks: the right-edge block holds column 2 only, (0,2) = 4 and (1,2) = NaN;
+    // in PyTorch's padded block the padding cell (0,3) comes before the NaN cell in row-major
+    // order. Here missing cells rank above every real cell, so with 2 zeros per block both real
+    // cells of the edge block are zeroed (documented difference, NanPolicy docs).
+    let t = t32(&[1.0, 2.0, 4.0, 3.0, 5.0, f32::NAN], &[2, 3]);
+    let c = DataNormConfig {
+        nan_policy: NanPolicy::RankLast,
+        ..cfg(1.0, (2, 2), Some(2), Norm::L1)
+    };
+    // Left block: zeros on 1 and 2; edge block: 4, then the NaN.
+    assert_eq!(mask_of(&t, &c), [0, 0, 0, 1, 1, 0]);
+    assert_eq!(mask_of(&t, &c), oracle(&t, &c));
+    // With one zero per block only the numeric cell goes.
+    let c1 = DataNormConfig {
+        zeros_per_block: Some(1),
+        ..c.clone()
+    };
+    assert_eq!(mask_of(&t, &c1), [0, 1, 0, 1, 1, 1]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Shapes and dtypes
 // ---------------------------------------------------------------------------------------------
