@@ -25,7 +25,9 @@
 //! is the only extra memory) and, using a sample-based key interval, counts and collects what the
 //! selection needs; a linear-time selection finds the threshold; one parallel pass writes the mask
 //! 64 bits at a time, re-reading data only for pruned blocks that are partly zeroed. No sort of the
-//! whole tensor. See `docs/data-norm.md` for the design and benchmark numbers.
+//! whole tensor. The passes run in parallel tasks of runs of consecutive blocks: whole block rows,
+//! or runs of block columns when one block row is larger than a task (1-D data, fewer rows than the
+//! block height, very wide rows). See `docs/data-norm.md` for the design and benchmark numbers.
 //!
 //! ```
 //! use data_sparsifier::norm::{DataNormConfig, DataNormPatch, DataNormSparsifier};
@@ -49,6 +51,8 @@ mod config;
 mod kernel;
 mod scores;
 mod select;
+#[cfg(test)]
+mod tests;
 
 pub use config::{DataNormConfig, DataNormPatch, NanPolicy, Norm};
 
