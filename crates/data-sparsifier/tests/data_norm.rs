@@ -874,6 +874,78 @@ fn nan_rank_last_is_pytorch_behaviour() {
 }
 
 #[test]
+fn signed_zeros_tie_and_go_by_index() {
+    // -0.0 and +0.0 have the same |x| and x²: equal scores, lowest index first, in every dtype.
+    for dtype in DType::ALL {
+        for norm in [Norm::L1, Norm::L2] {
+            let t = Tensor::from_f64s(&[0.0, -0.0, -0.0, 0.0, 1.0, -1.0], dtype, [1, 6]).unwrap();
+            // Blocks: four zeros of either sign, then ±1. Three pruned: blocks 0, 1 and 2.
+            let m = mask_of(&t, &cfg(0.5, (1, 1), None, norm));
+            assert_eq!(m, [0, 0, 0, 1, 1, 1], "{dtype} {norm}");
+            assert_eq!(m, oracle(&t, &cfg(0.5, (1, 1), None, norm)));
+            // Inside a block: [-0, +0] and [+0, -0] both zero cell 0.
+            let t = Tensor::from_f64s(&[-0.0, 0.0, 0.0, -0.0], dtype, [1, 4]).unwrap();
+            let c = cfg(1.0, (1, 2), Some(1), norm);
+            assert_eq!(mask_of(&t, &c), [0, 1, 0, 1], "{dtype} {norm}");
+            // Blocks of -0.0 and of +0.0 tie: the lower index is pruned, whatever the signs.
+            let t = Tensor::from_f64s(&[0.0, 0.0, -0.0, -0.0], dtype, [1, 4]).unwrap();
+            let c = cfg(0.5, (1, 2), None, norm);
+            assert_eq!(mask_of(&t, &c), [0, 0, 1, 1], "{dtype} {norm}");
+            let t = Tensor::from_f64s(&[-0.0, -0.0, 0.0, 0.0], dtype, [1, 4]).unwrap();
+            assert_eq!(mask_of(&t, &c), [0, 0, 1, 1], "{dtype} {norm}");
+        }
+    }
+}
+
+#[test]
+fn infinities_rank_above_numbers_and_below_nan() {
+    let inf = f64::INFINITY;
+    for dtype in DType::ALL {
+        for norm in [Norm::L1, Norm::L2] {
+            let c = |sl, block, zpb| DataNormConfig {
+                nan_policy: NanPolicy::RankLast,
+                ..cfg(sl, block, zpb, norm)
+            };
+            // +inf and -inf have the same |x|: they tie, lowest index first.
+            let t = Tensor::from_f64s(&[1.0, inf, -inf, 2.0], dtype, [1, 4]).unwrap();
+            assert_eq!(mask_of(&t, &c(0.5, (1, 1), None)), [0, 1, 1, 0], "{dtype}");
+            assert_eq!(mask_of(&t, &c(0.75, (1, 1), None)), [0, 0, 1, 0], "{dtype}");
+            let t = Tensor::from_f64s(&[1.0, -inf, inf, 2.0], dtype, [1, 4]).unwrap();
+            assert_eq!(mask_of(&t, &c(0.75, (1, 1), None)), [0, 0, 1, 0], "{dtype}");
+            // Inside a block: numbers, then the infinities by index.
+            let t = Tensor::from_f64s(&[inf, 1.0, -inf, 2.0], dtype, [1, 4]).unwrap();
+            assert_eq!(
+                mask_of(&t, &c(1.0, (1, 4), Some(3))),
+                [0, 0, 1, 0],
+                "{dtype}"
+            );
+            // A block scoring +inf is pruned before a NaN block, and after every finite one.
+            let nan = f64::NAN;
+            let t = Tensor::from_f64s(&[nan, 0.0, inf, 1.0, 5.0, 5.0], dtype, [1, 6]).unwrap();
+            assert_eq!(mask_of(&t, &c(1.0 / 3.0, (1, 2), None)), [1, 1, 1, 1, 0, 0]);
+            assert_eq!(mask_of(&t, &c(2.0 / 3.0, (1, 2), None)), [1, 1, 0, 0, 0, 0]);
+            assert_eq!(mask_of(&t, &c(1.0, (1, 2), None)), [0; 6]);
+            // Inside a pruned block: inf is zeroed before NaN.
+            let t = Tensor::from_f64s(&[nan, inf, 1.0, -inf], dtype, [1, 4]).unwrap();
+            assert_eq!(
+                mask_of(&t, &c(1.0, (1, 4), Some(2))),
+                [1, 0, 0, 1],
+                "{dtype}"
+            );
+            assert_eq!(
+                mask_of(&t, &c(1.0, (1, 4), Some(3))),
+                [1, 0, 0, 0],
+                "{dtype}"
+            );
+            for zpb in 1..=4 {
+                let cz = c(1.0, (1, 4), Some(zpb));
+                assert_eq!(mask_of(&t, &cz), oracle(&t, &cz), "{dtype} {zpb}");
+            }
+        }
+    }
+}
+
+#[test]
 fn nan_in_a_partial_edge_block_is_zeroed_before_the_padding() {
     // 2x3 data, (2,2) blocks: the right-edge block holds column 2 only, (0,2) = 4 and (1,2) = NaN;
     // in PyTorch's padded block the padding cell (0,3) comes before the NaN cell in row-major

@@ -1,15 +1,18 @@
-//! The kernel's internal paths against the naive oracle. The size thresholds ([`Knobs`]) are shrunk
-//! so that small data takes the sampled fast path (`small = 0`) and splits into many row or column
-//! tasks (`task_cells`); large cases use the real thresholds.
+//! The kernel's internal paths against the golden PyTorch cases and the naive oracle. The size
+//! thresholds ([`Knobs`]) are shrunk so that small data takes the sampled fast path (`small = 0`)
+//! and splits into many row or column tasks (`task_cells`); large cases use the real thresholds.
+//! Every run reports its [`Route`], so each test checks that it reached the path it is about.
 
 use proptest::prelude::*;
 
 use super::config::{DataNormConfig, NanPolicy, Norm};
 use super::kernel::{self, Knobs, Route};
-use super::pruned_block_count;
 use super::scores::{ScoreElem, L1, L2};
+use super::{pruned_block_count, select};
 use crate::{DType, Mask, Tensor};
 
+#[path = "../../tests/common/golden.rs"]
+mod golden;
 #[path = "../../tests/common/oracle.rs"]
 mod oracle;
 
@@ -87,7 +90,46 @@ fn tied(n: usize, levels: u64, seed: u64) -> Vec<f64> {
 }
 
 // -------------------------------------------------------------------------------------------------
-// Property tests at multi-task sizes against the oracle
+// G1: the golden cases through the fast path and through many tasks
+// -------------------------------------------------------------------------------------------------
+
+#[test]
+fn golden_cases_conform_through_every_path() {
+    let paths = golden::case_paths();
+    assert_eq!(paths.len(), 300);
+    let cases: Vec<golden::Case> = paths.iter().map(|p| golden::load(p)).collect();
+    let mut failures = Vec::new();
+    let mut routes = std::collections::BTreeMap::new();
+    let mut column_tasks = 0;
+    for case in &cases {
+        for (small, task_cells) in [(0, TASK_CELLS), (0, 64), (0, 1), (usize::MAX, 1)] {
+            let (got, route) = run_with(&case.data, &case.config, knobs(small, task_cells));
+            *routes.entry(format!("{route:?}")).or_insert(0usize) += 1;
+            let how = format!("small={small} task_cells={task_cells} {route:?}");
+            golden::check(case, &got, &how, &mut failures);
+            let hw = case.data.view().rows_cols().unwrap();
+            let (tasks, cols) =
+                kernel::task_layout(hw.0, hw.1, case.config.sparse_block_shape, task_cells);
+            column_tasks += (cols && tasks > 1 && route == Route::Fast) as usize;
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    eprintln!("golden cases by route: {routes:?}; fast path with column tasks: {column_tasks}");
+    // Every case that needs a selection (the exact route when not forced) took the fast path in
+    // each of the three forced runs: the sampled interval never missed on these cases.
+    let count = |r: &str| routes.get(r).copied().unwrap_or(0);
+    assert!(count("Exact") >= 100, "{routes:?}");
+    assert_eq!(count("Fast"), 3 * count("Exact"), "{routes:?}");
+    assert!(column_tasks >= 100, "{column_tasks}");
+}
+
+// -------------------------------------------------------------------------------------------------
+// G1: property tests at multi-task sizes against the oracle
 // -------------------------------------------------------------------------------------------------
 
 /// Values of one kind: continuous, small integers (ties), special values, or wide magnitudes.
@@ -202,6 +244,141 @@ proptest! {
         prop_assert!(cols && ntasks >= 3, "{:?}: {} tasks", shape, ntasks);
         let (got, route) = run_with(&t, &c, Knobs::DEFAULT);
         prop_assert_eq!(got, oracle(&t, &c), "{:?} {:?} {:?}", shape, c, route);
+    }
+}
+
+// -------------------------------------------------------------------------------------------------
+// G2: within-block selections stored in the code byte, at full size
+// -------------------------------------------------------------------------------------------------
+
+#[test]
+fn one_row_blocks_with_partial_zeroing_on_the_fast_path() {
+    // (1,3), (1,4), (1,5) blocks with 1 ..= bw-1 zeros: more blocks than the direct-selection
+    // limit, rows of whole blocks, so the score pass stores each block's kept cells in its code.
+    for (shape, dtype, levels) in [
+        (vec![300usize, 600usize], DType::F32, 3u64),
+        (vec![180_000], DType::F32, 40),
+        (vec![300, 600], DType::BF16, 40),
+    ] {
+        let cells: usize = shape.iter().product();
+        let t = Tensor::from_f64s(&tied(cells, levels, levels), dtype, shape.clone()).unwrap();
+        for bw in [3usize, 4, 5] {
+            assert!(cells / bw > select::SMALL);
+            for zpb in 1..bw {
+                for (sl, norm) in [(0.3, Norm::L1), (0.7, Norm::L2)] {
+                    let c = cfg(sl, (1, bw), Some(zpb), norm);
+                    let (got, route) = run_with(&t, &c, Knobs::DEFAULT);
+                    assert_eq!(route, Route::Fast, "{shape:?} {c:?}");
+                    assert_eq!(got, oracle(&t, &c), "{shape:?} {dtype} {levels} {c:?}");
+                }
+            }
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------------------
+// G3: the sampled interval misses
+// -------------------------------------------------------------------------------------------------
+
+/// Data whose sampled blocks (the fast path's deterministic sample) hold `at_sample(j)` (`j`: the
+/// block's place in the sample) in every cell, and whose other cells hold `other(i)`.
+fn with_sample(
+    (h, w): (usize, usize),
+    (bh, bw): (usize, usize),
+    at_sample: impl Fn(usize) -> f64,
+    other: impl Fn(usize) -> f64,
+) -> Vec<f64> {
+    let (nbr, nbc) = (h.div_ceil(bh), w.div_ceil(bw));
+    let mut sampled = vec![None; nbr * nbc];
+    for (j, b) in select::sample_positions(nbr * nbc).into_iter().enumerate() {
+        sampled[b] = Some(j);
+    }
+    (0..h * w)
+        .map(|i| match sampled[(i / w / bh) * nbc + (i % w) / bw] {
+            Some(j) => at_sample(j),
+            None => other(i),
+        })
+        .collect()
+}
+
+#[test]
+fn a_missed_sample_falls_back_to_the_radix_select() {
+    let (h, w) = (400, 500);
+    let mut r = rng(5);
+    let others: Vec<f64> = (0..h * w)
+        .map(|_| 1.0 + (r() % 980) as f64 / 10.0)
+        .collect();
+    for (block, zpb) in [((1, 1), None), ((2, 2), Some(3)), ((1, 4), Some(2))] {
+        // 1. Every sampled block is 0 and every other block larger: the interval is [0, 0] and
+        //    holds fewer than k blocks.
+        let below = with_sample((h, w), block, |_| 0.0, |i| others[i]);
+        // 2. Sampled blocks half 0, half 100, the others in between: at level 0.5 the interval is
+        //    [0, 100], with far more blocks inside than its cap.
+        let spread = with_sample(
+            (h, w),
+            block,
+            |j| if j % 2 == 0 { 0.0 } else { 100.0 },
+            |i| others[i],
+        );
+        for (data, dtype, levels) in [
+            (&below, DType::F32, &[0.5, 0.9][..]),
+            (&spread, DType::F32, &[0.5][..]),
+            (&spread, DType::F16, &[0.5][..]),
+        ] {
+            let t = Tensor::from_f64s(data, dtype, [h, w]).unwrap();
+            for &sl in levels {
+                let c = cfg(sl, block, zpb, Norm::L1);
+                let want = oracle(&t, &c);
+                let (got, route) = run_with(&t, &c, Knobs::DEFAULT);
+                assert_eq!(route, Route::Fallback, "{block:?} {sl} {dtype}");
+                assert_eq!(got, want, "{block:?} {sl} {dtype}");
+                // And with column tasks.
+                let (got, route) = run_with(&t, &c, knobs(select::SMALL, 300));
+                assert_eq!(route, Route::Fallback);
+                assert_eq!(got, want, "{block:?} {sl} {dtype} column tasks");
+            }
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------------------
+// G4: signed zeros, infinities and NaN at full size
+// -------------------------------------------------------------------------------------------------
+
+#[test]
+fn signed_zeros_infinities_and_nan_on_the_fast_path() {
+    // Mostly ±0 and ±inf (ties between signs, and between +inf and -inf), some numbers and NaN.
+    let mut r = rng(9);
+    let pick = [0.0, -0.0, f64::INFINITY, f64::NEG_INFINITY, 1.0, -1.0, 3.0];
+    for (shape, dtype) in [
+        (vec![200usize, 700usize], DType::F32),
+        (vec![200, 700], DType::F64),
+        (vec![140_000], DType::F32),
+        (vec![200, 700], DType::BF16),
+    ] {
+        let cells: usize = shape.iter().product();
+        let v: Vec<f64> = (0..cells)
+            .map(|i| {
+                if i % 997 == 5 {
+                    f64::NAN
+                } else {
+                    pick[(r() % 7) as usize]
+                }
+            })
+            .collect();
+        let t = Tensor::from_f64s(&v, dtype, shape.clone()).unwrap();
+        for (block, zpb) in [((1, 1), None), ((1, 4), Some(3)), ((2, 3), Some(4))] {
+            for sl in [0.2, 0.6, 0.95] {
+                let c = cfg(sl, block, zpb, Norm::L2);
+                let want = oracle(&t, &c);
+                let (got, route) = run_with(&t, &c, knobs(0, TASK_CELLS));
+                assert!(matches!(route, Route::Fast | Route::Fallback), "{route:?}");
+                assert_eq!(got, want, "{shape:?} {dtype} {c:?}");
+                let (got, route) = run_with(&t, &c, knobs(0, 4096));
+                assert!(matches!(route, Route::Fast | Route::Fallback), "{route:?}");
+                assert_eq!(got, want, "{shape:?} {dtype} {c:?} small tasks");
+            }
+        }
     }
 }
 
