@@ -462,6 +462,54 @@ fn check_add_data(data_list: &[(&str, Item)], wc: &[(&str, Item, DataNormPatch)]
     }
 }
 
+/// PyTorch's `check_state_dict`: `s1` holds everything and steps, `s2` holds only the first entry;
+/// after `s2.load_state_dict(s1.state_dict())` both agree on every entry's mask, config, masked
+/// data and parametrized flag. Here one entry of `s1` is also squashed (detached, data untouched)
+/// so that both values of the flag go through the round trip, and the file format
+/// (`save_state` / `load_state`) gives the same state.
+fn check_state_dict(data_list: &[(&str, Item)], wc: &[(&str, Item, DataNormPatch)], norm: Norm) {
+    let mut s1 = make(data_list, wc, norm);
+    let mut s2 = make(&data_list[..1], &[], norm);
+    s1.step().unwrap();
+    let squashed = wc[wc.len() - 1].0;
+    s1.squash_mask(Some(&[squashed]), false).unwrap();
+    let sd = s1.state_dict().unwrap();
+    let n0 = data_list[0].0;
+    assert_ne!(sd, s2.state_dict().unwrap());
+    assert_ne!(s1.get_mask(n0).unwrap(), s2.get_mask(n0).unwrap());
+
+    s2.load_state_dict(sd.clone(), true).unwrap();
+    assert_eq!(s2.len(), s1.len());
+    assert_eq!(sd.entries.len(), s1.len());
+    for e in &sd.entries {
+        let n = e.name.as_str();
+        assert_eq!(s2.get_mask(n).unwrap(), &e.mask, "{n}");
+        assert_eq!(s1.get_mask(n).unwrap(), s2.get_mask(n).unwrap(), "{n}");
+        assert_eq!(s1.config(n).unwrap(), s2.config(n).unwrap(), "{n}");
+        assert_eq!(s2.config(n).unwrap().norm, norm, "{n}");
+        assert_eq!(
+            s1.get_data(n, Version::Masked).ok(),
+            s2.get_data(n, Version::Masked).ok(),
+            "{n}"
+        );
+        assert_eq!(
+            s1.is_parametrized(n).unwrap(),
+            s2.is_parametrized(n).unwrap(),
+            "{n}"
+        );
+        assert_eq!(s2.is_parametrized(n).unwrap(), n != squashed, "{n}");
+    }
+    assert_eq!(s2.state_dict().unwrap(), sd);
+
+    // Through the file: the same state.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("norm.safetensors");
+    s1.save_state(&path).unwrap();
+    let mut s3 = make(&data_list[..1], &[], norm);
+    s3.load_state(&path, true).unwrap();
+    assert_eq!(s3.state_dict().unwrap(), sd);
+}
+
 fn check_step(data_list: &[(&str, Item)], wc: &[(&str, Item, DataNormPatch)], norm: Norm) {
     let mut sp = make(data_list, wc, norm);
     let names: Vec<String> = sp.names().map(String::from).collect();
@@ -602,6 +650,7 @@ fn run_all_checks(data_list: &[(&str, Item)], wc: &[(&str, Item, DataNormPatch)]
         check_constructor(data_list, wc, norm);
         check_squash_mask(data_list, wc, norm);
         check_add_data(data_list, wc, norm);
+        check_state_dict(data_list, wc, norm);
         check_step(data_list, wc, norm);
         check_step_2_of_4(norm);
         check_sparsity_level(data_list, wc, norm);
