@@ -64,6 +64,11 @@ pub mod tensor;
 
 pub use half;
 
+/// Lets the test code shared with the integration tests (`tests/common/`, included by `#[path]`)
+/// name this crate `data_sparsifier` inside the crate's unit tests too.
+#[cfg(test)]
+extern crate self as data_sparsifier;
+
 /// The README's code blocks, compiled and run as doctests so they cannot drift from the API.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]

@@ -9,10 +9,13 @@ use data_sparsifier::norm::{
 };
 use data_sparsifier::random::randn;
 use data_sparsifier::{
-    BagMode, DType, DataSparsifier, Element, Embedding, EmbeddingBag, Error, Mask, Parameter,
-    Tensor, UpdateMask, Version,
+    BagMode, DType, DataSparsifier, Embedding, EmbeddingBag, Error, Mask, Parameter, Tensor,
+    UpdateMask, Version,
 };
 use proptest::prelude::*;
+
+mod common;
+use common::oracle::oracle;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers and the oracle
@@ -45,64 +48,6 @@ fn container_mask(data: &Tensor, config: &DataNormConfig) -> Vec<u8> {
     sp.add_data("t", data.clone()).unwrap();
     sp.step().unwrap();
     sp.get_mask("t").unwrap().to_dense_u8()
-}
-
-/// A naive model of the algorithm: block scores with PyTorch's accumulation rule, then a full
-/// stable sort (NaN last, ties by index), for blocks and for cells.
-fn oracle_typed<T: Element>(x: &[T], h: usize, w: usize, c: &DataNormConfig) -> Vec<u8> {
-    let (bh, bw) = c.sparse_block_shape;
-    let zpb = c.zeros_per_block_effective();
-    // Cell value in the data type: |x| or x*x rounded to T.
-    let cell = |v: T| -> T {
-        match c.norm {
-            Norm::L1 => T::from_f64(v.to_f64().abs()),
-            Norm::L2 => T::from_acc(v.to_acc() * v.to_acc()),
-        }
-    };
-    let (nbr, nbc) = (h.div_ceil(bh), w.div_ceil(bw));
-    let mut scores = Vec::new();
-    for br in 0..nbr {
-        for bc in 0..nbc {
-            let mut s = T::acc_zero();
-            let mut n = 0;
-            for r in br * bh..((br + 1) * bh).min(h) {
-                for col in bc * bw..((bc + 1) * bw).min(w) {
-                    s = s + cell(x[r * w + col]).to_acc();
-                    n += 1;
-                }
-            }
-            scores.push(T::from_acc(s / T::acc_from_usize(n)).to_f64());
-        }
-    }
-    let k = pruned_block_count(c.sparsity_level, nbr * nbc);
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    let key = |v: f64| (v.is_nan(), if v.is_nan() { 0.0 } else { v });
-    order.sort_by(|&a, &b| key(scores[a]).partial_cmp(&key(scores[b])).unwrap());
-    let mut mask = vec![1u8; h * w];
-    for &b in &order[..k] {
-        let (br, bc) = (b / nbc, b % nbc);
-        let mut cells: Vec<(usize, f64)> = Vec::new();
-        for r in br * bh..((br + 1) * bh).min(h) {
-            for col in bc * bw..((bc + 1) * bw).min(w) {
-                cells.push((r * w + col, cell(x[r * w + col]).to_f64()));
-            }
-        }
-        cells.sort_by(|a, b| key(a.1).partial_cmp(&key(b.1)).unwrap());
-        for &(i, _) in cells.iter().take(zpb) {
-            mask[i] = 0;
-        }
-    }
-    mask
-}
-
-fn oracle(data: &Tensor, c: &DataNormConfig) -> Vec<u8> {
-    let (h, w) = match data.shape() {
-        [] => (1, 1),
-        [n] => (1, *n),
-        [a, b] => (*a, *b),
-        s => panic!("shape {s:?}"),
-    };
-    data_sparsifier::with_dtype!(data.dtype(), T => oracle_typed::<T>(data.as_slice::<T>().unwrap(), h, w, c))
 }
 
 /// PyTorch's `_get_bounds_on_actual_sparsity`.
@@ -517,6 +462,54 @@ fn check_add_data(data_list: &[(&str, Item)], wc: &[(&str, Item, DataNormPatch)]
     }
 }
 
+/// PyTorch's `check_state_dict`: `s1` holds everything and steps, `s2` holds only the first entry;
+/// after `s2.load_state_dict(s1.state_dict())` both agree on every entry's mask, config, masked
+/// data and parametrized flag. Here one entry of `s1` is also squashed (detached, data untouched)
+/// so that both values of the flag go through the round trip, and the file format
+/// (`save_state` / `load_state`) gives the same state.
+fn check_state_dict(data_list: &[(&str, Item)], wc: &[(&str, Item, DataNormPatch)], norm: Norm) {
+    let mut s1 = make(data_list, wc, norm);
+    let mut s2 = make(&data_list[..1], &[], norm);
+    s1.step().unwrap();
+    let squashed = wc[wc.len() - 1].0;
+    s1.squash_mask(Some(&[squashed]), false).unwrap();
+    let sd = s1.state_dict().unwrap();
+    let n0 = data_list[0].0;
+    assert_ne!(sd, s2.state_dict().unwrap());
+    assert_ne!(s1.get_mask(n0).unwrap(), s2.get_mask(n0).unwrap());
+
+    s2.load_state_dict(sd.clone(), true).unwrap();
+    assert_eq!(s2.len(), s1.len());
+    assert_eq!(sd.entries.len(), s1.len());
+    for e in &sd.entries {
+        let n = e.name.as_str();
+        assert_eq!(s2.get_mask(n).unwrap(), &e.mask, "{n}");
+        assert_eq!(s1.get_mask(n).unwrap(), s2.get_mask(n).unwrap(), "{n}");
+        assert_eq!(s1.config(n).unwrap(), s2.config(n).unwrap(), "{n}");
+        assert_eq!(s2.config(n).unwrap().norm, norm, "{n}");
+        assert_eq!(
+            s1.get_data(n, Version::Masked).ok(),
+            s2.get_data(n, Version::Masked).ok(),
+            "{n}"
+        );
+        assert_eq!(
+            s1.is_parametrized(n).unwrap(),
+            s2.is_parametrized(n).unwrap(),
+            "{n}"
+        );
+        assert_eq!(s2.is_parametrized(n).unwrap(), n != squashed, "{n}");
+    }
+    assert_eq!(s2.state_dict().unwrap(), sd);
+
+    // Through the file: the same state.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("norm.safetensors");
+    s1.save_state(&path).unwrap();
+    let mut s3 = make(&data_list[..1], &[], norm);
+    s3.load_state(&path, true).unwrap();
+    assert_eq!(s3.state_dict().unwrap(), sd);
+}
+
 fn check_step(data_list: &[(&str, Item)], wc: &[(&str, Item, DataNormPatch)], norm: Norm) {
     let mut sp = make(data_list, wc, norm);
     let names: Vec<String> = sp.names().map(String::from).collect();
@@ -657,6 +650,7 @@ fn run_all_checks(data_list: &[(&str, Item)], wc: &[(&str, Item, DataNormPatch)]
         check_constructor(data_list, wc, norm);
         check_squash_mask(data_list, wc, norm);
         check_add_data(data_list, wc, norm);
+        check_state_dict(data_list, wc, norm);
         check_step(data_list, wc, norm);
         check_step_2_of_4(norm);
         check_sparsity_level(data_list, wc, norm);
@@ -926,6 +920,100 @@ fn nan_rank_last_is_pytorch_behaviour() {
     let t = t32(&[f32::NAN, 1.0, 9.0, 3.0, 0.5, 7.0], &[2, 3]);
     assert_eq!(mask_of(&t, &c), [1, 1, 1, 0, 0, 0]);
     assert_eq!(mask_of(&t, &c), oracle(&t, &c));
+}
+
+#[test]
+fn signed_zeros_tie_and_go_by_index() {
+    // -0.0 and +0.0 have the same |x| and x²: equal scores, lowest index first, in every dtype.
+    for dtype in DType::ALL {
+        for norm in [Norm::L1, Norm::L2] {
+            let t = Tensor::from_f64s(&[0.0, -0.0, -0.0, 0.0, 1.0, -1.0], dtype, [1, 6]).unwrap();
+            // Blocks: four zeros of either sign, then ±1. Three pruned: blocks 0, 1 and 2.
+            let m = mask_of(&t, &cfg(0.5, (1, 1), None, norm));
+            assert_eq!(m, [0, 0, 0, 1, 1, 1], "{dtype} {norm}");
+            assert_eq!(m, oracle(&t, &cfg(0.5, (1, 1), None, norm)));
+            // Inside a block: [-0, +0] and [+0, -0] both zero cell 0.
+            let t = Tensor::from_f64s(&[-0.0, 0.0, 0.0, -0.0], dtype, [1, 4]).unwrap();
+            let c = cfg(1.0, (1, 2), Some(1), norm);
+            assert_eq!(mask_of(&t, &c), [0, 1, 0, 1], "{dtype} {norm}");
+            // Blocks of -0.0 and of +0.0 tie: the lower index is pruned, whatever the signs.
+            let t = Tensor::from_f64s(&[0.0, 0.0, -0.0, -0.0], dtype, [1, 4]).unwrap();
+            let c = cfg(0.5, (1, 2), None, norm);
+            assert_eq!(mask_of(&t, &c), [0, 0, 1, 1], "{dtype} {norm}");
+            let t = Tensor::from_f64s(&[-0.0, -0.0, 0.0, 0.0], dtype, [1, 4]).unwrap();
+            assert_eq!(mask_of(&t, &c), [0, 0, 1, 1], "{dtype} {norm}");
+        }
+    }
+}
+
+#[test]
+fn infinities_rank_above_numbers_and_below_nan() {
+    let inf = f64::INFINITY;
+    for dtype in DType::ALL {
+        for norm in [Norm::L1, Norm::L2] {
+            let c = |sl, block, zpb| DataNormConfig {
+                nan_policy: NanPolicy::RankLast,
+                ..cfg(sl, block, zpb, norm)
+            };
+            // +inf and -inf have the same |x|: they tie, lowest index first.
+            let t = Tensor::from_f64s(&[1.0, inf, -inf, 2.0], dtype, [1, 4]).unwrap();
+            assert_eq!(mask_of(&t, &c(0.5, (1, 1), None)), [0, 1, 1, 0], "{dtype}");
+            assert_eq!(mask_of(&t, &c(0.75, (1, 1), None)), [0, 0, 1, 0], "{dtype}");
+            let t = Tensor::from_f64s(&[1.0, -inf, inf, 2.0], dtype, [1, 4]).unwrap();
+            assert_eq!(mask_of(&t, &c(0.75, (1, 1), None)), [0, 0, 1, 0], "{dtype}");
+            // Inside a block: numbers, then the infinities by index.
+            let t = Tensor::from_f64s(&[inf, 1.0, -inf, 2.0], dtype, [1, 4]).unwrap();
+            assert_eq!(
+                mask_of(&t, &c(1.0, (1, 4), Some(3))),
+                [0, 0, 1, 0],
+                "{dtype}"
+            );
+            // A block scoring +inf is pruned before a NaN block, and after every finite one.
+            let nan = f64::NAN;
+            let t = Tensor::from_f64s(&[nan, 0.0, inf, 1.0, 5.0, 5.0], dtype, [1, 6]).unwrap();
+            assert_eq!(mask_of(&t, &c(1.0 / 3.0, (1, 2), None)), [1, 1, 1, 1, 0, 0]);
+            assert_eq!(mask_of(&t, &c(2.0 / 3.0, (1, 2), None)), [1, 1, 0, 0, 0, 0]);
+            assert_eq!(mask_of(&t, &c(1.0, (1, 2), None)), [0; 6]);
+            // Inside a pruned block: inf is zeroed before NaN.
+            let t = Tensor::from_f64s(&[nan, inf, 1.0, -inf], dtype, [1, 4]).unwrap();
+            assert_eq!(
+                mask_of(&t, &c(1.0, (1, 4), Some(2))),
+                [1, 0, 0, 1],
+                "{dtype}"
+            );
+            assert_eq!(
+                mask_of(&t, &c(1.0, (1, 4), Some(3))),
+                [1, 0, 0, 0],
+                "{dtype}"
+            );
+            for zpb in 1..=4 {
+                let cz = c(1.0, (1, 4), Some(zpb));
+                assert_eq!(mask_of(&t, &cz), oracle(&t, &cz), "{dtype} {zpb}");
+            }
+        }
+    }
+}
+
+#[test]
+fn nan_in_a_partial_edge_block_is_zeroed_before_the_padding() {
+    // 2x3 data, (2,2) blocks: the right-edge block holds column 2 only, (0,2) = 4 and (1,2) = NaN;
+    // in PyTorch's padded block the padding cell (0,3) comes before the NaN cell in row-major
+    // order. Here missing cells rank above every real cell, so with 2 zeros per block both real
+    // cells of the edge block are zeroed (documented difference, NanPolicy docs).
+    let t = t32(&[1.0, 2.0, 4.0, 3.0, 5.0, f32::NAN], &[2, 3]);
+    let c = DataNormConfig {
+        nan_policy: NanPolicy::RankLast,
+        ..cfg(1.0, (2, 2), Some(2), Norm::L1)
+    };
+    // Left block: zeros on 1 and 2; edge block: 4, then the NaN.
+    assert_eq!(mask_of(&t, &c), [0, 0, 0, 1, 1, 0]);
+    assert_eq!(mask_of(&t, &c), oracle(&t, &c));
+    // With one zero per block only the numeric cell goes.
+    let c1 = DataNormConfig {
+        zeros_per_block: Some(1),
+        ..c.clone()
+    };
+    assert_eq!(mask_of(&t, &c1), [0, 1, 0, 1, 1, 1]);
 }
 
 // ---------------------------------------------------------------------------------------------

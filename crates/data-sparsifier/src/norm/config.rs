@@ -67,6 +67,14 @@ impl FromStr for Norm {
 ///   ranks after every number, so it is pruned only when more blocks must be pruned than there are
 ///   NaN-free blocks; inside a pruned block NaN cells are zeroed after every numeric cell.
 ///
+///   One case can differ from PyTorch: a partial edge block that holds a NaN cell, when
+///   `zeros_per_block` is more than its numeric cells but less than the full block size. PyTorch
+///   pads edge blocks with NaN before choosing the cells to zero, so its sort may pick a padding
+///   NaN (which is then cropped away) before a real NaN cell, for example when the padding comes
+///   first in the block's row-major order (a right-edge block of several rows). Here missing cells
+///   always count as larger than every real cell, NaN included, so the real NaN cells are zeroed
+///   first (the rule of `docs/data-norm.md`).
+///
 /// ```
 /// use data_sparsifier::norm::NanPolicy;
 /// assert_eq!(NanPolicy::default(), NanPolicy::Error);

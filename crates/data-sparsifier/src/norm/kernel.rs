@@ -1,10 +1,17 @@
 //! The mask kernel: orchestrates the score pass and the selection, then writes the mask 64 bits at
-//! a time in one parallel pass over row chunks.
+//! a time in one parallel pass over the same tasks.
 //!
 //! Mask layout reminder: cell `(r, c)` of an `h × w` matrix is bit `(r·w + c) % 64` of word
-//! `(r·w + c) / 64`. Tasks own whole words: a task's rows start on a word boundary (`r·w % 64 == 0`)
-//! and on a block-row boundary, so tasks never share a word.
+//! `(r·w + c) / 64`. Tasks ([`Plan`]) are runs of consecutive blocks in row-major block order:
+//!
+//! * usually whole block rows; a task's rows then start on a word boundary (`r·w % 64 == 0`) and on
+//!   a block-row boundary, so tasks never share a word;
+//! * when one block row holds more than a task's worth of cells (1-D data, fewer rows than `bh`,
+//!   very wide rows), runs of block columns within a block row. Each task then writes the words
+//!   that lie wholly inside its row segments, and the few words two segments share are assembled
+//!   after the parallel pass.
 
+use std::ops::Range;
 use std::sync::Mutex;
 
 use rayon::prelude::*;
@@ -22,30 +29,40 @@ use crate::mask::Mask;
 /// [`release_scratch`](super::release_scratch).
 static CODES: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
-/// A block-code buffer of `n` bytes (contents unspecified), taken from [`CODES`] when it is large
-/// enough, and given back when dropped.
-struct Codes(Vec<u8>);
+/// A block-code buffer of `n` bytes (contents unspecified), taken from a pool (normally
+/// [`CODES`]) and given back to it when dropped.
+struct Codes<'p> {
+    buf: Vec<u8>,
+    pool: &'p Mutex<Vec<u8>>,
+}
 
-impl Codes {
-    fn take(n: usize) -> Codes {
-        let mut v = CODES
+impl<'p> Codes<'p> {
+    /// Takes the pool's buffer and sizes it to `n` bytes. Its allocation is reused whenever its
+    /// *capacity* is large enough, so a small input after a large one shortens the buffer without
+    /// losing the large allocation; only a larger input than any before allocates.
+    fn take(pool: &'p Mutex<Vec<u8>>, n: usize) -> Codes<'p> {
+        let mut buf = pool
             .lock()
             .map(|mut g| std::mem::take(&mut *g))
             .unwrap_or_default();
-        if v.len() >= n {
-            v.truncate(n);
+        if buf.capacity() >= n {
+            // Growing back within the capacity zeroes the new bytes (a memset of at most one byte
+            // per block; no page faults, the allocation's pages were touched when first used).
+            buf.resize(n, 0);
         } else {
-            v = vec![0u8; n];
+            // Free the old buffer before allocating the larger one.
+            drop(std::mem::take(&mut buf));
+            buf = vec![0u8; n];
         }
-        Codes(v)
+        Codes { buf, pool }
     }
 }
 
-impl Drop for Codes {
+impl Drop for Codes<'_> {
     fn drop(&mut self) {
-        if let Ok(mut g) = CODES.lock() {
-            if g.capacity() < self.0.capacity() {
-                *g = std::mem::take(&mut self.0);
+        if let Ok(mut g) = self.pool.lock() {
+            if g.capacity() < self.buf.capacity() {
+                *g = std::mem::take(&mut self.buf);
             }
         }
     }
@@ -73,28 +90,114 @@ fn gcd(mut a: usize, mut b: usize) -> usize {
     a
 }
 
-/// How rows are split into parallel tasks.
-#[derive(Clone, Copy, Debug)]
-struct Plan {
-    /// Block rows per task: their data rows fill whole mask words.
-    brs: usize,
-    /// Mask words per task.
-    words: usize,
+/// How the blocks are split into parallel tasks. A task is a run of consecutive blocks in row-major
+/// block order, and tasks are numbered in that order, so "lowest task first" is "lowest block index
+/// first" (the tie budgets rely on it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plan {
+    /// Tasks of `brs` whole block rows, whose data rows fill `words` whole mask words: each task
+    /// owns one contiguous run of mask words.
+    Rows { brs: usize, words: usize },
+    /// When one block row holds more cells than a task should (one block row of large data, such
+    /// as 1-D data or fewer rows than `bh`, or very wide rows): each block row is split into
+    /// `per_br` tasks of `bcs` block columns (the last one shorter), `bcs · bw` a multiple of 64.
+    Cols { bcs: usize, per_br: usize },
 }
 
 impl Plan {
-    fn new(g: &Grid) -> Plan {
+    /// The plan for tasks of about `task_cells` cells.
+    fn new(g: &Grid, task_cells: usize) -> Plan {
+        let rows0 = g.rows_of(0).len();
+        if rows0.saturating_mul(g.w) > task_cells {
+            // Task widths of a multiple of 64 cells: where data rows start on a word boundary (one
+            // row, or rows of a multiple of 64 cells), so does every task's segment, and tasks
+            // share no mask word.
+            let align = 64 / gcd(g.bw % 64, 64);
+            let bcs = (task_cells / rows0.saturating_mul(g.bw).max(1))
+                .max(1)
+                .div_ceil(align)
+                .saturating_mul(align);
+            return Plan::Cols {
+                bcs,
+                per_br: g.nbc.div_ceil(bcs),
+            };
+        }
         // Smallest row count that is a multiple of bh and whose cell count is a multiple of 64.
         let word_rows = 64 / gcd(g.w % 64, 64).max(1);
         let word_rows = if g.w % 64 == 0 { 1 } else { word_rows };
         let unit = g.bh / gcd(g.bh, word_rows) * word_rows;
         let unit_cells = unit.saturating_mul(g.w).max(1);
-        let rows = unit.saturating_mul((TASK_CELLS / unit_cells).max(1));
-        Plan {
+        let rows = unit.saturating_mul((task_cells / unit_cells).max(1));
+        Plan::Rows {
             brs: rows / g.bh,
             words: rows.saturating_mul(g.w) / 64,
         }
     }
+
+    /// The blocks of every task (row-major block indices), in task order.
+    fn ranges(&self, g: &Grid) -> Vec<Range<usize>> {
+        let nb = g.num_blocks();
+        match *self {
+            Plan::Rows { brs, .. } => {
+                let per = brs.saturating_mul(g.nbc).max(1);
+                (0..nb.div_ceil(per))
+                    .map(|t| t * per..((t + 1) * per).min(nb))
+                    .collect()
+            }
+            Plan::Cols { bcs, per_br } => (0..g.nbr)
+                .flat_map(|br| {
+                    (0..per_br)
+                        .map(move |p| br * g.nbc + p * bcs..br * g.nbc + ((p + 1) * bcs).min(g.nbc))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// For tests: the number of tasks of `h × w` data in `(bh, bw)` blocks, and whether they are
+/// runs of block columns ([`Plan::Cols`]).
+#[cfg(test)]
+pub(crate) fn task_layout(
+    h: usize,
+    w: usize,
+    block: (usize, usize),
+    task_cells: usize,
+) -> (usize, bool) {
+    let g = Grid::new(h, w, block.0, block.1);
+    let p = Plan::new(&g, task_cells);
+    (p.ranges(&g).len(), matches!(p, Plan::Cols { .. }))
+}
+
+/// Internal size thresholds of the kernel. Tests shrink them to reach every path on small data.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Knobs {
+    /// Up to this many blocks, the exact keys are selected directly (no sampled interval).
+    pub small: usize,
+    /// Target cells per parallel task.
+    pub task_cells: usize,
+}
+
+impl Knobs {
+    /// The thresholds used outside tests.
+    pub(crate) const DEFAULT: Knobs = Knobs {
+        small: select::SMALL,
+        task_cells: TASK_CELLS,
+    };
+}
+
+/// How [`run_norm`] found the mask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Nothing is zeroed (`k = 0` or `zeros_per_block = 0`).
+    KeepAll,
+    /// Every block is pruned: no scores.
+    PruneAll,
+    /// The sampled interval and the block codes.
+    Fast,
+    /// The sampled interval missed: exact keys and a radix select.
+    Fallback,
+    /// Few blocks: exact keys, selected directly.
+    Exact,
 }
 
 /// Where the mask pass learns which blocks are pruned.
@@ -416,7 +519,7 @@ struct Scratch<P> {
 
 /// Like [`keep_bits_small`] for any block: the kept cells of pruned block `(br, bc)` when its `z`
 /// smallest of `m` real cells are zeroed (`0 < z < m`), ORed into the per-row bitsets `rows` (one
-/// per data row of the block row, `row_words` words each).
+/// per data row of the block row, `row_words` words each, bit `i` = data column `c0 + i`).
 #[allow(clippy::too_many_arguments)]
 fn keep_cells<T: ScoreElem, N: NormKind>(
     data: &[T],
@@ -426,6 +529,7 @@ fn keep_cells<T: ScoreElem, N: NormKind>(
     z: usize,
     rows: &mut [u64],
     row_words: usize,
+    c0: usize,
     scratch: &mut Scratch<<T::Key as Key>::Packed>,
 ) {
     let (rr, cc) = (g.rows_of(br), g.cols_of(bc));
@@ -440,7 +544,7 @@ fn keep_cells<T: ScoreElem, N: NormKind>(
             16 => keep_bits_small::<T, N, 16>(cells, z),
             _ => keep_bits_generic::<T, N>(cells, z, scratch),
         };
-        or_bits(&mut rows[..row_words], cc.start, bits, cw as u32);
+        or_bits(&mut rows[..row_words], cc.start - c0, bits, cw as u32);
         return;
     }
     let vals = &mut scratch.vals;
@@ -463,7 +567,7 @@ fn keep_cells<T: ScoreElem, N: NormKind>(
             for (j, &v) in pv.iter().enumerate() {
                 bits |= ((v > t) as u64) << j;
             }
-            or_bits(row, cc.start + piece * 64, bits, pv.len() as u32);
+            or_bits(row, cc.start - c0 + piece * 64, bits, pv.len() as u32);
         }
     }
 }
@@ -540,12 +644,14 @@ impl<K: Key> CutState<'_, K> {
     }
 }
 
-/// Writes the whole mask (`words`) given which blocks are pruned.
+/// Writes the whole mask (`words`) given which blocks are pruned, for [`Plan::Rows`]: task `t` is
+/// block rows `t·brs ..` and owns mask words `t·words_per ..`.
 #[allow(clippy::too_many_arguments)]
 fn mask_pass<T: ScoreElem, N: NormKind>(
     data: &[T],
     g: &Grid,
-    plan: &Plan,
+    brs: usize,
+    words_per: usize,
     zpb: usize,
     src: Source<'_, T::Key>,
     cut: Option<&Cut<T::Key>>,
@@ -568,11 +674,11 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
         None => (code::ABOVE, T::Key::MAX),
     };
     words
-        .par_chunks_mut(plan.words.max(1))
+        .par_chunks_mut(words_per.max(1))
         .enumerate()
         .for_each(|(task, out)| {
-            let br0 = task * plan.brs;
-            let br1 = ((task + 1) * plan.brs).min(g.nbr);
+            let br0 = task * brs;
+            let br1 = ((task + 1) * brs).min(g.nbr);
             let mut st = CutState {
                 c,
                 thr,
@@ -674,6 +780,7 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
                                     z,
                                     rows,
                                     row_words,
+                                    0,
                                     &mut scratch,
                                 )
                             });
@@ -688,7 +795,7 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
                 }
                 for_each_pruned(&kept, g.nbc, |bc| {
                     if zpb < nrows * g.cols_of(bc).len() {
-                        keep_cells::<T, N>(data, g, br, bc, zpb, rows, row_words, &mut scratch);
+                        keep_cells::<T, N>(data, g, br, bc, zpb, rows, row_words, 0, &mut scratch);
                     }
                 });
                 for r in rows.chunks(row_words) {
@@ -697,6 +804,175 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
             }
             wr.finish();
         });
+}
+
+/// Writes the bits of one row segment, data cells `s .. e` of the flat mask, from `seg` (bit `i` =
+/// cell `s + i`): the mask words wholly inside the segment into `out` (words `ceil(s/64) ..
+/// e/64`), and the partly covered words at either end as `(word index, bits)` into `edges`, to be
+/// ORed in once every task is done.
+fn write_segment(seg: &[u64], s: usize, e: usize, out: &mut [u64], edges: &mut Vec<(usize, u64)>) {
+    let first = s.div_ceil(64);
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = get_bits(seg, (first + j) * 64 - s, 64);
+    }
+    if s % 64 != 0 {
+        let n = (64 - s % 64).min(e - s);
+        edges.push((s / 64, get_bits(seg, 0, n as u32) << (s % 64)));
+    }
+    let last = e / 64;
+    if e % 64 != 0 && last * 64 >= s {
+        edges.push((last, get_bits(seg, last * 64 - s, (e % 64) as u32)));
+    }
+}
+
+/// [`mask_pass`] for [`Plan::Cols`]: task `t` is block columns `p·bcs ..` of block row
+/// `t / per_br` (`p = t % per_br`). Each task computes its data rows' segments and writes the mask
+/// words that lie wholly inside them; the few words shared by two segments (where a segment does
+/// not start or end on a word boundary) are assembled afterwards.
+#[allow(clippy::too_many_arguments)]
+fn mask_pass_cols<T: ScoreElem, N: NormKind>(
+    data: &[T],
+    g: &Grid,
+    bcs: usize,
+    per_br: usize,
+    zpb: usize,
+    src: Source<'_, T::Key>,
+    cut: Option<&Cut<T::Key>>,
+    words: &mut [u64],
+) {
+    let vpb = g.bh * g.bw;
+    let partial_possible = zpb < vpb;
+    let sel_in_codes = scores::selection_in_codes(g, zpb);
+    let (c, thr) = match cut {
+        Some(cut) => (cut.code, cut.thr),
+        None => (code::ABOVE, T::Key::MAX),
+    };
+    let cols = |p: usize| (p * bcs, ((p + 1) * bcs).min(g.nbc));
+    // Hand each task the words wholly inside its segments, one slice per data row (in order: data
+    // rows, then tasks along a row, is increasing mask position).
+    let mut owned: Vec<Vec<&mut [u64]>> = (0..g.nbr * per_br).map(|_| Vec::new()).collect();
+    let mut rest: &mut [u64] = &mut *words;
+    let mut base = 0;
+    for br in 0..g.nbr {
+        for r in g.rows_of(br) {
+            for p in 0..per_br {
+                let (bc0, bc1) = cols(p);
+                let s = r * g.w + bc0 * g.bw;
+                let e = r * g.w + (bc1 * g.bw).min(g.w);
+                let (a, b) = (s.div_ceil(64), e / 64);
+                let mine: &mut [u64] = if a < b {
+                    let (_, tail) = std::mem::take(&mut rest).split_at_mut(a - base);
+                    let (mine, tail) = tail.split_at_mut(b - a);
+                    rest = tail;
+                    base = b;
+                    mine
+                } else {
+                    Default::default()
+                };
+                owned[br * per_br + p].push(mine);
+            }
+        }
+    }
+    let edges: Vec<Vec<(usize, u64)>> = owned
+        .into_par_iter()
+        .enumerate()
+        .map(|(task, mut outs)| {
+            let (br, p) = (task / per_br, task % per_br);
+            let (bc0, bc1) = cols(p);
+            let nb = bc1 - bc0;
+            let b0 = br * g.nbc + bc0;
+            let (c0, c1) = (bc0 * g.bw, (bc1 * g.bw).min(g.w));
+            let cw = c1 - c0;
+            let seg_words = cw.div_ceil(64);
+            let rr = g.rows_of(br);
+            let nrows = rr.len();
+            // This task's block row over its columns, for the row pattern.
+            let sub = Grid::new(nrows, cw, g.bh, g.bw);
+            let mut st = CutState {
+                c,
+                thr,
+                budget: cut.and_then(|c| c.budgets.get(task)).copied().unwrap_or(0),
+                inside: match &src {
+                    Source::Coded(_, stats) => &stats[task].inside,
+                    _ => &[],
+                },
+                cursor: 0,
+            };
+            let mut kept = vec![0u64; nb.div_ceil(64)];
+            let n_pruned = match &src {
+                Source::All => nb,
+                Source::Coded(codes, _) => st.flags(&codes[b0..b0 + nb], &mut kept),
+                Source::Keys(keys) => {
+                    let cs: Vec<u8> = keys[b0..b0 + nb]
+                        .iter()
+                        .map(|&k| scores::code_of(k, thr, thr))
+                        .collect();
+                    st.flags(&cs, &mut kept)
+                }
+            };
+            let mut pat = vec![0u64; seg_words];
+            row_pattern(&kept, &sub, &mut pat);
+            // Whether some pruned block keeps cells (the widest block has nrows * min(bw, cw)).
+            let whole = n_pruned == 0 || !(partial_possible && zpb < nrows * g.bw.min(cw));
+            let mut rows_buf = Vec::new();
+            let mut scratch = Scratch::default();
+            if !whole {
+                if g.bh == 1 && g.w % g.bw == 0 {
+                    // One row of whole blocks: patch the pattern in place.
+                    let row = &data[rr.start * g.w + c0..rr.start * g.w + c1];
+                    match (&src, g.bw) {
+                        (Source::Coded(codes, _), _) if sel_in_codes => {
+                            let cs = &codes[b0..b0 + nb];
+                            for_each_pruned(&kept, nb, |bc| {
+                                or_bits(&mut pat, bc * g.bw, (cs[bc] >> 3) as u64, g.bw as u32);
+                            });
+                        }
+                        (_, 2) => keep_row::<T, N, 2>(row, &kept, nb, zpb, &mut pat),
+                        (_, 3) => keep_row::<T, N, 3>(row, &kept, nb, zpb, &mut pat),
+                        (_, 4) => keep_row::<T, N, 4>(row, &kept, nb, zpb, &mut pat),
+                        (_, 8) => keep_row::<T, N, 8>(row, &kept, nb, zpb, &mut pat),
+                        (_, 16) => keep_row::<T, N, 16>(row, &kept, nb, zpb, &mut pat),
+                        _ => for_each_pruned(&kept, nb, |bc| {
+                            let bc = bc0 + bc;
+                            let pw = seg_words;
+                            keep_cells::<T, N>(data, g, br, bc, zpb, &mut pat, pw, c0, &mut scratch)
+                        }),
+                    }
+                } else {
+                    rows_buf = vec![0u64; nrows * seg_words];
+                    for r in rows_buf.chunks_mut(seg_words) {
+                        r.copy_from_slice(&pat);
+                    }
+                    let rows = &mut rows_buf[..];
+                    for_each_pruned(&kept, nb, |bc| {
+                        let bc = bc0 + bc;
+                        if zpb < nrows * g.cols_of(bc).len() {
+                            let rw = seg_words;
+                            keep_cells::<T, N>(data, g, br, bc, zpb, rows, rw, c0, &mut scratch);
+                        }
+                    });
+                }
+            }
+            let mut edges = Vec::new();
+            for (i, out) in outs.iter_mut().enumerate() {
+                let seg = if rows_buf.is_empty() {
+                    &pat[..]
+                } else {
+                    &rows_buf[i * seg_words..(i + 1) * seg_words]
+                };
+                let s = (rr.start + i) * g.w + c0;
+                write_segment(seg, s, s + cw, out, &mut edges);
+            }
+            edges
+        })
+        .collect();
+    // Words shared by segments: every bit of the mask belongs to exactly one segment.
+    for &(i, _) in edges.iter().flatten() {
+        words[i] = 0;
+    }
+    for &(i, v) in edges.iter().flatten() {
+        words[i] |= v;
+    }
 }
 
 /// The NaN error for the first NaN of `data` (a parallel scan; only on the error path).
@@ -720,14 +996,36 @@ pub(crate) fn run<T: ScoreElem>(
     config: &DataNormConfig,
     mask: &mut Mask,
 ) -> Result<()> {
+    let knobs = Knobs::DEFAULT;
     match config.norm {
-        Norm::L1 => run_norm::<T, L1>(name, data, h, w, config, mask, select::SMALL),
-        Norm::L2 => run_norm::<T, L2>(name, data, h, w, config, mask, select::SMALL),
+        Norm::L1 => run_norm::<T, L1>(name, data, h, w, config, mask, knobs).map(|_| ()),
+        Norm::L2 => run_norm::<T, L2>(name, data, h, w, config, mask, knobs).map(|_| ()),
     }
 }
 
-/// [`run`] for one norm. `small`: up to this many blocks, exact keys are used directly (tests pass
-/// 0 to exercise the sampled fast path on small data).
+/// Writes the mask with the pass that fits the plan.
+#[allow(clippy::too_many_arguments)]
+fn write_mask<T: ScoreElem, N: NormKind>(
+    data: &[T],
+    g: &Grid,
+    plan: Plan,
+    zpb: usize,
+    src: Source<'_, T::Key>,
+    cut: Option<&Cut<T::Key>>,
+    mask: &mut Mask,
+) {
+    let words = &mut mask.words_mut();
+    match plan {
+        Plan::Rows { brs, words: per } => {
+            mask_pass::<T, N>(data, g, brs, per, zpb, src, cut, words)
+        }
+        Plan::Cols { bcs, per_br } => {
+            mask_pass_cols::<T, N>(data, g, bcs, per_br, zpb, src, cut, words)
+        }
+    }
+}
+
+/// [`run`] for one norm, with the size thresholds `knobs`; returns the route taken (tests check it).
 pub(crate) fn run_norm<T: ScoreElem, N: NormKind>(
     name: &str,
     data: &[T],
@@ -735,8 +1033,8 @@ pub(crate) fn run_norm<T: ScoreElem, N: NormKind>(
     w: usize,
     config: &DataNormConfig,
     mask: &mut Mask,
-    small: usize,
-) -> Result<()> {
+    knobs: Knobs,
+) -> Result<Route> {
     let (bh, bw) = config.sparse_block_shape;
     let g = Grid::new(h, w, bh, bw);
     let nb = g.num_blocks();
@@ -750,27 +1048,20 @@ pub(crate) fn run_norm<T: ScoreElem, N: NormKind>(
             return Err(nan_error(name, data, w));
         }
         mask.fill(true);
-        return Ok(());
+        return Ok(Route::KeepAll);
     }
-    let plan = Plan::new(&g);
+    let plan = Plan::new(&g, knobs.task_cells);
     if k == nb {
         // Every block is pruned (e.g. N:M sparsity): no scores are needed.
         if nan_error_policy && data.par_iter().any(|x| x.is_nan()) {
             return Err(nan_error(name, data, w));
         }
-        mask_pass::<T, N>(
-            data,
-            &g,
-            &plan,
-            zpb,
-            Source::All,
-            None,
-            &mut mask.words_mut(),
-        );
-        return Ok(());
+        write_mask::<T, N>(data, &g, plan, zpb, Source::All, None, mask);
+        return Ok(Route::PruneAll);
     }
+    let ranges = plan.ranges(&g);
 
-    if nb > small {
+    if nb > knobs.small {
         // Fast path: a sampled key interval, one byte per block.
         let pos = select::sample_positions(nb);
         let sample: Vec<T::Key> = pos
@@ -778,36 +1069,35 @@ pub(crate) fn run_norm<T: ScoreElem, N: NormKind>(
             .map(|&i| scores::block_key::<T, N>(data, &g, i / g.nbc, i % g.nbc))
             .collect();
         let b = select::bracket_from_sample(sample, nb, k);
-        let mut codes = Codes::take(nb);
-        let codes = &mut codes.0;
+        let mut codes = Codes::take(&CODES, nb);
+        let codes = &mut codes.buf;
         let sel = scores::selection_in_codes(&g, zpb).then_some(zpb);
-        if let Some(stats) = scores::coded_pass::<T, N>(data, &g, codes, plan.brs, b, sel) {
+        if let Some(stats) = scores::coded_pass::<T, N>(data, &g, codes, &ranges, b, sel) {
             if nan_error_policy && stats.iter().any(|s| s.nan > 0) {
                 return Err(nan_error(name, data, w));
             }
             if let Some(cut) = select::cut_from_stats(&b, &stats, k) {
                 let src = Source::Coded(codes, &stats);
-                mask_pass::<T, N>(data, &g, &plan, zpb, src, Some(&cut), &mut mask.words_mut());
-                return Ok(());
+                write_mask::<T, N>(data, &g, plan, zpb, src, Some(&cut), mask);
+                return Ok(Route::Fast);
             }
         }
     }
 
     // Exact keys: small data, or the sampled interval missed.
     let mut keys = vec![T::Key::default(); nb];
-    let has_nan = scores::keys_pass::<T, N>(data, &g, &mut keys, plan.brs);
+    let has_nan = scores::keys_pass::<T, N>(data, &g, &mut keys, &ranges);
     if nan_error_policy && has_nan {
         return Err(nan_error(name, data, w));
     }
-    let thr = if nb <= small {
-        select::small_select(&keys, k)
+    let (thr, route) = if nb <= knobs.small {
+        (select::small_select(&keys, k), Route::Exact)
     } else {
-        select::radix_select(&keys, k)
+        (select::radix_select(&keys, k), Route::Fallback)
     };
-    let cut = select::cut_from_keys(&keys, plan.brs * g.nbc, &thr);
-    let src = Source::Keys(&keys);
-    mask_pass::<T, N>(data, &g, &plan, zpb, src, Some(&cut), &mut mask.words_mut());
-    Ok(())
+    let cut = select::cut_from_keys(&keys, &ranges, &thr);
+    write_mask::<T, N>(data, &g, plan, zpb, Source::Keys(&keys), Some(&cut), mask);
+    Ok(route)
 }
 
 #[cfg(test)]
@@ -848,6 +1138,37 @@ mod tests {
     }
 
     #[test]
+    fn the_code_buffer_keeps_its_allocation_across_sizes() {
+        // A large input, then a small one, then the large one again: the second large one reuses
+        // the first allocation (no new pages to fault in).
+        let pool = Mutex::new(Vec::new());
+        let (big, small) = (100_000, 1_000);
+        let first = {
+            let c = Codes::take(&pool, big);
+            assert_eq!(c.buf.len(), big);
+            c.buf.as_ptr()
+        };
+        {
+            let c = Codes::take(&pool, small);
+            assert_eq!(c.buf.len(), small);
+            assert!(c.buf.capacity() >= big);
+            assert_eq!(c.buf.as_ptr(), first);
+        }
+        {
+            let c = Codes::take(&pool, big);
+            assert_eq!(c.buf.len(), big);
+            assert_eq!(c.buf.as_ptr(), first);
+        }
+        assert!(pool.lock().unwrap().capacity() >= big);
+        // A larger input replaces the kept buffer.
+        {
+            let c = Codes::take(&pool, 2 * big);
+            assert_eq!(c.buf.len(), 2 * big);
+        }
+        assert!(pool.lock().unwrap().capacity() >= 2 * big);
+    }
+
+    #[test]
     fn plans_align_tasks_to_words_and_block_rows() {
         for (h, w, bh) in [
             (1000, 64, 1),
@@ -857,12 +1178,57 @@ mod tests {
             (5, 1, 2),
         ] {
             let g = Grid::new(h, w, bh, 2);
-            let p = Plan::new(&g);
-            let rows = p.brs * bh;
+            let p = Plan::new(&g, TASK_CELLS);
+            let Plan::Rows { brs, words } = p else {
+                panic!("{h}x{w}: {p:?}")
+            };
+            let rows = brs * bh;
             assert!(rows > 0);
             assert_eq!(rows * w % 64, 0);
-            assert_eq!(p.words * 64, rows * w);
+            assert_eq!(words * 64, rows * w);
+            check_ranges(&g, &p.ranges(&g));
         }
+    }
+
+    /// Task ranges: consecutive, non-empty, covering every block in order.
+    fn check_ranges(g: &Grid, ranges: &[Range<usize>]) {
+        assert_eq!(ranges.first().map(|r| r.start), Some(0));
+        assert_eq!(ranges.last().map(|r| r.end), Some(g.num_blocks()));
+        assert!(ranges.windows(2).all(|p| p[0].end == p[1].start));
+        assert!(ranges.iter().all(|r| !r.is_empty()));
+    }
+
+    #[test]
+    fn wide_block_rows_are_split_into_runs_of_block_columns() {
+        // One block row (1-D data, fewer rows than bh) and wide rows: column tasks.
+        for (h, w, bh, bw) in [
+            (1, 1_000_000, 1, 4),
+            (4, 300_000, 4, 3),
+            (3, 200_000, 4, 5),
+            (2, 500_000, 1, 1),
+            (1, 150_000, 1, 100),
+            (1, 140_000, 7, 64),
+        ] {
+            let g = Grid::new(h, w, bh, bw);
+            let p = Plan::new(&g, TASK_CELLS);
+            let Plan::Cols { bcs, per_br } = p else {
+                panic!("{h}x{w}: {p:?}")
+            };
+            assert_eq!(bcs * bw % 64, 0, "{h}x{w} {bw}");
+            assert!(per_br >= 2, "{h}x{w}: {p:?}");
+            let ranges = p.ranges(&g);
+            check_ranges(&g, &ranges);
+            assert_eq!(ranges.len(), g.nbr * per_br);
+            for r in &ranges {
+                // Within one block row, and about a task's worth of cells.
+                assert_eq!(r.start / g.nbc, (r.end - 1) / g.nbc);
+                let bc_cells = g.rows_of(0).len() * bw;
+                assert!(r.len() * bc_cells <= TASK_CELLS + 64 * bc_cells);
+            }
+        }
+        // A block row that fits a task keeps the row plan.
+        let g = Grid::new(1, 100_000, 1, 4);
+        assert!(matches!(Plan::new(&g, TASK_CELLS), Plan::Rows { .. }));
     }
 }
 
@@ -875,9 +1241,15 @@ mod path_tests {
     fn both_paths<T: ScoreElem>(data: &[T], h: usize, w: usize, cfg: &DataNormConfig) {
         let mut a = Mask::ones([h, w]);
         let mut b = Mask::zeros([h, w]);
-        let run_small = |m: &mut Mask, small: usize| match cfg.norm {
-            Norm::L1 => run_norm::<T, L1>("t", data, h, w, cfg, m, small),
-            Norm::L2 => run_norm::<T, L2>("t", data, h, w, cfg, m, small),
+        let run_small = |m: &mut Mask, small: usize| {
+            let knobs = Knobs {
+                small,
+                ..Knobs::DEFAULT
+            };
+            match cfg.norm {
+                Norm::L1 => run_norm::<T, L1>("t", data, h, w, cfg, m, knobs),
+                Norm::L2 => run_norm::<T, L2>("t", data, h, w, cfg, m, knobs),
+            }
         };
         run_small(&mut a, 0).unwrap();
         run_small(&mut b, usize::MAX).unwrap();

@@ -21,11 +21,16 @@
 //! scores order as in PyTorch; it is checked against 300 golden PyTorch cases
 //! (`tests/conformance.rs`).
 //!
-//! **Cost.** One fused parallel pass over the data computes every block score (one key per block
-//! is the only extra memory) and, using a sample-based key interval, counts and collects what the
-//! selection needs; a linear-time selection finds the threshold; one parallel pass writes the mask
-//! 64 bits at a time, re-reading data only for pruned blocks that are partly zeroed. No sort of the
-//! whole tensor. See `docs/data-norm.md` for the design and benchmark numbers.
+//! **Cost.** One fused parallel pass over the data computes every block score and, using a
+//! sample-based key interval, stores a one-byte code per block (a buffer kept between calls: see
+//! [`release_scratch`]) and collects what the selection needs; a linear-time selection finds the
+//! threshold; one parallel pass writes the mask 64 bits at a time, re-reading data only for pruned
+//! blocks that are partly zeroed. No sort of the whole tensor. The passes run in parallel tasks,
+//! runs of consecutive blocks: whole block rows, or runs of block columns when one block row is
+//! larger than a task (1-D data, fewer rows than the block height, very wide rows). If the sampled
+//! interval misses, the scores are recomputed into one key per block (2, 4 or 8 bytes) for a radix
+//! select. See `docs/data-norm.md` for the design, the extra memory of every route (including
+//! per-worker scratch for large, partly zeroed blocks) and benchmark numbers.
 //!
 //! ```
 //! use data_sparsifier::norm::{DataNormConfig, DataNormPatch, DataNormSparsifier};
@@ -49,6 +54,8 @@ mod config;
 mod kernel;
 mod scores;
 mod select;
+#[cfg(test)]
+mod tests;
 
 pub use config::{DataNormConfig, DataNormPatch, NanPolicy, Norm};
 

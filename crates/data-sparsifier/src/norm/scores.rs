@@ -12,6 +12,7 @@
 //! precision, which orders like the score; NaN maps to the largest key, so it ranks last.
 
 use std::fmt::Debug;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use half::{bf16, f16};
@@ -374,18 +375,19 @@ fn accumulate_row<T: ScoreElem, N: NormKind>(row: &[T], acc: &mut [T::Acc], bw: 
     }
 }
 
-/// Writes the keys of block rows `br0..` into `out` (`nbc` keys per block row).
-fn block_rows_keys<T: ScoreElem, N: NormKind>(
+/// Writes the keys of blocks `b0 .. b0 + out.len()` (row-major block indices) into `out`. The run
+/// may start and end anywhere: it is scored in pieces that each lie in one block row.
+fn block_range_keys<T: ScoreElem, N: NormKind>(
     data: &[T],
     g: &Grid,
-    br0: usize,
+    b0: usize,
     out: &mut [T::Key],
     acc: &mut Vec<T::Acc>,
 ) {
-    let nbrs = out.len() / g.nbc;
     if g.bh == 1 && g.w % g.bw == 0 {
-        // Every block is `bw` consecutive cells: the task's rows are one run of whole blocks.
-        let d = &data[br0 * g.w..(br0 + nbrs) * g.w];
+        // Every block is `bw` consecutive cells (block `b` is cells `b·bw .. (b+1)·bw`): the run
+        // is one run of whole blocks.
+        let d = &data[b0 * g.bw..(b0 + out.len()) * g.bw];
         match g.bw {
             1 => keys_exact::<T, N, 1>(d, out),
             2 => keys_exact::<T, N, 2>(d, out),
@@ -396,24 +398,61 @@ fn block_rows_keys<T: ScoreElem, N: NormKind>(
         }
         return;
     }
-    acc.resize(g.nbc, T::acc_zero());
-    let full = g.w / g.bw;
-    for (i, row_keys) in out.chunks_mut(g.nbc).enumerate() {
-        let br = br0 + i;
-        acc.fill(T::acc_zero());
-        let rows = g.rows_of(br);
-        let nrows = rows.len();
-        for r in rows {
-            accumulate_row::<T, N>(&data[r * g.w..(r + 1) * g.w], acc, g.bw);
-        }
-        let count = nrows * g.bw;
-        for (o, &s) in row_keys[..full].iter_mut().zip(&acc[..full]) {
-            *o = T::score_key(s, count);
-        }
-        if full < g.nbc {
-            row_keys[full] = T::score_key(acc[full], nrows * (g.w - full * g.bw));
-        }
+    let mut b = b0;
+    let mut rest = out;
+    while !rest.is_empty() {
+        let (br, bc0) = (b / g.nbc, b % g.nbc);
+        let n = rest.len().min(g.nbc - bc0);
+        let (piece, tail) = std::mem::take(&mut rest).split_at_mut(n);
+        piece_keys::<T, N>(data, g, br, bc0, piece, acc);
+        rest = tail;
+        b += n;
     }
+}
+
+/// Writes the keys of blocks `(br, bc0 ..)` of one block row into `out` (`out.len()` blocks).
+#[inline(always)]
+fn piece_keys<T: ScoreElem, N: NormKind>(
+    data: &[T],
+    g: &Grid,
+    br: usize,
+    bc0: usize,
+    out: &mut [T::Key],
+    acc: &mut Vec<T::Acc>,
+) {
+    let (c0, c1) = (bc0 * g.bw, ((bc0 + out.len()) * g.bw).min(g.w));
+    acc.clear();
+    acc.resize(out.len(), T::acc_zero());
+    let rows = g.rows_of(br);
+    let nrows = rows.len();
+    for r in rows {
+        accumulate_row::<T, N>(&data[r * g.w + c0..r * g.w + c1], acc, g.bw);
+    }
+    // Whole blocks first; only the last block of a block row can be partial.
+    let full = (c1 - c0) / g.bw;
+    let count = nrows * g.bw;
+    for (o, &s) in out[..full].iter_mut().zip(&acc[..full]) {
+        *o = T::score_key(s, count);
+    }
+    if full < out.len() {
+        out[full] = T::score_key(acc[full], nrows * (c1 - c0 - full * g.bw));
+    }
+}
+
+/// Splits `v` (one item per block, row-major) into the parts of the tasks whose block ranges are
+/// `ranges` (consecutive, starting at 0): `(first block index, part)` per task.
+pub(crate) fn split_parts<'a, X>(
+    v: &'a mut [X],
+    ranges: &[Range<usize>],
+) -> Vec<(usize, &'a mut [X])> {
+    let mut rest = v;
+    let mut parts = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let (part, tail) = std::mem::take(&mut rest).split_at_mut(r.len());
+        parts.push((r.start, part));
+        rest = tail;
+    }
+    parts
 }
 
 /// The key of one block, computed on its own (same additions in the same order as the pass).
@@ -612,8 +651,9 @@ pub(crate) struct TaskStats<K> {
 
 /// The score pass of the fast path: computes every block key (into a small per-task buffer that
 /// stays in cache) and stores only its one-byte [`code`] relative to the bracket, collecting the
-/// few keys strictly inside it. Tasks are `brs_per_task` block rows. Returns `None` if more than
-/// `bracket.cap` keys fell inside (the caller then falls back to exact keys).
+/// few keys strictly inside it. The tasks are the runs of blocks `ranges` (consecutive, in
+/// row-major block order), one [`TaskStats`] each. Returns `None` if more than `bracket.cap` keys
+/// fell inside (the caller then falls back to exact keys).
 ///
 /// `codes` may hold anything on entry: every byte is overwritten.
 ///
@@ -624,32 +664,34 @@ pub(crate) fn coded_pass<T: ScoreElem, N: NormKind>(
     data: &[T],
     g: &Grid,
     codes: &mut [u8],
-    brs_per_task: usize,
+    ranges: &[Range<usize>],
     b: Bracket<T::Key>,
     sel: Option<usize>,
 ) -> Option<Vec<TaskStats<T::Key>>> {
     let collected = AtomicUsize::new(0);
     let overflow = AtomicBool::new(false);
-    let per_task = brs_per_task.max(1) * g.nbc;
-    let stats: Vec<TaskStats<T::Key>> = codes
-        .par_chunks_mut(per_task)
-        .enumerate()
+    let stats: Vec<TaskStats<T::Key>> = split_parts(codes, ranges)
+        .into_par_iter()
         .map_init(
             || (Vec::new(), Vec::new()),
-            |(acc, keys), (task, out)| {
+            |(acc, keys), (b0, out)| {
                 let mut st = TaskStats::default();
                 // Keep a selection written below, clear anything else.
                 let sel_mask: u8 = if sel.is_some() { 0xf8 } else { 0 };
-                // Groups of block rows of about 4096 blocks, so keys and codes stay in L1.
-                let group = (4096 / g.nbc).max(1);
-                let task_br0 = task * brs_per_task.max(1);
-                for (gi, cs) in out.chunks_mut(group * g.nbc).enumerate() {
-                    let br0 = task_br0 + gi * group;
+                // Groups of about 4096 blocks (whole block rows when a task is whole block rows),
+                // so keys and codes stay in L1.
+                let group = if out.len() < g.nbc {
+                    4096
+                } else {
+                    (4096 / g.nbc).max(1) * g.nbc
+                };
+                for (gi, cs) in out.chunks_mut(group).enumerate() {
+                    let gb0 = b0 + gi * group;
                     keys.resize(cs.len(), T::Key::MIN);
-                    block_rows_keys::<T, N>(data, g, br0, keys, acc);
+                    block_range_keys::<T, N>(data, g, gb0, keys, acc);
                     if let Some(z) = sel {
-                        // One row per block row, whole blocks: the group's data is contiguous.
-                        let d = &data[br0 * g.w..br0 * g.w + cs.len() * g.bw];
+                        // One row per block row, whole blocks: block `b` is cells `b·bw ..`.
+                        let d = &data[gb0 * g.bw..(gb0 + cs.len()) * g.bw];
                         keep_nibbles_dyn::<T, N>(d, g.bw, z, cs);
                     }
                     let ks = &keys[..];
@@ -695,19 +737,18 @@ pub(crate) fn coded_pass<T: ScoreElem, N: NormKind>(
     (!overflow.load(Ordering::Relaxed)).then_some(stats)
 }
 
-/// The exact score pass: every block key into `keys` (row-major block order), in parallel tasks of
-/// `brs_per_task` block rows. Returns whether some score is NaN.
+/// The exact score pass: every block key into `keys` (row-major block order), in parallel tasks
+/// over the runs of blocks `ranges`. Returns whether some score is NaN.
 pub(crate) fn keys_pass<T: ScoreElem, N: NormKind>(
     data: &[T],
     g: &Grid,
     keys: &mut [T::Key],
-    brs_per_task: usize,
+    ranges: &[Range<usize>],
 ) -> bool {
-    let per_task = brs_per_task.max(1) * g.nbc;
-    keys.par_chunks_mut(per_task)
-        .enumerate()
-        .map_init(Vec::new, |acc, (task, out)| {
-            block_rows_keys::<T, N>(data, g, task * brs_per_task.max(1), out, acc);
+    split_parts(keys, ranges)
+        .into_par_iter()
+        .map_init(Vec::new, |acc, (b0, out)| {
+            block_range_keys::<T, N>(data, g, b0, out, acc);
             out.contains(&T::Key::MAX)
         })
         .reduce(|| false, |a, b| a | b)
@@ -788,7 +829,13 @@ mod tests {
         ] {
             let g = Grid::new(h, w, bh, bw);
             let mut keys = vec![0i32; g.num_blocks()];
-            keys_pass::<f32, L2>(&data, &g, &mut keys, 1);
+            // Runs that start and end anywhere, also inside a block row.
+            let nb = g.num_blocks();
+            let mut cuts = vec![0, 1.min(nb), 5.min(nb), nb / 2, nb];
+            cuts.sort_unstable();
+            cuts.dedup();
+            let ranges: Vec<_> = cuts.windows(2).map(|c| c[0]..c[1]).collect();
+            keys_pass::<f32, L2>(&data, &g, &mut keys, &ranges);
             for br in 0..g.nbr {
                 for bc in 0..g.nbc {
                     assert_eq!(

@@ -7,12 +7,14 @@
 //! 1. a sample of block keys (computed straight from the data, before the score pass) gives a
 //!    narrow key interval expected to hold the k-th key;
 //! 2. the score pass counts the keys below and at the ends of that interval and collects the few
-//!    strictly inside ([`score_pass`](super::scores::score_pass));
+//!    strictly inside ([`coded_pass`](super::scores::coded_pass));
 //! 3. `select_nth_unstable` on those few finds `thr`.
 //!
 //! If the interval missed (unlucky sample, or more keys inside than expected), a radix select on the
 //! key bits (16 bits per parallel histogram pass) finds `thr` exactly instead. Either way the result
 //! is exact; only the time differs.
+
+use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -206,12 +208,17 @@ fn select_inside<K: Key>(b: &Bracket<K>, stats: &[TaskStats<K>], r: usize) -> (K
     (thr, lt)
 }
 
-/// The cut for exact keys: blocks are coded against `[thr, thr]`, so the cut is at `AT_LO`.
-pub(crate) fn cut_from_keys<K: Key>(keys: &[K], per_task: usize, t: &Threshold<K>) -> Cut<K> {
+/// The cut for exact keys: blocks are coded against `[thr, thr]`, so the cut is at `AT_LO`. Tie
+/// budgets are per task, the tasks being the runs of blocks `ranges` (consecutive, in order).
+pub(crate) fn cut_from_keys<K: Key>(
+    keys: &[K],
+    ranges: &[Range<usize>],
+    t: &Threshold<K>,
+) -> Cut<K> {
     Cut {
         code: code::AT_LO,
         thr: t.key,
-        budgets: eq_budgets(keys, per_task, t.key, t.need_eq),
+        budgets: eq_budgets(keys, ranges, t.key, t.need_eq),
     }
 }
 
@@ -286,28 +293,33 @@ pub(crate) fn count_lt_eq<K: Key>(keys: &[K], key: K) -> (usize, usize) {
         .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
 }
 
-/// Per-task counts of keys `== key`, `per_task` keys per task (the mask pass's tasks), turned into
-/// each task's share of the `need` equal keys to prune: the lowest block indices get them.
-pub(crate) fn eq_budgets<K: Key>(keys: &[K], per_task: usize, key: K, need: usize) -> Vec<usize> {
-    let counts: Vec<usize> = keys
-        .par_chunks(per_task.max(1))
-        .map(|c| c.iter().filter(|&&x| x == key).count())
+/// Per-task counts of keys `== key` (the tasks being the runs of blocks `ranges`, consecutive and
+/// in order), turned into each task's share of the `need` equal keys to prune: the lowest block
+/// indices get them.
+pub(crate) fn eq_budgets<K: Key>(
+    keys: &[K],
+    ranges: &[Range<usize>],
+    key: K,
+    need: usize,
+) -> Vec<usize> {
+    let counts: Vec<usize> = ranges
+        .par_iter()
+        .map(|r| keys[r.clone()].iter().filter(|&&x| x == key).count())
         .collect();
-    let mut left = need;
-    counts
-        .into_iter()
-        .map(|c| {
-            let take = c.min(left);
-            left -= take;
-            take
-        })
-        .collect()
+    share(need, counts.into_iter())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Runs of `per` blocks covering `n` blocks.
+    fn chunks(n: usize, per: usize) -> Vec<Range<usize>> {
+        (0..n.div_ceil(per))
+            .map(|t| t * per..((t + 1) * per).min(n))
+            .collect()
+    }
 
     fn naive<K: Key>(keys: &[K], k: usize) -> Threshold<K> {
         let mut v = keys.to_vec();
@@ -356,7 +368,7 @@ mod tests {
                 let t = naive(&keys, k);
                 prop_assert_eq!(cut.thr, t.key);
                 prop_assert_eq!(cut.budgets.iter().sum::<usize>(), t.need_eq);
-                let by_keys = cut_from_keys(&keys, per, &t);
+                let by_keys = cut_from_keys(&keys, &chunks(n, per), &t);
                 prop_assert_eq!(cut.budgets, by_keys.budgets);
             }
         }
@@ -365,8 +377,10 @@ mod tests {
     #[test]
     fn budgets_go_to_the_lowest_indices() {
         let keys = [3i32, 1, 3, 3, 0, 3, 3];
-        assert_eq!(eq_budgets(&keys, 2, 3, 3), vec![1, 2, 0, 0]);
-        assert_eq!(eq_budgets(&keys, 3, 3, 5), vec![2, 2, 1]);
+        assert_eq!(eq_budgets(&keys, &chunks(7, 2), 3, 3), vec![1, 2, 0, 0]);
+        assert_eq!(eq_budgets(&keys, &chunks(7, 3), 3, 5), vec![2, 2, 1]);
+        // Runs of different lengths (a split block row).
+        assert_eq!(eq_budgets(&keys, &[0..1, 1..6, 6..7], 3, 5), vec![1, 3, 1]);
     }
 
     #[test]
