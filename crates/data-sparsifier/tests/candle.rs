@@ -92,9 +92,17 @@ fn step_sees_training_updates() {
     let mut opt = candle_nn::SGD::new(vec![w.clone()], 0.9).unwrap();
     use candle_nn::Optimizer;
     opt.step(&grads).unwrap();
-    // Make the first blocks large so the mask must change.
+    // Zero the first kept (1, 4) block and make the first pruned one large, so the mask must
+    // change whatever the random start was.
     let mut vals = flat_f32(w.as_tensor());
-    vals[..8].iter_mut().for_each(|v| *v = 100.0);
+    let kept = (0..8).find(|&b| m1.get(b * 4)).unwrap();
+    let pruned = (0..8).find(|&b| !m1.get(b * 4)).unwrap();
+    vals[kept * 4..kept * 4 + 4]
+        .iter_mut()
+        .for_each(|v| *v = 0.0);
+    vals[pruned * 4..pruned * 4 + 4]
+        .iter_mut()
+        .for_each(|v| *v = 100.0);
     w.set(&CTensor::from_vec(vals.clone(), (4, 8), &CPU).unwrap())
         .unwrap();
     sp.step().unwrap();
@@ -591,10 +599,15 @@ fn embedding_bag_trains_and_is_sparsified_in_place() {
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, CDType::F32, &CPU);
     let bag = EmbeddingBag::from_var_builder(30, 4, BagMode::Mean, vb.pp("bag")).unwrap();
+    // Seeded start and target (candle's CPU generator cannot be seeded), so the test is
+    // deterministic.
+    vm.all_vars()[0]
+        .set(&dc::to_candle(&randn([30, 4], DType::F32, 31), &CPU).unwrap())
+        .unwrap();
     // Regress each bag's output onto a fixed target.
     let idx: Vec<i64> = (0..60).map(|i| (i * 7 % 30) as i64).collect();
     let bags = Bags::Fixed { bag_size: 3 };
-    let target = CTensor::randn(0f32, 1.0, (20, 4), &CPU).unwrap();
+    let target = dc::to_candle(&randn([20, 4], DType::F32, 32), &CPU).unwrap();
     let mut opt = candle_nn::SGD::new(vm.all_vars(), 20.0).unwrap();
     use candle_nn::Optimizer;
     let loss = |b: &EmbeddingBag| {
