@@ -790,3 +790,57 @@ fn huge_sizes_are_errors_not_panics() {
     assert!(Mask::from_packed_bytes([usize::MAX, usize::MAX], &[]).is_err());
     assert!(Mask::from_bools([1 << 62, 8], &[true]).is_err());
 }
+
+/// Zeroes the first element of N-D data: an implementer that says it supports N-D.
+struct AnyRank;
+impl UpdateMask for AnyRank {
+    type Config = TestConfig;
+    type State = StepCount;
+    fn supports_nd(&self) -> bool {
+        true
+    }
+    fn update_mask(
+        &self,
+        _name: &str,
+        _data: TensorView<'_>,
+        _c: &TestConfig,
+        state: &mut StepCount,
+        mask: &mut Mask,
+    ) -> Result<()> {
+        mask.fill(true);
+        mask.set(0, false);
+        state.step_count += 1;
+        Ok(())
+    }
+}
+
+#[test]
+fn an_implementer_that_supports_nd_gets_nd_data_with_its_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.safetensors");
+    let conv = Parameter::new(randn([2, 3, 4], DType::F32, 5));
+    let original = conv.snapshot();
+    let mut sp = DataSparsifier::new(AnyRank, TestConfig { test: 0 }).unwrap();
+    sp.add_data("conv", &conv).unwrap();
+    sp.step().unwrap();
+    assert_eq!(sp.get_mask("conv").unwrap().shape(), &[2, 3, 4]);
+    sp.save_state(&path).unwrap();
+    sp.squash_mask(None, true).unwrap();
+    let squashed = conv.snapshot();
+    assert_eq!(squashed.shape(), &[2, 3, 4]);
+    assert_eq!(squashed.to_f64_vec()[0], 0.0);
+    assert_eq!(squashed.to_f64_vec()[1..], original.to_f64_vec()[1..]);
+
+    let mut back = DataSparsifier::new(AnyRank, TestConfig { test: 0 }).unwrap();
+    back.load_state(&path, true).unwrap();
+    assert_eq!(back.get_data("conv", Version::Original).unwrap(), original);
+    assert_eq!(back.get_mask("conv").unwrap().count_zeroed(), 1);
+    // The same data is refused by an implementer that does not support N-D.
+    let err = sparsifier().add_data("conv", &conv).unwrap_err();
+    assert!(matches!(err, Error::UnsupportedShape { .. }), "{err}");
+    let mut two_d = sparsifier();
+    assert!(matches!(
+        two_d.load_state(&path, true),
+        Err(Error::InvalidState { .. }) | Err(Error::UnsupportedShape { .. })
+    ));
+}
