@@ -662,10 +662,12 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
     let vpb = g.bh * g.bw;
     let partial_possible = zpb < vpb;
     let sel_in_codes = scores::selection_in_codes(g, zpb);
-    // Rows are whole words of whole blocks, and pruned blocks are either zeroed entirely or
-    // carry their kept cells in their code byte.
+    // One-row blocks tiling every row (so block `b` is cells `b·bw ..` of the flat data, whatever
+    // the row width), of a width that tiles 64-bit words, and pruned blocks either zeroed entirely
+    // or carrying their kept cells in their code byte. A task's rows start on a word boundary, so
+    // its mask words follow its blocks' codes without regard to where data rows begin.
     let word_path = g.bh == 1
-        && g.w % 64 == 0
+        && g.w % g.bw == 0
         && g.bw.is_power_of_two()
         && g.bw <= 64
         && (zpb >= g.bw || (sel_in_codes && g.bw <= 4));
@@ -690,8 +692,8 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
                 cursor: 0,
             };
             if let (true, Source::Coded(codes, _)) = (word_path, &src) {
-                // One-row blocks of a power-of-two width tiling 64-cell words: each mask word
-                // comes straight from its blocks' code bytes.
+                // Each mask word comes straight from the code bytes of the `64 / bw` blocks it
+                // covers, which may span several data rows (narrow rows).
                 let cs = &codes[br0 * g.nbc..br1 * g.nbc];
                 words_from_codes(cs, g.bw, sel_in_codes, &mut st, out);
                 return;
