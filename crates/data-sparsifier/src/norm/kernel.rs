@@ -510,6 +510,34 @@ fn words_from_codes<K: Key>(
     }
 }
 
+/// Mask words when every block is pruned (N:M sparsity), for consecutive whole one-row blocks of
+/// `bw` = 2 or 4 cells (`data.len() == blocks · bw`) starting on a word boundary: each block keeps
+/// its `bw - z` largest cells (`0 < z < bw`), found for many blocks at once by
+/// [`scores::keep_nibbles_dyn`] and packed `64 / bw` blocks per word.
+fn words_all_pruned<T: ScoreElem, N: NormKind>(data: &[T], bw: usize, z: usize, out: &mut [u64]) {
+    // Groups of whole words' worth of blocks, so the kept-cell bytes stay in L1.
+    const GROUP_WORDS: usize = 256;
+    let per = 64 / bw;
+    let mut sel = vec![0u8; GROUP_WORDS * per];
+    for (d, o) in data
+        .chunks(GROUP_WORDS * 64)
+        .zip(out.chunks_mut(GROUP_WORDS))
+    {
+        let sel = &mut sel[..d.len() / bw];
+        scores::keep_nibbles_dyn::<T, N>(d, bw, z, sel);
+        for (w, cs) in o.iter_mut().zip(sel.chunks(per)) {
+            let mut word = 0;
+            for (i, c8) in cs.chunks(8).enumerate() {
+                let mut b = [0u8; 8];
+                b[..c8.len()].copy_from_slice(c8);
+                // The selections sit in bits 0..bw of each byte; gather_selections reads bits 3...
+                word |= gather_selections(u64::from_le_bytes(b) << 3, bw) << (i * 8 * bw);
+            }
+            *w = word;
+        }
+    }
+}
+
 /// Per-task scratch for the within-block selection of large blocks.
 #[derive(Default)]
 struct Scratch<P> {
@@ -670,7 +698,7 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
         && g.w % g.bw == 0
         && g.bw.is_power_of_two()
         && g.bw <= 64
-        && (zpb >= g.bw || (sel_in_codes && g.bw <= 4));
+        && (zpb >= g.bw || (zpb > 0 && g.bw <= 4));
     let (c, thr) = match cut {
         Some(cut) => (cut.code, cut.thr),
         None => (code::ABOVE, T::Key::MAX),
@@ -691,12 +719,26 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
                 },
                 cursor: 0,
             };
-            if let (true, Source::Coded(codes, _)) = (word_path, &src) {
-                // Each mask word comes straight from the code bytes of the `64 / bw` blocks it
-                // covers, which may span several data rows (narrow rows).
-                let cs = &codes[br0 * g.nbc..br1 * g.nbc];
-                words_from_codes(cs, g.bw, sel_in_codes, &mut st, out);
-                return;
+            if word_path {
+                let (b0, b1) = (br0 * g.nbc, br1 * g.nbc);
+                match &src {
+                    Source::Coded(codes, _) => {
+                        // Each mask word comes straight from the code bytes of the `64 / bw`
+                        // blocks it covers, which may span several data rows (narrow rows).
+                        words_from_codes(&codes[b0..b1], g.bw, sel_in_codes, &mut st, out);
+                        return;
+                    }
+                    Source::All if zpb >= g.bw => {
+                        out.fill(0);
+                        return;
+                    }
+                    Source::All if g.bw <= 4 => {
+                        // N:M with M = 2 or 4: the kept cells of every block, lanes across blocks.
+                        words_all_pruned::<T, N>(&data[b0 * g.bw..b1 * g.bw], g.bw, zpb, out);
+                        return;
+                    }
+                    _ => {}
+                }
             }
             let mut kept = vec![0u64; kept_words];
             let mut pat = vec![0u64; row_words];
@@ -1046,7 +1088,7 @@ pub(crate) fn run_norm<T: ScoreElem, N: NormKind>(
 
     if k == 0 || zpb == 0 {
         // Nothing is zeroed.
-        if nan_error_policy && data.par_iter().any(|x| x.is_nan()) {
+        if nan_error_policy && scores::has_nan(data) {
             return Err(nan_error(name, data, w));
         }
         mask.fill(true);
@@ -1055,7 +1097,7 @@ pub(crate) fn run_norm<T: ScoreElem, N: NormKind>(
     let plan = Plan::new(&g, knobs.task_cells);
     if k == nb {
         // Every block is pruned (e.g. N:M sparsity): no scores are needed.
-        if nan_error_policy && data.par_iter().any(|x| x.is_nan()) {
+        if nan_error_policy && scores::has_nan(data) {
             return Err(nan_error(name, data, w));
         }
         write_mask::<T, N>(data, &g, plan, zpb, Source::All, None, mask);

@@ -349,6 +349,43 @@ fn narrow_tables_on_the_fast_path_at_full_size() {
     }
 }
 
+#[test]
+fn n_m_sparsity_word_at_a_time_at_full_size() {
+    // Level 1 (every block pruned, no scores): (1,2) and (1,4) blocks keep their largest cells,
+    // written a mask word at a time across rows; heavy ties, signed zeros, infinities and NaN.
+    let mut r = rng(11);
+    let pick = [
+        0.0,
+        -0.0,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        1.0,
+        -1.0,
+        3.0,
+        f64::NAN,
+    ];
+    for (shape, dtype) in [
+        ([40_000usize, 16usize], DType::F32),
+        ([10_000, 64], DType::BF16),
+        ([70_001, 8], DType::F64),
+        ([3, 100_004], DType::F16),
+    ] {
+        let cells = shape[0] * shape[1];
+        let v: Vec<f64> = (0..cells).map(|_| pick[(r() % 8) as usize]).collect();
+        let t = Tensor::from_f64s(&v, dtype, shape).unwrap();
+        for (bw, zpb) in [(2, 1), (4, 1), (4, 2), (4, 3), (4, 4), (8, 8)] {
+            for norm in [Norm::L1, Norm::L2] {
+                let c = cfg(1.0, (1, bw), Some(zpb), norm);
+                let (got, route) = run_with(&t, &c, Knobs::DEFAULT);
+                assert_eq!(route, Route::PruneAll);
+                assert_eq!(got, oracle(&t, &c), "{shape:?} {dtype} {c:?}");
+                let (got, _) = run_with(&t, &c, knobs(0, 4096));
+                assert_eq!(got, oracle(&t, &c), "{shape:?} {dtype} {c:?} small tasks");
+            }
+        }
+    }
+}
+
 // -------------------------------------------------------------------------------------------------
 // G3: the sampled interval misses
 // -------------------------------------------------------------------------------------------------
