@@ -538,6 +538,37 @@ fn words_all_pruned<T: ScoreElem, N: NormKind>(data: &[T], bw: usize, z: usize, 
     }
 }
 
+/// Mask words of the whole block rows `br0 ..` (codes `codes`, starting on a word boundary) when
+/// blocks are zeroed whole and a block row holds at most 64 cells, `w` and `bw` powers of two: the
+/// codes of `64 / nbc` block rows give their kept flags at once, and each block row's bits are its
+/// row pattern repeated once per data row.
+fn words_from_codes_short<K: Key>(
+    codes: &[u8],
+    g: &Grid,
+    br0: usize,
+    st: &mut CutState<'_, K>,
+    out: &mut [u64],
+) {
+    debug_assert!(g.w * g.bh <= 64 && g.nbc.is_power_of_two());
+    // Bit 0 of every data row of a full block row.
+    let rep = (0..g.bh).fold(0u64, |r, i| r | 1 << (i * g.w));
+    let per = 64 / g.nbc;
+    let mut kept = [0u64; 1];
+    let mut wr = BitWriter::new(out);
+    for (ci, cs) in codes.chunks(64).enumerate() {
+        st.flags(cs, &mut kept);
+        for j in 0..cs.len() / g.nbc {
+            let nrows = g.rows_of(br0 + ci * per + j).len();
+            let flags = (kept[0] >> (j * g.nbc)) & low_bits(g.nbc as u32);
+            // The row pattern (w bits) times rep: one copy per data row, no overlaps.
+            let bits = spread(flags, g.bw).wrapping_mul(rep);
+            let n = (nrows * g.w) as u32;
+            wr.push(bits & low_bits(n), n);
+        }
+    }
+    wr.finish();
+}
+
 /// Per-task scratch for the within-block selection of large blocks.
 #[derive(Default)]
 struct Scratch<P> {
@@ -699,6 +730,14 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
         && g.bw.is_power_of_two()
         && g.bw <= 64
         && (zpb >= g.bw || (zpb > 0 && g.bw <= 4));
+    // Whole blocks of several rows whose block rows (narrow rows of a power-of-two width) fit in
+    // one word: each block row's bits are its row pattern repeated, from a few code bits.
+    let short_block_rows = g.bh > 1
+        && !partial_possible
+        && g.w % g.bw == 0
+        && g.w.is_power_of_two()
+        && g.bw.is_power_of_two()
+        && g.w * g.bh <= 64;
     let (c, thr) = match cut {
         Some(cut) => (cut.code, cut.thr),
         None => (code::ABOVE, T::Key::MAX),
@@ -739,6 +778,11 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
                     }
                     _ => {}
                 }
+            }
+            if let (true, Source::Coded(codes, _)) = (short_block_rows, &src) {
+                let cs = &codes[br0 * g.nbc..br1 * g.nbc];
+                words_from_codes_short(cs, g, br0, &mut st, out);
+                return;
             }
             let mut kept = vec![0u64; kept_words];
             let mut pat = vec![0u64; row_words];

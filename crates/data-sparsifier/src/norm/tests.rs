@@ -285,12 +285,14 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
     /// Rows of `m` whole blocks of a power-of-two width (16 cells of (1,4) blocks, 8, 48, ...),
-    /// many small tasks on the fast path, against the oracle.
+    /// one or several rows per block (block rows of at most 64 cells among them), many small
+    /// tasks on the fast path, against the oracle.
     #[test]
     fn narrow_rows_of_whole_blocks_match_the_oracle(
         h in 1usize..300,
+        bh in prop_oneof![Just(1usize), 2usize..9],
         bw in prop_oneof![Just(1usize), Just(2), Just(4), Just(8), Just(16), Just(32), Just(64)],
-        m in 1usize..7,
+        m in prop_oneof![1usize..7, Just(8), Just(16)],
         zf in prop_oneof![Just(None), (0.0f64..1.0).prop_map(Some)],
         sl in prop_oneof![Just(0.5f64), Just(1.0), 0.0f64..=1.0],
         l2 in any::<bool>(),
@@ -310,7 +312,7 @@ proptest! {
         let t = Tensor::from_f64s(&v, dtype, [h, w]).unwrap();
         // Whole blocks, or 1 ..= bw - 1 zeros per block.
         let zpb = zf.map(|f| 1 + (f * (bw.max(2) - 1) as f64) as usize).filter(|&z| z < bw);
-        let c = cfg(sl, (1, bw), zpb, if l2 { Norm::L2 } else { Norm::L1 });
+        let c = cfg(sl, (bh, bw), zpb, if l2 { Norm::L2 } else { Norm::L1 });
         let (got, _) = run_with(&t, &c, knobs(0, task_cells));
         prop_assert_eq!(got, oracle(&t, &c), "{}x{} {:?}", h, w, c);
     }
@@ -334,6 +336,9 @@ fn narrow_tables_on_the_fast_path_at_full_size() {
             ((1, 4), Some(2)),
             ((1, 2), Some(1)),
             ((1, 8), None),
+            ((4, 4), None),
+            ((2, 8), None),
+            ((4, 4), Some(5)),
         ] {
             for (sl, norm) in [(0.5, Norm::L1), (0.8, Norm::L2), (0.3, Norm::L2)] {
                 let c = cfg(sl, block, zpb, norm);
