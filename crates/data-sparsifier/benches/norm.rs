@@ -1,16 +1,21 @@
 //! DataNorm throughput on embedding-table-sized data, in bytes of table per second.
 //!
 //! `cargo bench -p data-sparsifier --bench norm` (a few minutes). Tables: 1M × 64 and 4M × 64 f32
-//! (256 MiB and 1 GiB), uniform random values (no ties).
+//! (256 MiB and 1 GiB), uniform random values (no ties); `NORM_BENCH_SIZES=small` runs only
+//! 1M × 64 (and the narrow table).
 //!
 //! * `step`: one `DataSparsifier::step` (the mask recomputed from scratch), level 0.5:
-//!   `(1,4)` whole blocks, `(4,4)` whole blocks, `(1,4)` with 2 zeros per block;
+//!   `(1,4)` whole blocks, `(4,4)` whole blocks, `(1,4)` with 2 zeros per block; and, on a narrow
+//!   4M × 16 table (256 MiB, the DLRM embedding width), `(1,4)` whole blocks with L1 and L2;
 //! * `squash`: `squash_mask` writing `mask · data` into the table (setup not timed).
 
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use data_sparsifier::norm::{DataNormConfig, DataNormPatch, DataNormSparsifier};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BatchSize, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
+use data_sparsifier::norm::{DataNormConfig, DataNormPatch, DataNormSparsifier, Norm};
 use data_sparsifier::Tensor;
 use rayon::prelude::*;
 
@@ -40,12 +45,32 @@ fn sizes() -> Vec<(&'static str, usize)> {
     }
 }
 
+/// Times `step` on table `t` for each config patch of `cases`.
+fn step_cases(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    size: &str,
+    t: Tensor,
+    cases: &[(&str, DataNormPatch)],
+) {
+    g.throughput(Throughput::Bytes(t.size_in_bytes() as u64));
+    let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    sp.add_data("table", t).unwrap();
+    for (name, patch) in cases {
+        let mut cfg = DataNormConfig::default();
+        data_sparsifier::Config::apply(&mut cfg, patch);
+        *sp.config_mut("table").unwrap() = cfg;
+        g.bench_function(BenchmarkId::new(*name, size), |b| {
+            b.iter(|| sp.step().unwrap())
+        });
+    }
+}
+
 fn step(c: &mut Criterion) {
     let mut g = c.benchmark_group("norm_step");
     g.sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    let cases: [(&str, DataNormPatch); 3] = [
+    let cases = [
         ("(1,4) L1 whole blocks", DataNormPatch::new().block(1, 4)),
         ("(4,4) L1 whole blocks", DataNormPatch::new().block(4, 4)),
         (
@@ -54,19 +79,17 @@ fn step(c: &mut Criterion) {
         ),
     ];
     for (size, rows) in sizes() {
-        let t = table(rows, 64, 1);
-        g.throughput(Throughput::Bytes(t.size_in_bytes() as u64));
-        let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
-        sp.add_data("table", t).unwrap();
-        for (name, patch) in &cases {
-            let mut cfg = DataNormConfig::default();
-            data_sparsifier::Config::apply(&mut cfg, patch);
-            *sp.config_mut("table").unwrap() = cfg;
-            g.bench_function(BenchmarkId::new(*name, size), |b| {
-                b.iter(|| sp.step().unwrap())
-            });
-        }
+        step_cases(&mut g, size, table(rows, 64, 1), &cases);
     }
+    // Narrow rows (the DLRM embedding width): as many bytes and blocks as 1M × 64, 4 times the rows.
+    let narrow = [
+        ("(1,4) L1 whole blocks", DataNormPatch::new().block(1, 4)),
+        (
+            "(1,4) L2 whole blocks",
+            DataNormPatch::new().block(1, 4).norm(Norm::L2),
+        ),
+    ];
+    step_cases(&mut g, "4M x 16", table(4 << 20, 16, 3), &narrow);
     g.finish();
 }
 

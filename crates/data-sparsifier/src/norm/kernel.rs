@@ -510,6 +510,65 @@ fn words_from_codes<K: Key>(
     }
 }
 
+/// Mask words when every block is pruned (N:M sparsity), for consecutive whole one-row blocks of
+/// `bw` = 2 or 4 cells (`data.len() == blocks · bw`) starting on a word boundary: each block keeps
+/// its `bw - z` largest cells (`0 < z < bw`), found for many blocks at once by
+/// [`scores::keep_nibbles_dyn`] and packed `64 / bw` blocks per word.
+fn words_all_pruned<T: ScoreElem, N: NormKind>(data: &[T], bw: usize, z: usize, out: &mut [u64]) {
+    // Groups of whole words' worth of blocks, so the kept-cell bytes stay in L1.
+    const GROUP_WORDS: usize = 256;
+    let per = 64 / bw;
+    let mut sel = vec![0u8; GROUP_WORDS * per];
+    for (d, o) in data
+        .chunks(GROUP_WORDS * 64)
+        .zip(out.chunks_mut(GROUP_WORDS))
+    {
+        let sel = &mut sel[..d.len() / bw];
+        scores::keep_nibbles_dyn::<T, N>(d, bw, z, sel);
+        for (w, cs) in o.iter_mut().zip(sel.chunks(per)) {
+            let mut word = 0;
+            for (i, c8) in cs.chunks(8).enumerate() {
+                let mut b = [0u8; 8];
+                b[..c8.len()].copy_from_slice(c8);
+                // The selections sit in bits 0..bw of each byte; gather_selections reads bits 3...
+                word |= gather_selections(u64::from_le_bytes(b) << 3, bw) << (i * 8 * bw);
+            }
+            *w = word;
+        }
+    }
+}
+
+/// Mask words of the whole block rows `br0 ..` (codes `codes`, starting on a word boundary) when
+/// blocks are zeroed whole and a block row holds at most 64 cells, `w` and `bw` powers of two: the
+/// codes of `64 / nbc` block rows give their kept flags at once, and each block row's bits are its
+/// row pattern repeated once per data row.
+fn words_from_codes_short<K: Key>(
+    codes: &[u8],
+    g: &Grid,
+    br0: usize,
+    st: &mut CutState<'_, K>,
+    out: &mut [u64],
+) {
+    debug_assert!(g.w * g.bh <= 64 && g.nbc.is_power_of_two());
+    // Bit 0 of every data row of a full block row.
+    let rep = (0..g.bh).fold(0u64, |r, i| r | 1 << (i * g.w));
+    let per = 64 / g.nbc;
+    let mut kept = [0u64; 1];
+    let mut wr = BitWriter::new(out);
+    for (ci, cs) in codes.chunks(64).enumerate() {
+        st.flags(cs, &mut kept);
+        for j in 0..cs.len() / g.nbc {
+            let nrows = g.rows_of(br0 + ci * per + j).len();
+            let flags = (kept[0] >> (j * g.nbc)) & low_bits(g.nbc as u32);
+            // The row pattern (w bits) times rep: one copy per data row, no overlaps.
+            let bits = spread(flags, g.bw).wrapping_mul(rep);
+            let n = (nrows * g.w) as u32;
+            wr.push(bits & low_bits(n), n);
+        }
+    }
+    wr.finish();
+}
+
 /// Per-task scratch for the within-block selection of large blocks.
 #[derive(Default)]
 struct Scratch<P> {
@@ -662,13 +721,23 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
     let vpb = g.bh * g.bw;
     let partial_possible = zpb < vpb;
     let sel_in_codes = scores::selection_in_codes(g, zpb);
-    // Rows are whole words of whole blocks, and pruned blocks are either zeroed entirely or
-    // carry their kept cells in their code byte.
+    // One-row blocks tiling every row (so block `b` is cells `b·bw ..` of the flat data, whatever
+    // the row width), of a width that tiles 64-bit words, and pruned blocks either zeroed entirely
+    // or carrying their kept cells in their code byte. A task's rows start on a word boundary, so
+    // its mask words follow its blocks' codes without regard to where data rows begin.
     let word_path = g.bh == 1
-        && g.w % 64 == 0
+        && g.w % g.bw == 0
         && g.bw.is_power_of_two()
         && g.bw <= 64
-        && (zpb >= g.bw || (sel_in_codes && g.bw <= 4));
+        && (zpb >= g.bw || (zpb > 0 && g.bw <= 4));
+    // Whole blocks of several rows whose block rows (narrow rows of a power-of-two width) fit in
+    // one word: each block row's bits are its row pattern repeated, from a few code bits.
+    let short_block_rows = g.bh > 1
+        && !partial_possible
+        && g.w % g.bw == 0
+        && g.w.is_power_of_two()
+        && g.bw.is_power_of_two()
+        && g.w * g.bh <= 64;
     let (c, thr) = match cut {
         Some(cut) => (cut.code, cut.thr),
         None => (code::ABOVE, T::Key::MAX),
@@ -689,11 +758,30 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
                 },
                 cursor: 0,
             };
-            if let (true, Source::Coded(codes, _)) = (word_path, &src) {
-                // One-row blocks of a power-of-two width tiling 64-cell words: each mask word
-                // comes straight from its blocks' code bytes.
+            if word_path {
+                let (b0, b1) = (br0 * g.nbc, br1 * g.nbc);
+                match &src {
+                    Source::Coded(codes, _) => {
+                        // Each mask word comes straight from the code bytes of the `64 / bw`
+                        // blocks it covers, which may span several data rows (narrow rows).
+                        words_from_codes(&codes[b0..b1], g.bw, sel_in_codes, &mut st, out);
+                        return;
+                    }
+                    Source::All if zpb >= g.bw => {
+                        out.fill(0);
+                        return;
+                    }
+                    Source::All if g.bw <= 4 => {
+                        // N:M with M = 2 or 4: the kept cells of every block, lanes across blocks.
+                        words_all_pruned::<T, N>(&data[b0 * g.bw..b1 * g.bw], g.bw, zpb, out);
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+            if let (true, Source::Coded(codes, _)) = (short_block_rows, &src) {
                 let cs = &codes[br0 * g.nbc..br1 * g.nbc];
-                words_from_codes(cs, g.bw, sel_in_codes, &mut st, out);
+                words_from_codes_short(cs, g, br0, &mut st, out);
                 return;
             }
             let mut kept = vec![0u64; kept_words];
@@ -1044,7 +1132,7 @@ pub(crate) fn run_norm<T: ScoreElem, N: NormKind>(
 
     if k == 0 || zpb == 0 {
         // Nothing is zeroed.
-        if nan_error_policy && data.par_iter().any(|x| x.is_nan()) {
+        if nan_error_policy && scores::has_nan(data) {
             return Err(nan_error(name, data, w));
         }
         mask.fill(true);
@@ -1053,7 +1141,7 @@ pub(crate) fn run_norm<T: ScoreElem, N: NormKind>(
     let plan = Plan::new(&g, knobs.task_cells);
     if k == nb {
         // Every block is pruned (e.g. N:M sparsity): no scores are needed.
-        if nan_error_policy && data.par_iter().any(|x| x.is_nan()) {
+        if nan_error_policy && scores::has_nan(data) {
             return Err(nan_error(name, data, w));
         }
         write_mask::<T, N>(data, &g, plan, zpb, Source::All, None, mask);

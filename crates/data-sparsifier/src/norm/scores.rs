@@ -625,7 +625,12 @@ fn keep_nibbles<T: ScoreElem, N: NormKind, const BW: usize>(data: &[T], z: usize
 }
 
 /// [`keep_nibbles`] with a run-time block width (`2..=MAX_SEL_CELLS`).
-fn keep_nibbles_dyn<T: ScoreElem, N: NormKind>(data: &[T], bw: usize, z: usize, out: &mut [u8]) {
+pub(crate) fn keep_nibbles_dyn<T: ScoreElem, N: NormKind>(
+    data: &[T],
+    bw: usize,
+    z: usize,
+    out: &mut [u8],
+) {
     match bw {
         2 => keep_nibbles::<T, N, 2>(data, z, out),
         3 => keep_nibbles::<T, N, 3>(data, z, out),
@@ -737,6 +742,15 @@ pub(crate) fn coded_pass<T: ScoreElem, N: NormKind>(
     (!overflow.load(Ordering::Relaxed)).then_some(stats)
 }
 
+/// Whether `data` holds a NaN: a parallel scan in chunks whose loop has no early exit, so it
+/// vectorizes (the magnitude key is `MAX` exactly for NaN).
+pub(crate) fn has_nan<T: ScoreElem>(data: &[T]) -> bool {
+    data.par_chunks(1 << 14).any(|c| {
+        c.iter()
+            .fold(false, |a, &x| a | (x.l1_key() == T::Key::MAX))
+    })
+}
+
 /// The exact score pass: every block key into `keys` (row-major block order), in parallel tasks
 /// over the runs of blocks `ranges`. Returns whether some score is NaN.
 pub(crate) fn keys_pass<T: ScoreElem, N: NormKind>(
@@ -772,6 +786,27 @@ mod tests {
         assert_eq!(f16::INFINITY.l1_key(), 0x7c00);
         assert_eq!(f32::NAN.l2_key(), i32::MAX);
         assert_eq!((-0.0f32).l1_key(), 0);
+    }
+
+    #[test]
+    fn has_nan_finds_nan_only() {
+        fn check<T: ScoreElem>(from: impl Fn(f32) -> T) {
+            let n = 40_000; // more than two scan chunks
+            let mut v: Vec<T> = (0..n)
+                .map(|i| from([0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, 1.5][i % 5]))
+                .collect();
+            assert!(!has_nan(&v));
+            for i in [0, 16_383, 16_384, n - 1] {
+                let keep = v[i];
+                v[i] = from(f32::NAN);
+                assert!(has_nan(&v), "{i}");
+                v[i] = keep;
+            }
+        }
+        check::<f32>(|x| x);
+        check::<f64>(|x| x as f64);
+        check::<f16>(f16::from_f32);
+        check::<bf16>(bf16::from_f32);
     }
 
     #[test]

@@ -277,6 +277,121 @@ fn one_row_blocks_with_partial_zeroing_on_the_fast_path() {
 }
 
 // -------------------------------------------------------------------------------------------------
+// G2b: narrow rows (one-row blocks tiling rows narrower than, or not a multiple of, 64 cells),
+// whose mask words are written straight from the block codes across data rows
+// -------------------------------------------------------------------------------------------------
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Rows of `m` whole blocks of a power-of-two width (16 cells of (1,4) blocks, 8, 48, ...),
+    /// one or several rows per block (block rows of at most 64 cells among them), many small
+    /// tasks on the fast path, against the oracle.
+    #[test]
+    fn narrow_rows_of_whole_blocks_match_the_oracle(
+        h in 1usize..300,
+        bh in prop_oneof![Just(1usize), 2usize..9],
+        bw in prop_oneof![Just(1usize), Just(2), Just(4), Just(8), Just(16), Just(32), Just(64)],
+        m in prop_oneof![1usize..7, Just(8), Just(16)],
+        zf in prop_oneof![Just(None), (0.0f64..1.0).prop_map(Some)],
+        sl in prop_oneof![Just(0.5f64), Just(1.0), 0.0f64..=1.0],
+        l2 in any::<bool>(),
+        dtype in dtype_strategy(),
+        kind in 0u8..4,
+        nan_every in prop_oneof![Just(0usize), 5usize..60],
+        seed in any::<u64>(),
+        task_cells in prop_oneof![Just(1usize), Just(64), Just(500), Just(4096), Just(TASK_CELLS)],
+    ) {
+        let w = bw * m;
+        let mut v = values(h * w, kind, seed);
+        if nan_every > 0 {
+            for x in v.iter_mut().skip(seed as usize % nan_every).step_by(nan_every) {
+                *x = f64::NAN;
+            }
+        }
+        let t = Tensor::from_f64s(&v, dtype, [h, w]).unwrap();
+        // Whole blocks, or 1 ..= bw - 1 zeros per block.
+        let zpb = zf.map(|f| 1 + (f * (bw.max(2) - 1) as f64) as usize).filter(|&z| z < bw);
+        let c = cfg(sl, (bh, bw), zpb, if l2 { Norm::L2 } else { Norm::L1 });
+        let (got, _) = run_with(&t, &c, knobs(0, task_cells));
+        prop_assert_eq!(got, oracle(&t, &c), "{}x{} {:?}", h, w, c);
+    }
+}
+
+#[test]
+fn narrow_tables_on_the_fast_path_at_full_size() {
+    // Several real tasks of narrow rows (16 cells: the DLRM embedding width), heavy ties.
+    for (shape, dtype, levels) in [
+        ([40_000usize, 16usize], DType::F32, 7u64),
+        ([40_000, 16], DType::BF16, 1000),
+        ([70_001, 8], DType::F32, 1000),
+        ([20_000, 48], DType::F16, 9),
+    ] {
+        let cells = shape[0] * shape[1];
+        let t = Tensor::from_f64s(&tied(cells, levels, levels + 1), dtype, shape).unwrap();
+        let (ntasks, cols) = kernel::task_layout(shape[0], shape[1], (1, 4), TASK_CELLS);
+        assert!(!cols && ntasks >= 3, "{shape:?}: {ntasks} tasks");
+        for (block, zpb) in [
+            ((1, 4), None),
+            ((1, 4), Some(2)),
+            ((1, 2), Some(1)),
+            ((1, 8), None),
+            ((4, 4), None),
+            ((2, 8), None),
+            ((4, 4), Some(5)),
+        ] {
+            for (sl, norm) in [(0.5, Norm::L1), (0.8, Norm::L2), (0.3, Norm::L2)] {
+                let c = cfg(sl, block, zpb, norm);
+                let (got, route) = run_with(&t, &c, Knobs::DEFAULT);
+                assert!(matches!(route, Route::Fast | Route::Fallback), "{route:?}");
+                assert_eq!(
+                    got,
+                    oracle(&t, &c),
+                    "{shape:?} {dtype} {levels} {c:?} {route:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn n_m_sparsity_word_at_a_time_at_full_size() {
+    // Level 1 (every block pruned, no scores): (1,2) and (1,4) blocks keep their largest cells,
+    // written a mask word at a time across rows; heavy ties, signed zeros, infinities and NaN.
+    let mut r = rng(11);
+    let pick = [
+        0.0,
+        -0.0,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        1.0,
+        -1.0,
+        3.0,
+        f64::NAN,
+    ];
+    for (shape, dtype) in [
+        ([40_000usize, 16usize], DType::F32),
+        ([10_000, 64], DType::BF16),
+        ([70_001, 8], DType::F64),
+        ([3, 100_004], DType::F16),
+    ] {
+        let cells = shape[0] * shape[1];
+        let v: Vec<f64> = (0..cells).map(|_| pick[(r() % 8) as usize]).collect();
+        let t = Tensor::from_f64s(&v, dtype, shape).unwrap();
+        for (bw, zpb) in [(2, 1), (4, 1), (4, 2), (4, 3), (4, 4), (8, 8)] {
+            for norm in [Norm::L1, Norm::L2] {
+                let c = cfg(1.0, (1, bw), Some(zpb), norm);
+                let (got, route) = run_with(&t, &c, Knobs::DEFAULT);
+                assert_eq!(route, Route::PruneAll);
+                assert_eq!(got, oracle(&t, &c), "{shape:?} {dtype} {c:?}");
+                let (got, _) = run_with(&t, &c, knobs(0, 4096));
+                assert_eq!(got, oracle(&t, &c), "{shape:?} {dtype} {c:?} small tasks");
+            }
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------------------
 // G3: the sampled interval misses
 // -------------------------------------------------------------------------------------------------
 
