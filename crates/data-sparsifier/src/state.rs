@@ -163,23 +163,6 @@ fn write_view(
     w.write(v.data().as_bytes())
 }
 
-impl DataSource for Tensor {
-    fn dtype(&self) -> DType {
-        Tensor::dtype(self)
-    }
-    fn shape(&self) -> Vec<usize> {
-        Tensor::shape(self).to_vec()
-    }
-    fn write_to(
-        &self,
-        w: &mut SafetensorsWriter,
-        name: &str,
-        dtype: DType,
-        shape: &[usize],
-    ) -> Result<()> {
-        write_view(&self.view(), w, name, dtype, shape)
-    }
-}
 impl DataSource for Handle {
     fn dtype(&self) -> DType {
         Handle::dtype(self)
@@ -457,13 +440,15 @@ where
             check_json_round_trip(&e.name, "config", &e.config)?;
             check_json_round_trip(&e.name, "state", &e.state)?;
         }
+        let views: Vec<TensorView<'_>> = self.entries.iter().map(|e| e.data.view()).collect();
         let refs: Vec<EntryRef<'_, C, S>> = self
             .entries
             .iter()
-            .map(|e| EntryRef {
+            .zip(&views)
+            .map(|(e, view)| EntryRef {
                 name: &e.name,
                 kind: e.kind,
-                data: &e.data,
+                data: view,
                 mask: &e.mask,
                 config: &e.config,
                 state: &e.state,

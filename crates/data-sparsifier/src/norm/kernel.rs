@@ -664,7 +664,26 @@ struct CutState<'a, K> {
     cursor: usize,
 }
 
-impl<K: Key> CutState<'_, K> {
+impl<'a, K: Key> CutState<'a, K> {
+    /// Task `task`'s view of the cut: its code and threshold key (everything above when there is
+    /// no cut), its share of the blocks tied at the threshold, and its candidate keys.
+    fn for_task(cut: Option<&Cut<K>>, src: &Source<'a, K>, task: usize) -> Self {
+        let (c, thr) = match cut {
+            Some(cut) => (cut.code, cut.thr),
+            None => (code::ABOVE, K::MAX),
+        };
+        CutState {
+            c,
+            thr,
+            budget: cut.and_then(|c| c.budgets.get(task)).copied().unwrap_or(0),
+            inside: match src {
+                Source::Coded(_, stats) => &stats[task].inside,
+                _ => &[],
+            },
+            cursor: 0,
+        }
+    }
+
     /// Kept flags (1 bit per block) of one block row from its codes; returns the pruned count.
     #[inline(always)]
     fn flags(&mut self, codes: &[u8], kept: &mut [u64]) -> usize {
@@ -738,26 +757,14 @@ fn mask_pass<T: ScoreElem, N: NormKind>(
         && g.w.is_power_of_two()
         && g.bw.is_power_of_two()
         && g.w * g.bh <= 64;
-    let (c, thr) = match cut {
-        Some(cut) => (cut.code, cut.thr),
-        None => (code::ABOVE, T::Key::MAX),
-    };
     words
         .par_chunks_mut(words_per.max(1))
         .enumerate()
         .for_each(|(task, out)| {
             let br0 = task * brs;
             let br1 = ((task + 1) * brs).min(g.nbr);
-            let mut st = CutState {
-                c,
-                thr,
-                budget: cut.and_then(|c| c.budgets.get(task)).copied().unwrap_or(0),
-                inside: match &src {
-                    Source::Coded(_, stats) => &stats[task].inside,
-                    _ => &[],
-                },
-                cursor: 0,
-            };
+            let mut st = CutState::for_task(cut, &src, task);
+            let thr = st.thr;
             if word_path {
                 let (b0, b1) = (br0 * g.nbc, br1 * g.nbc);
                 match &src {
@@ -931,10 +938,6 @@ fn mask_pass_cols<T: ScoreElem, N: NormKind>(
     let vpb = g.bh * g.bw;
     let partial_possible = zpb < vpb;
     let sel_in_codes = scores::selection_in_codes(g, zpb);
-    let (c, thr) = match cut {
-        Some(cut) => (cut.code, cut.thr),
-        None => (code::ABOVE, T::Key::MAX),
-    };
     let cols = |p: usize| (p * bcs, ((p + 1) * bcs).min(g.nbc));
     // Hand each task the words wholly inside its segments, one slice per data row (in order: data
     // rows, then tasks along a row, is increasing mask position).
@@ -976,16 +979,8 @@ fn mask_pass_cols<T: ScoreElem, N: NormKind>(
             let nrows = rr.len();
             // This task's block row over its columns, for the row pattern.
             let sub = Grid::new(nrows, cw, g.bh, g.bw);
-            let mut st = CutState {
-                c,
-                thr,
-                budget: cut.and_then(|c| c.budgets.get(task)).copied().unwrap_or(0),
-                inside: match &src {
-                    Source::Coded(_, stats) => &stats[task].inside,
-                    _ => &[],
-                },
-                cursor: 0,
-            };
+            let mut st = CutState::for_task(cut, &src, task);
+            let thr = st.thr;
             let mut kept = vec![0u64; nb.div_ceil(64)];
             let n_pruned = match &src {
                 Source::All => nb,
