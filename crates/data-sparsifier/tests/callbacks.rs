@@ -59,6 +59,23 @@ fn values(t: &Tensor) -> Vec<f64> {
     t.to_f64_vec()
 }
 
+/// The training-aware hook's current mask of every model parameter, in model order.
+fn current_masks<S: data_sparsifier::scheduler::Schedule>(
+    cb: &TrainingAwareDataSparsity<DataNorm, S, ParameterModel>,
+    model: &ParameterModel,
+) -> Vec<data_sparsifier::Mask> {
+    model
+        .iter()
+        .map(|(n, _)| {
+            cb.data_sparsifier()
+                .unwrap()
+                .get_mask(&valid_name(n))
+                .unwrap()
+                .clone()
+        })
+        .collect()
+}
+
 #[test]
 fn test_post_training_callback() {
     let model = dummy_model(10);
@@ -165,16 +182,7 @@ fn test_train_aware_callback() {
     }
 
     // on_train_end: the last copy is squashed; the trained model is not.
-    let masks: Vec<_> = model
-        .iter()
-        .map(|(n, _)| {
-            cb.data_sparsifier()
-                .unwrap()
-                .get_mask(&valid_name(n))
-                .unwrap()
-                .clone()
-        })
-        .collect();
+    let masks = current_masks(&cb, &model);
     cb.on_train_end(&model).unwrap();
     let copy = cb.sparsified().unwrap();
     for ((name, p), mask) in model.iter().zip(masks) {
@@ -249,16 +257,7 @@ fn train_aware_with_partial_levels_squashes_exactly_the_mask() {
         Some(0.75)
     );
 
-    let masks: Vec<_> = model
-        .iter()
-        .map(|(n, _)| {
-            cb.data_sparsifier()
-                .unwrap()
-                .get_mask(&valid_name(n))
-                .unwrap()
-                .clone()
-        })
-        .collect();
+    let masks = current_masks(&cb, &model);
     cb.on_train_end(&model).unwrap();
     let copy = cb.sparsified().unwrap();
     for ((name, p), mask) in model.iter().zip(masks) {
