@@ -50,45 +50,6 @@ impl DType {
             DType::BF16 => "BF16",
         }
     }
-
-    /// Converts from a safetensors dtype; non-float dtypes are an [`Error::UnsupportedDType`].
-    ///
-    /// ```
-    /// use data_sparsifier::{DType, Error};
-    /// assert_eq!(DType::from_safetensors(safetensors::Dtype::BF16, "w").unwrap(), DType::BF16);
-    /// let err = DType::from_safetensors(safetensors::Dtype::I64, "ids").unwrap_err();
-    /// assert!(matches!(err, Error::UnsupportedDType { .. }));
-    /// ```
-    pub fn from_safetensors(dtype: safetensors::Dtype, what: &str) -> Result<Self, Error> {
-        match dtype {
-            safetensors::Dtype::F32 => Ok(DType::F32),
-            safetensors::Dtype::F64 => Ok(DType::F64),
-            safetensors::Dtype::F16 => Ok(DType::F16),
-            safetensors::Dtype::BF16 => Ok(DType::BF16),
-            other => Err(Error::UnsupportedDType {
-                what: what.to_string(),
-                dtype: format!("{other:?}"),
-            }),
-        }
-    }
-
-    /// Converts to the safetensors dtype.
-    ///
-    /// ```
-    /// use data_sparsifier::DType;
-    /// for d in DType::ALL {
-    ///     assert_eq!(DType::from_safetensors(d.to_safetensors(), "x").unwrap(), d);
-    /// }
-    /// assert_eq!(DType::F16.to_safetensors(), safetensors::Dtype::F16);
-    /// ```
-    pub const fn to_safetensors(self) -> safetensors::Dtype {
-        match self {
-            DType::F32 => safetensors::Dtype::F32,
-            DType::F64 => safetensors::Dtype::F64,
-            DType::F16 => safetensors::Dtype::F16,
-            DType::BF16 => safetensors::Dtype::BF16,
-        }
-    }
 }
 
 impl fmt::Display for DType {

@@ -116,6 +116,38 @@ pub enum Error {
         expected: String,
     },
 
+    /// A config names a key the rule does not have.
+    #[error("invalid config for {name:?}: unknown key `{key}`; the keys are {known}")]
+    UnknownConfigKey {
+        /// The data name, or "defaults".
+        name: String,
+        /// The unknown key.
+        key: String,
+        /// The rule's keys.
+        known: String,
+    },
+
+    /// A config value does not have the type the rule's config needs.
+    #[error("invalid config for {name:?} (rule {rule}): {source}")]
+    ConfigValue {
+        /// The data name, or "defaults".
+        name: String,
+        /// The rule's kind.
+        rule: String,
+        /// The decoding error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// No rule of that kind is registered.
+    #[error("unknown rule {kind:?}: the registered rules are {known}")]
+    UnknownRule {
+        /// The kind asked for.
+        kind: String,
+        /// The registered kinds.
+        known: String,
+    },
+
     /// The data contains NaN where NaN is not accepted.
     #[error("data {name:?} contains NaN at flat index {index} (row {row}, col {col}): clean the data, or set nan_policy = \"rank_last\" to keep NaN blocks as PyTorch does")]
     NanInData {
@@ -161,12 +193,13 @@ pub enum Error {
     },
 
     /// A safetensors file could not be parsed.
-    #[error("cannot read safetensors data{}: {message}", source_name.as_ref().map(|s| format!(" from {s}")).unwrap_or_default())]
+    #[error("cannot read safetensors data{}: {source}", source_name.as_ref().map(|s| format!(" from {s}")).unwrap_or_default())]
     Safetensors {
         /// The file, if one is involved.
         source_name: Option<String>,
-        /// The parser's message.
-        message: String,
+        /// What is wrong with it.
+        #[source]
+        source: crate::format::safetensors::FormatError,
     },
 
     /// An I/O error, with the path it concerns.

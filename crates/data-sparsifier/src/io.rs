@@ -1,5 +1,6 @@
-//! Atomic file output: write a temp file in the target's directory, fsync it, then rename it over
-//! the target. An interrupted run never leaves a half-written file where a good one was.
+//! Files: atomic output (write a temp file in the target's directory, fsync it, then rename it
+//! over the target; an interrupted run never leaves a half-written file where a good one was),
+//! [`Staged`] sets of outputs committed all or nothing, and memory-mapped input ([`MappedFile`]).
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -182,6 +183,135 @@ impl Drop for AtomicFile {
         if self.writer.take().is_some() {
             let _ = fs::remove_file(&self.temp);
         }
+    }
+}
+
+/// How [`Staged::commit`] treats a file already at a target path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CommitMode {
+    /// Never replace anything ([`AtomicFile::commit_new`]): a target that exists, even one that
+    /// appeared during the run, fails the commit.
+    #[default]
+    NoClobber,
+    /// Replace existing targets ([`AtomicFile::commit`]).
+    Replace,
+}
+
+/// Written, fsynced, uncommitted output files that are put in place together: what a
+/// [`TensorSink`](crate::format::TensorSink) finishes into. Dropping it removes the temp files.
+///
+/// [`commit`](Self::commit) puts them in place in order (so the file a reader looks for first
+/// should be last). If one fails, the files this commit already created are removed again and the
+/// rest discarded: a failed commit leaves no new file. (A file that [`CommitMode::Replace`]
+/// already replaced cannot be brought back.)
+///
+/// ```
+/// use std::io::Write;
+/// use data_sparsifier::io::{AtomicFile, CommitMode, Staged};
+/// let dir = tempfile::tempdir().unwrap();
+/// let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+/// let mut staged = Staged::default();
+/// for p in [&a, &b] {
+///     let mut f = AtomicFile::create(p).unwrap();
+///     f.write_all(b"new").unwrap();
+///     staged.push(f);
+/// }
+/// std::fs::write(&b, b"someone else's").unwrap(); // appears before the commit
+/// assert!(staged.commit(CommitMode::NoClobber).is_err());
+/// assert!(!a.exists()); // all or nothing
+/// assert_eq!(std::fs::read(&b).unwrap(), b"someone else's");
+/// ```
+#[derive(Default)]
+pub struct Staged {
+    files: Vec<AtomicFile>,
+}
+
+impl Staged {
+    /// One staged file.
+    pub fn one(file: AtomicFile) -> Self {
+        Staged { files: vec![file] }
+    }
+    /// Adds a file, committed after those already held.
+    pub fn push(&mut self, file: AtomicFile) {
+        self.files.push(file);
+    }
+    /// Adds another set, committed after this one's files.
+    pub fn extend(&mut self, other: Staged) {
+        self.files.extend(other.files);
+    }
+    /// The target paths, in commit order.
+    pub fn targets(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(AtomicFile::target)
+    }
+    /// Puts every file in place, in order, all or nothing (see the type's docs). The error is
+    /// the failing file's: an [`Error::Io`] of kind
+    /// [`AlreadyExists`](std::io::ErrorKind::AlreadyExists) when [`CommitMode::NoClobber`] met
+    /// an existing target.
+    pub fn commit(self, mode: CommitMode) -> Result<()> {
+        let mut created: Vec<PathBuf> = Vec::new();
+        for file in self.files {
+            let path = file.target().to_path_buf();
+            let existed = fs::symlink_metadata(&path).is_ok();
+            let committed = match mode {
+                CommitMode::Replace => file.commit(),
+                CommitMode::NoClobber => file.commit_new(),
+            };
+            if let Err(e) = committed {
+                for p in &created {
+                    let _ = fs::remove_file(p);
+                }
+                // The files not yet committed are dropped with the iterator: their temp files go.
+                return Err(e);
+            }
+            if !existed {
+                created.push(path);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A read-only memory map of a whole file. Files larger than RAM work: pages are read on demand.
+pub struct MappedFile {
+    map: Option<memmap2::Mmap>,
+}
+
+impl MappedFile {
+    /// Maps `path` read-only. An empty file maps to an empty slice.
+    ///
+    /// # Safety
+    ///
+    /// The file must not be truncated or modified, by this or any other process, while the map
+    /// (or any slice borrowed from it) is alive. A truncation makes a later read of the lost pages
+    /// raise SIGBUS; a modification changes bytes that safe code holds as `&[u8]`, which Rust
+    /// assumes immutable. The OS cannot enforce this (advisory locks do not stop a writer), so the
+    /// caller takes it on: tools that replace files by rename (this crate, the `safetensors`
+    /// libraries, `cp` to a new name) never do either to the mapped inode. Use
+    /// [`std::fs::read`] when the file may be written in place.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("f");
+    /// std::fs::write(&path, b"abc").unwrap();
+    /// // SAFETY: the file is this test's own and nothing writes it while it is mapped.
+    /// let map = unsafe { data_sparsifier::io::MappedFile::open(&path) }.unwrap();
+    /// assert_eq!(map.bytes(), b"abc");
+    /// ```
+    pub unsafe fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        if len == 0 {
+            return Ok(MappedFile { map: None });
+        }
+        // SAFETY: read-only and private; the caller guarantees (this function's contract) that the
+        // file is not truncated or modified while mapped.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Ok(MappedFile { map: Some(map) })
+    }
+    /// The file's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
     }
 }
 

@@ -114,8 +114,25 @@ pub trait UpdateMask: Send + Sync {
         + 'static;
 
     /// A short name for `Display` and the saved state.
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "DataSparsifier"
+    }
+    /// The config schema (keys, types, ranges, defaults, docs) that front ends derive their
+    /// flags, file keys and messages from when this rule is registered
+    /// ([`TypedRule`](crate::rule::TypedRule)). `None` (the default): an open schema, any key is
+    /// passed to [`validate`](Self::validate).
+    fn schema(&self) -> Option<crate::rule::Schema> {
+        None
+    }
+    /// The config in one short phrase, for reports. The default is its JSON.
+    fn describe(&self, config: &Self::Config) -> String {
+        serde_json::to_string(config).unwrap_or_default()
+    }
+    /// A warning about a valid config that is almost always a slip, as a phrase (front ends show
+    /// it with the names it applies to). The default: none.
+    fn lint(&self, config: &Self::Config) -> Option<String> {
+        let _ = config;
+        None
     }
     /// Whether data of more than two dims is accepted. When false (the default), adding such data
     /// is an [`Error::UnsupportedShape`].

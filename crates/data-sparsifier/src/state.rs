@@ -27,10 +27,11 @@ use serde::{Deserialize, Serialize};
 use crate::data::DataKind;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::format::safetensors::{self as st_format, SafetensorsWriter};
+use crate::format::{FileDType, TensorInfo, TensorSink};
 use crate::handle::Handle;
-use crate::io::AtomicFile;
+use crate::io::{CommitMode, MappedFile, Staged};
 use crate::mask::Mask;
-use crate::safetensors_file::{self, MappedFile, SafetensorsWriter, TensorHeader};
 use crate::sparsifier::{check_mask_fits, validate_name, DataSparsifier, Entry, UpdateMask};
 use crate::tensor::{Parameter, Tensor, TensorView};
 
@@ -128,81 +129,204 @@ fn mask_key(name: &str) -> String {
     format!("mask/{name}")
 }
 
-/// Where an entry's bytes come from when writing.
-trait DataSource {
-    fn dtype(&self) -> DType;
-    fn shape(&self) -> Vec<usize>;
-    /// Writes the bytes, refusing (instead of writing a corrupt file) if the data no longer has
-    /// the dtype and shape its header was written with: another holder of a shared parameter may
-    /// replace it while the file is written.
-    fn write_to(
-        &self,
-        w: &mut SafetensorsWriter,
-        name: &str,
-        dtype: DType,
-        shape: &[usize],
-    ) -> Result<()>;
+/// One entry as the state file's header describes it: everything but its data and mask bytes.
+#[derive(Debug, Clone)]
+pub struct EntryHeader<'a, C, S> {
+    /// The data name.
+    pub name: &'a str,
+    /// Its kind.
+    pub kind: DataKind,
+    /// Its dtype.
+    pub dtype: DType,
+    /// Its shape (the mask's too).
+    pub shape: Vec<usize>,
+    /// False if the data is already squashed.
+    pub parametrized: bool,
+    /// Its config.
+    pub config: &'a C,
+    /// The implementer's per-name state.
+    pub state: &'a S,
 }
 
-fn write_view(
-    v: &TensorView<'_>,
-    w: &mut SafetensorsWriter,
-    name: &str,
-    dtype: DType,
-    shape: &[usize],
-) -> Result<()> {
-    if v.dtype() != dtype || v.shape() != shape {
-        return Err(Error::ShapeMismatch {
-            what: format!(
-                "data {name:?} while it was being saved (it was replaced meanwhile; save again)"
-            ),
-            expected: shape.to_vec(),
-            actual: v.shape().to_vec(),
-        });
-    }
-    w.write(v.data().as_bytes())
+/// The one writer of state files, streaming: the header (every entry's name, dtype, shape,
+/// config and state) first, then each entry's data and packed mask in order, so neither all the
+/// data nor all the masks are ever held at once. [`DataSparsifier::save_state`],
+/// [`StateDict::save`], [`write_state_file`] and the CLI's `--state` all write through it. It is
+/// a [`TensorSink`]: tensors not declared are skipped.
+///
+/// ```
+/// use data_sparsifier::state::{EntryHeader, StateWriter};
+/// use data_sparsifier::{DType, DataKind, DataNormConfig, Mask, StateDict, Tensor};
+/// let t = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]).unwrap();
+/// let mask = Mask::from_dense_u8([2, 2], &[1, 0, 0, 1]).unwrap();
+/// let cfg = DataNormConfig::default();
+/// let header = EntryHeader { name: "t", kind: DataKind::Tensor, dtype: DType::F32, shape: vec![2, 2],
+///                            parametrized: true, config: &cfg, state: &() };
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("state.safetensors");
+/// let mut w = StateWriter::create(&path, "DataNormSparsifier", true, &[header], &Default::default()).unwrap();
+/// w.write_entry("t", t.view(), &mask).unwrap();
+/// w.finish().unwrap().commit(Default::default()).unwrap();
+/// assert_eq!(StateDict::<DataNormConfig, ()>::load(&path).unwrap().entries[0].mask, mask);
+/// ```
+pub struct StateWriter {
+    w: SafetensorsWriter,
+    /// Each entry's name, dtype and shape, in order.
+    layout: Vec<(String, DType, Vec<usize>)>,
+    /// The names entries are offered under as a [`TensorSink`] (the entry names by default).
+    offered: Vec<String>,
+    next: usize,
+    path: String,
 }
 
-impl DataSource for Handle {
-    fn dtype(&self) -> DType {
-        Handle::dtype(self)
+impl StateWriter {
+    /// Writes the header of a state with these entries (in this order) and `extra`. Errors,
+    /// writing nothing, on an invalid or repeated name.
+    pub fn create<C: Serialize, S: Serialize>(
+        path: impl AsRef<Path>,
+        sparsifier: &str,
+        mask_update_enabled: bool,
+        entries: &[EntryHeader<'_, C, S>],
+        extra: &BTreeMap<String, serde_json::Value>,
+    ) -> Result<Self> {
+        let path = path.as_ref();
+        for e in entries {
+            validate_name(e.name)?;
+        }
+        let meta = StateMeta {
+            sparsifier: sparsifier.to_string(),
+            mask_update_enabled,
+            entries: entries
+                .iter()
+                .map(|e| EntryMeta {
+                    name: e.name.to_string(),
+                    kind: e.kind,
+                    dtype: e.dtype,
+                    shape: e.shape.clone(),
+                    parametrized: e.parametrized,
+                    config: e.config,
+                    state: e.state,
+                })
+                .collect(),
+            extra: extra.clone(),
+        };
+        let json = serde_json::to_string(&meta).map_err(|e| Error::invalid_state(e.to_string()))?;
+        let metadata = BTreeMap::from([
+            ("format".to_string(), FORMAT.to_string()),
+            ("format_version".to_string(), FORMAT_VERSION.to_string()),
+            ("state".to_string(), json),
+        ]);
+        let mut headers = Vec::with_capacity(entries.len() * 2);
+        for e in entries {
+            let numel: usize = e.shape.iter().product();
+            headers.push(TensorInfo::new(
+                data_key(e.name),
+                e.dtype.into(),
+                e.shape.clone(),
+            ));
+            headers.push(TensorInfo::new(
+                mask_key(e.name),
+                FileDType::U8,
+                [numel.div_ceil(8)],
+            ));
+        }
+        Ok(StateWriter {
+            w: SafetensorsWriter::create(path, &headers, Some(&metadata))?,
+            layout: entries
+                .iter()
+                .map(|e| (e.name.to_string(), e.dtype, e.shape.clone()))
+                .collect(),
+            offered: entries.iter().map(|e| e.name.to_string()).collect(),
+            next: 0,
+            path: path.display().to_string(),
+        })
     }
-    fn shape(&self) -> Vec<usize> {
-        Handle::shape(self)
+
+    /// As a [`TensorSink`], receives the entries under these names (one per entry, in order):
+    /// the names of the source's tensors where the entries are named otherwise (the CLI's
+    /// `--state` replaces '.' and '/' in entry names).
+    pub fn offered_as(mut self, names: Vec<String>) -> Result<Self> {
+        if names.len() != self.layout.len() {
+            return Err(Error::invalid_state(format!(
+                "writing {}: {} names for {} entries",
+                self.path,
+                names.len(),
+                self.layout.len()
+            )));
+        }
+        self.offered = names;
+        Ok(self)
     }
-    fn write_to(
-        &self,
-        w: &mut SafetensorsWriter,
-        name: &str,
-        dtype: DType,
-        shape: &[usize],
-    ) -> Result<()> {
-        self.read(|v| write_view(&v, w, name, dtype, shape))
+
+    /// Writes the next entry's data and mask. Refuses (instead of writing a corrupt file) data
+    /// that no longer has the dtype and shape the header was written with (another holder of a
+    /// shared parameter may replace it while the file is written), or a mask of another shape.
+    pub fn write_entry(&mut self, name: &str, data: TensorView<'_>, mask: &Mask) -> Result<()> {
+        let Some((expected, dtype, shape)) = self.layout.get(self.next) else {
+            return Err(Error::invalid_state(format!(
+                "writing {}: entry {name:?} was not declared",
+                self.path
+            )));
+        };
+        if expected != name {
+            return Err(Error::invalid_state(format!(
+                "writing {}: entry {name:?} is not the next one declared ({expected:?})",
+                self.path
+            )));
+        }
+        if data.dtype() != *dtype || data.shape() != shape.as_slice() {
+            return Err(Error::ShapeMismatch {
+                what: format!(
+                    "data {name:?} while it was being saved (it was replaced meanwhile; save again)"
+                ),
+                expected: shape.clone(),
+                actual: data.shape().to_vec(),
+            });
+        }
+        check_mask_fits(name, mask, shape)?;
+        self.next += 1;
+        self.w.write(data.data().as_bytes())?;
+        self.w.write(&mask.to_packed_bytes())
+    }
+
+    /// Checks that every entry was written and fsyncs; see [`TensorSink::finish`].
+    pub fn finish(self) -> Result<Staged> {
+        Ok(Staged::one(self.w.finish_uncommitted()?))
     }
 }
 
-impl DataSource for TensorView<'_> {
-    fn dtype(&self) -> DType {
-        TensorView::dtype(self)
+impl TensorSink for StateWriter {
+    fn write_raw(&mut self, name: &str, _bytes: &[u8]) -> Result<()> {
+        if self.offered.get(self.next).is_some_and(|n| n == name) {
+            return Err(Error::invalid_state(format!(
+                "writing {}: entry {name:?} is declared, but it was not sparsified",
+                self.path
+            )));
+        }
+        Ok(())
     }
-    fn shape(&self) -> Vec<usize> {
-        TensorView::shape(self).to_vec()
+    fn write_masked(&mut self, name: &str, data: TensorView<'_>, mask: &Mask) -> Result<()> {
+        let entry = match self.offered.get(self.next) {
+            Some(n) if n == name => self.layout[self.next].0.clone(),
+            _ => {
+                return Err(Error::invalid_state(format!(
+                    "writing {}: tensor {name:?} is not the next one declared",
+                    self.path
+                )))
+            }
+        };
+        self.write_entry(&entry, data, mask)
     }
-    fn write_to(
-        &self,
-        w: &mut SafetensorsWriter,
-        name: &str,
-        dtype: DType,
-        shape: &[usize],
-    ) -> Result<()> {
-        write_view(self, w, name, dtype, shape)
+    fn finish(self: Box<Self>) -> Result<Staged> {
+        StateWriter::finish(*self)
     }
 }
 
 /// One entry of a state written straight from borrowed data, see [`write_state_file`].
 ///
 /// ```
-/// use data_sparsifier::{DataKind, DataNormConfig, EntryView, Mask, StateDict, TensorView, write_state_file};
+/// use data_sparsifier::state::{write_state_file, EntryView};
+/// use data_sparsifier::{DataKind, DataNormConfig, Mask, StateDict, TensorView};
 /// let values = [1.0f32, -2.0, 3.0];
 /// let mut mask = Mask::ones([3]);
 /// mask.set(0, false);
@@ -240,13 +364,13 @@ pub struct EntryView<'a, C, S> {
     pub parametrized: bool,
 }
 
-/// Writes a state file from borrowed views, streaming, without building a [`StateDict`] or a
-/// sparsifier (the CLI writes `--state` this way from a memory-mapped input). The file loads with
-/// [`StateDict::load`] and [`DataSparsifier::load_state`].
+/// Writes a state file from borrowed views, without building a [`StateDict`] or a sparsifier.
+/// The file loads with [`StateDict::load`] and [`DataSparsifier::load_state`].
 ///
 /// ```
 /// use std::collections::BTreeMap;
-/// use data_sparsifier::{write_state_file, DataKind, DataNormConfig, DataNormSparsifier, EntryView, Mask, Tensor};
+/// use data_sparsifier::state::{write_state_file, EntryView};
+/// use data_sparsifier::{DataKind, DataNormConfig, DataNormSparsifier, Mask, Tensor};
 /// let table = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]).unwrap();
 /// let mask = Mask::from_dense_u8([2, 2], &[1, 0, 0, 1]).unwrap();
 /// let cfg = DataNormConfig::default();
@@ -274,115 +398,38 @@ pub fn write_state_file<C: Serialize, S: Serialize>(
     entries: &[EntryView<'_, C, S>],
     extra: &BTreeMap<String, serde_json::Value>,
 ) -> Result<()> {
-    write_state_file_uncommitted(path, sparsifier, entries, extra)?.commit()
+    write_state_file_uncommitted(path, sparsifier, entries, extra)?.commit(CommitMode::Replace)
 }
 
 /// [`write_state_file`], fsynced but not committed: nothing is at `path` until the caller commits
-/// the returned file ([`AtomicFile::commit`] or [`AtomicFile::commit_new`]); dropping it discards
-/// it. For writing the state together with other files.
+/// the returned [`Staged`] file; dropping it discards it. For writing the state together with
+/// other files.
 pub fn write_state_file_uncommitted<C: Serialize, S: Serialize>(
     path: impl AsRef<Path>,
     sparsifier: &str,
     entries: &[EntryView<'_, C, S>],
     extra: &BTreeMap<String, serde_json::Value>,
-) -> Result<AtomicFile> {
-    let refs: Vec<EntryRef<'_, C, S>> = entries
+) -> Result<Staged> {
+    let headers: Vec<EntryHeader<'_, C, S>> = entries
         .iter()
-        .map(|e| EntryRef {
+        .map(|e| EntryHeader {
             name: e.name,
             kind: e.kind,
-            data: &e.data,
-            mask: e.mask,
+            dtype: e.data.dtype(),
+            shape: e.data.shape().to_vec(),
+            parametrized: e.parametrized,
             config: e.config,
             state: e.state,
-            parametrized: e.parametrized,
         })
         .collect();
-    write_state_data(path.as_ref(), sparsifier, true, &refs, extra)?.finish_uncommitted()
-}
-
-/// One entry's parts borrowed for writing.
-struct EntryRef<'a, C, S> {
-    name: &'a str,
-    kind: DataKind,
-    data: &'a dyn DataSource,
-    mask: &'a Mask,
-    config: &'a C,
-    state: &'a S,
-    parametrized: bool,
-}
-
-fn write_state<C: Serialize, S: Serialize>(
-    path: &Path,
-    sparsifier: &str,
-    mask_update_enabled: bool,
-    entries: &[EntryRef<'_, C, S>],
-    extra: &BTreeMap<String, serde_json::Value>,
-) -> Result<()> {
-    write_state_data(path, sparsifier, mask_update_enabled, entries, extra)?.finish()
-}
-
-/// Writes a whole state file into a writer, not yet finished.
-fn write_state_data<C: Serialize, S: Serialize>(
-    path: &Path,
-    sparsifier: &str,
-    mask_update_enabled: bool,
-    entries: &[EntryRef<'_, C, S>],
-    extra: &BTreeMap<String, serde_json::Value>,
-) -> Result<SafetensorsWriter> {
-    // Each entry's dtype and shape are read once; the bytes written later must still match them.
-    let layout: Vec<(DType, Vec<usize>)> = entries
-        .iter()
-        .map(|e| (e.data.dtype(), e.data.shape()))
-        .collect();
-    for (e, (_, shape)) in entries.iter().zip(&layout) {
-        validate_name(e.name)?;
-        check_mask_fits(e.name, e.mask, shape)?;
+    for e in entries {
+        check_mask_fits(e.name, e.mask, e.data.shape())?;
     }
-    let meta = StateMeta {
-        sparsifier: sparsifier.to_string(),
-        mask_update_enabled,
-        entries: entries
-            .iter()
-            .zip(&layout)
-            .map(|(e, (dtype, shape))| EntryMeta {
-                name: e.name.to_string(),
-                kind: e.kind,
-                dtype: *dtype,
-                shape: shape.clone(),
-                parametrized: e.parametrized,
-                config: e.config,
-                state: e.state,
-            })
-            .collect(),
-        extra: extra.clone(),
-    };
-    let json = serde_json::to_string(&meta).map_err(|e| Error::invalid_state(e.to_string()))?;
-    let metadata = BTreeMap::from([
-        ("format".to_string(), FORMAT.to_string()),
-        ("format_version".to_string(), FORMAT_VERSION.to_string()),
-        ("state".to_string(), json),
-    ]);
-    let mut headers = Vec::with_capacity(entries.len() * 2);
-    let packed: Vec<Vec<u8>> = entries.iter().map(|e| e.mask.to_packed_bytes()).collect();
-    for ((e, p), (dtype, shape)) in entries.iter().zip(&packed).zip(&layout) {
-        headers.push(TensorHeader::new(
-            data_key(e.name),
-            dtype.to_safetensors(),
-            shape.clone(),
-        ));
-        headers.push(TensorHeader::new(
-            mask_key(e.name),
-            safetensors::Dtype::U8,
-            [p.len()],
-        ));
+    let mut w = StateWriter::create(path, sparsifier, true, &headers, extra)?;
+    for e in entries {
+        w.write_entry(e.name, e.data, e.mask)?;
     }
-    let mut w = SafetensorsWriter::create(path, &headers, Some(&metadata))?;
-    for ((e, p), (dtype, shape)) in entries.iter().zip(&packed).zip(&layout) {
-        e.data.write_to(&mut w, e.name, *dtype, shape)?;
-        w.write(p)?;
-    }
-    Ok(w)
+    w.finish()
 }
 
 /// Errors unless `value` comes back equal from the JSON it is saved as. serde_json writes NaN and
@@ -440,31 +487,34 @@ where
             check_json_round_trip(&e.name, "config", &e.config)?;
             check_json_round_trip(&e.name, "state", &e.state)?;
         }
-        let views: Vec<TensorView<'_>> = self.entries.iter().map(|e| e.data.view()).collect();
-        let refs: Vec<EntryRef<'_, C, S>> = self
+        let headers: Vec<EntryHeader<'_, C, S>> = self
             .entries
             .iter()
-            .zip(&views)
-            .map(|(e, view)| EntryRef {
+            .map(|e| EntryHeader {
                 name: &e.name,
                 kind: e.kind,
-                data: view,
-                mask: &e.mask,
+                dtype: e.data.dtype(),
+                shape: e.data.shape().to_vec(),
+                parametrized: e.parametrized,
                 config: &e.config,
                 state: &e.state,
-                parametrized: e.parametrized,
             })
             .collect();
-        write_state(
-            path.as_ref(),
+        let mut w = StateWriter::create(
+            path,
             &self.sparsifier,
             self.mask_update_enabled,
-            &refs,
+            &headers,
             &self.extra,
-        )
+        )?;
+        for e in &self.entries {
+            w.write_entry(&e.name, e.data.view(), &e.mask)?;
+        }
+        w.finish()?.commit(CommitMode::Replace)
     }
 
-    /// Reads a state file (memory-mapped), checking every field.
+    /// Reads a state file into memory, checking every field. See
+    /// [`load_mapped`](Self::load_mapped) for a file too large to read twice into memory.
     ///
     /// ```
     /// use data_sparsifier::{DataNormConfig, DataNormSparsifier, Error, SparsifierState, Tensor};
@@ -482,8 +532,25 @@ where
     /// ```
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let file = MappedFile::open(path)?;
-        Self::from_bytes(file.bytes(), &path.display().to_string()).map_err(|e| match e {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_file_bytes(&bytes, path)
+    }
+
+    /// [`load`](Self::load) from a memory map: the file's pages are read once, straight into the
+    /// loaded tensors, instead of into a buffer first.
+    ///
+    /// # Safety
+    ///
+    /// As [`MappedFile::open`]: the file must not be truncated or modified while it is loaded.
+    pub unsafe fn load_mapped(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        // SAFETY: forwarded to the caller (this function's contract).
+        let file = unsafe { MappedFile::open(path) }?;
+        Self::from_file_bytes(file.bytes(), path)
+    }
+
+    fn from_file_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        Self::from_bytes(bytes, &path.display().to_string()).map_err(|e| match e {
             Error::InvalidState {
                 source_name: None,
                 message,
@@ -512,8 +579,8 @@ where
     /// assert!(StateDict::<DataNormConfig, ()>::from_bytes(&bytes[..bytes.len() - 1], "cut").is_err());
     /// ```
     pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Self> {
-        let st = safetensors_file::parse(bytes, source)?;
-        let metadata = safetensors_file::read_metadata(bytes, source)?.unwrap_or_default();
+        let st = st_format::parse(bytes, source)?;
+        let metadata = st_format::read_metadata(bytes, source)?.unwrap_or_default();
         let bad = |m: String| Error::invalid_state(m);
         match metadata.get("format").map(String::as_str) {
             Some(FORMAT) => {}
@@ -548,7 +615,9 @@ where
             let view = st
                 .tensor(&data_key(&m.name))
                 .map_err(|_| bad(format!("tensor {:?} is missing", data_key(&m.name))))?;
-            let dtype = DType::from_safetensors(view.dtype(), &data_key(&m.name))?;
+            let dtype = st_format::from_dtype(view.dtype(), &data_key(&m.name))
+                .map_err(|e| bad(e.to_string()))?
+                .require_float(&data_key(&m.name))?;
             if dtype != m.dtype || view.shape() != m.shape.as_slice() {
                 return Err(bad(format!(
                     "tensor {:?} is {dtype} {:?}, but the metadata says {} {:?}",
@@ -562,7 +631,9 @@ where
             let mview = st
                 .tensor(&mask_key(&m.name))
                 .map_err(|_| bad(format!("tensor {:?} is missing", mask_key(&m.name))))?;
-            if mview.dtype() != safetensors::Dtype::U8 || mview.shape().len() != 1 {
+            if st_format::from_dtype(mview.dtype(), "mask").ok() != Some(FileDType::U8)
+                || mview.shape().len() != 1
+            {
                 return Err(bad(format!(
                     "tensor {:?} must be 1-D U8 packed bits",
                     mask_key(&m.name)
@@ -839,26 +910,32 @@ impl<U: UpdateMask> DataSparsifier<U> {
             check_json_round_trip(&e.name, "config", &e.config)?;
             check_json_round_trip(&e.name, "state", &e.state)?;
         }
-        let entries: Vec<EntryRef<'_, U::Config, U::State>> = self
+        let headers: Vec<EntryHeader<'_, U::Config, U::State>> = self
             .entries()
             .iter()
-            .map(|e| EntryRef {
+            .map(|e| EntryHeader {
                 name: &e.name,
                 kind: e.kind,
-                data: &e.data,
-                mask: &e.mask,
+                dtype: e.data.dtype(),
+                shape: e.data.shape(),
+                parametrized: e.parametrized,
                 config: &e.config,
                 state: &e.state,
-                parametrized: e.parametrized,
             })
             .collect();
-        write_state(
-            path.as_ref(),
+        let mut w = StateWriter::create(
+            path,
             self.updater().name(),
             self.mask_update_enabled(),
-            &entries,
+            &headers,
             extra,
-        )
+        )?;
+        for e in self.entries() {
+            e.data
+                .read(|v| w.write_entry(&e.name, v, &e.mask))
+                .map_err(|err| err.for_data(&e.name))?;
+        }
+        w.finish()?.commit(CommitMode::Replace)
     }
 
     /// Loads a state file saved by [`save_state`](Self::save_state) and returns its `extra` part.

@@ -719,7 +719,8 @@ fn gradual_pruning_trains_through_the_mask_then_squashes() {
 /// tensor order is not the sorted one the `safetensors` crate would pick.
 #[test]
 fn candle_loads_files_written_by_the_streaming_writer() {
-    use data_sparsifier::safetensors_file::{SafetensorsWriter, TensorHeader};
+    use data_sparsifier::format::safetensors::SafetensorsWriter;
+    use data_sparsifier::format::{FileDType, TensorInfo};
     use std::collections::BTreeMap;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("written.safetensors");
@@ -733,11 +734,11 @@ fn candle_loads_files_written_by_the_streaming_writer() {
             )
         })
         .collect();
-    let mut headers: Vec<TensorHeader> = tensors
+    let mut headers: Vec<TensorInfo> = tensors
         .iter()
-        .map(|(n, t)| TensorHeader::new(*n, t.dtype().to_safetensors(), t.shape()))
+        .map(|(n, t)| TensorInfo::new(*n, t.dtype().into(), t.shape()))
         .collect();
-    headers.push(TensorHeader::new("mask", safetensors::Dtype::U8, [2, 2]));
+    headers.push(TensorInfo::new("mask", FileDType::U8, [2, 2]));
     let meta = BTreeMap::from([("sparsify".to_string(), "{\"version\":\"x\"}".to_string())]);
     let mut w = SafetensorsWriter::create(&path, &headers, Some(&meta)).unwrap();
     for (_, t) in &tensors {

@@ -222,7 +222,7 @@ impl BenchReport {
             self.cols,
             self.dtype,
             report::bytes(self.bytes),
-            report::config(&self.config),
+            self.config.describe(),
             self.repeat,
             self.threads,
             report::percent(self.sparsity),

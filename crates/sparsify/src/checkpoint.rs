@@ -1,82 +1,19 @@
-//! Reading a safetensors checkpoint: memory-mapped, validated, tensors in file (data offset) order.
+//! Opening the input: a memory-mapped, validated safetensors file as the library's
+//! [`TensorSource`], with the CLI's one-line errors.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use data_sparsifier::safetensors_file::MappedFile;
-use data_sparsifier::{DType, Slice, Tensor, TensorView};
-use safetensors::{Dtype, SafeTensorError};
+use data_sparsifier::format::safetensors::SafetensorsSource;
+pub use data_sparsifier::format::TensorInfo as TensorEntry;
+use data_sparsifier::format::{TensorData, TensorSource};
 
 use crate::error::{CliError, Result};
 
-/// One tensor of a checkpoint: its header entry and where its bytes are in the file.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TensorEntry {
-    /// The tensor's name.
-    pub name: String,
-    /// Its safetensors dtype.
-    pub dtype: Dtype,
-    /// Its shape.
-    pub shape: Vec<usize>,
-    /// Byte range of its data within the file.
-    pub range: std::ops::Range<usize>,
-}
-
-impl TensorEntry {
-    /// The floating-point dtype, if the tensor is one this project sparsifies.
-    pub fn float_dtype(&self) -> Option<DType> {
-        DType::from_safetensors(self.dtype, &self.name).ok()
-    }
-    /// Size of the data in bytes.
-    pub fn byte_len(&self) -> usize {
-        self.range.len()
-    }
-    /// Number of elements.
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-}
-
-/// A memory-mapped, validated safetensors file.
+/// A memory-mapped, validated safetensors file: tensors in file (data offset) order.
 pub struct Checkpoint {
     path: PathBuf,
-    map: MappedFile,
-    tensors: Vec<TensorEntry>,
-    metadata: Option<BTreeMap<String, String>>,
-}
-
-/// A human phrase for a safetensors parse error.
-fn describe(e: &SafeTensorError) -> String {
-    match e {
-        SafeTensorError::HeaderTooSmall => {
-            "it is shorter than the 8-byte header length (empty or truncated file?)".into()
-        }
-        SafeTensorError::HeaderTooLarge => {
-            "its header length is over the 100 MB limit (not a safetensors file, or corrupted)"
-                .into()
-        }
-        SafeTensorError::InvalidHeaderLength => {
-            "its header length points past the end of the file (truncated or not safetensors)"
-                .into()
-        }
-        SafeTensorError::InvalidHeader => "its header is not UTF-8 text (corrupted?)".into(),
-        SafeTensorError::InvalidHeaderStart | SafeTensorError::InvalidHeaderDeserialization => {
-            "its header is not valid safetensors JSON (corrupted or another format?)".into()
-        }
-        SafeTensorError::MetadataIncompleteBuffer => {
-            "the tensor data does not match the file size (truncated or padded file?)".into()
-        }
-        SafeTensorError::InvalidOffset(name) => {
-            format!("the data offsets of tensor {name:?} are invalid (overlapping or out of order)")
-        }
-        SafeTensorError::TensorInvalidInfo => {
-            "a tensor's shape and dtype do not match its data size".into()
-        }
-        SafeTensorError::ValidationOverflow => {
-            "a tensor's shape overflows (corrupted header)".into()
-        }
-        other => format!("{other}"),
-    }
+    source: SafetensorsSource,
 }
 
 impl Checkpoint {
@@ -90,10 +27,9 @@ impl Checkpoint {
             }
             Err(e) => return Err(CliError::io(path, e)),
             Ok(m) if m.is_dir() => {
-                return Err(CliError::BadInput {
-                    path: shown,
-                    reason: "it is a directory".into(),
-                })
+                return Err(CliError::Usage(format!(
+                    "{shown} is not a valid safetensors file: it is a directory"
+                )))
             }
             // Mapping a FIFO would block forever; a device or socket cannot be mapped sensibly.
             Ok(m) if !m.is_file() => {
@@ -103,59 +39,22 @@ impl Checkpoint {
             }
             Ok(_) => {}
         }
-        let map = MappedFile::open(path).map_err(|e| match e {
+        // SAFETY: the CLI's contract with its user (README, `sparsify run --help`) is that the
+        // input is not written in place while a command reads it. Files are replaced by rename
+        // by every tool that writes safetensors (this one included), which leaves the mapped
+        // inode intact; reading the whole file instead would defeat inputs larger than RAM.
+        let source = unsafe { SafetensorsSource::open(path) }.map_err(|e| match e {
             data_sparsifier::Error::Io { source, .. } => CliError::io(path, source),
+            data_sparsifier::Error::Safetensors { source, .. } => CliError::BadInput {
+                path: shown.clone(),
+                source,
+            },
             other => CliError::lib(format!("opening {shown}"), other),
         })?;
-        let (tensors, metadata) =
-            Self::parse(map.bytes()).map_err(|reason| CliError::BadInput {
-                path: shown.clone(),
-                reason,
-            })?;
         Ok(Checkpoint {
             path: path.to_path_buf(),
-            map,
-            tensors,
-            metadata,
+            source,
         })
-    }
-
-    /// Parses and validates the header of safetensors `bytes`: the tensors sorted by data offset
-    /// (the order they are stored in), and the `__metadata__`. Never panics.
-    #[allow(clippy::type_complexity)]
-    pub fn parse(
-        bytes: &[u8],
-    ) -> std::result::Result<(Vec<TensorEntry>, Option<BTreeMap<String, String>>), String> {
-        data_sparsifier::safetensors_file::check_offsets(bytes)?;
-        let (header_len, meta) =
-            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| describe(&e))?;
-        let base = 8 + header_len;
-        let mut tensors: Vec<TensorEntry> = meta
-            .tensors()
-            .into_iter()
-            .map(|(name, info)| TensorEntry {
-                name,
-                dtype: info.dtype,
-                shape: info.shape.clone(),
-                range: base + info.data_offsets.0..base + info.data_offsets.1,
-            })
-            .collect();
-        tensors.sort_by(|a, b| {
-            (a.range.start, a.range.end, &a.name).cmp(&(b.range.start, b.range.end, &b.name))
-        });
-        // read_metadata checked offsets, sizes and the file length; re-check cheaply so that a
-        // future parser change cannot turn into an out-of-bounds slice here.
-        if tensors
-            .iter()
-            .any(|t| t.range.end > bytes.len() || t.range.start > t.range.end)
-        {
-            return Err("a tensor's data lies outside the file".into());
-        }
-        let metadata = meta
-            .metadata()
-            .as_ref()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
-        Ok((tensors, metadata))
     }
 
     /// The file's path.
@@ -164,59 +63,30 @@ impl Checkpoint {
     }
     /// The tensors in file order.
     pub fn tensors(&self) -> &[TensorEntry] {
-        &self.tensors
+        self.source.tensors()
     }
     /// The `__metadata__`, if any.
     pub fn metadata(&self) -> Option<&BTreeMap<String, String>> {
-        self.metadata.as_ref()
+        self.source.metadata()
     }
     /// The whole file's size.
     pub fn file_len(&self) -> usize {
-        self.map.bytes().len()
+        self.source.total_bytes() as usize
     }
-    /// The raw bytes of a tensor.
-    pub fn bytes(&self, t: &TensorEntry) -> &[u8] {
-        self.map.bytes().get(t.range.clone()).unwrap_or(&[])
+    /// The raw bytes of tensor `index`.
+    pub fn bytes(&self, index: usize) -> &[u8] {
+        self.source.bytes(index)
     }
-}
-
-/// The typed data of one tensor: a zero-copy view into the map when its bytes are aligned for the
-/// dtype, else an owned copy of that one tensor.
-pub enum TypedData<'a> {
-    /// Borrowed from the map.
-    Mapped(Slice<'a>),
-    /// Copied (the bytes were not aligned).
-    Copied(Tensor),
-}
-
-impl<'a> TypedData<'a> {
-    /// Typed data of `bytes` (little endian) as `dtype`.
-    pub fn new(dtype: DType, bytes: &'a [u8]) -> Result<Self> {
-        match Slice::try_from_bytes(dtype, bytes) {
-            Some(s) => Ok(TypedData::Mapped(s)),
-            None => {
-                let n = bytes.len() / dtype.size_in_bytes();
-                Tensor::from_le_bytes(dtype, [n], bytes)
-                    .map(TypedData::Copied)
-                    .map_err(|e| CliError::lib("copying unaligned tensor data", e))
-            }
-        }
+    /// Tensor `index` as typed data (zero-copy unless unaligned).
+    pub fn data(&self, index: usize) -> Result<TensorData<'_>> {
+        let name = &self.tensors()[index].name;
+        self.source
+            .data(index)
+            .map_err(|e| CliError::lib(format!("reading tensor {name:?}"), e))
     }
-    /// Whether the data had to be copied.
-    pub fn is_copy(&self) -> bool {
-        matches!(self, TypedData::Copied(_))
-    }
-    /// The typed slice.
-    pub fn slice(&self) -> Slice<'_> {
-        match self {
-            TypedData::Mapped(s) => *s,
-            TypedData::Copied(t) => t.storage().as_slice(),
-        }
-    }
-    /// A view with `shape` (which must hold the same element count).
-    pub fn view<'s>(&'s self, shape: &'s [usize]) -> Result<TensorView<'s>> {
-        TensorView::from_slice(self.slice(), shape)
-            .map_err(|e| CliError::lib("viewing tensor data", e))
+    /// The library's source.
+    pub fn source(&self) -> &SafetensorsSource {
+        &self.source
     }
 }
 

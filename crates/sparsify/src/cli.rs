@@ -2,10 +2,13 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Arg, ArgAction, ArgMatches, Args, Parser, Subcommand, ValueEnum};
+use data_sparsifier::rule::{Field, Registry, Rule};
 use data_sparsifier::DType;
+use serde_json::Value;
 
-use data_sparsifier::norm::{DataNormPatch, NanPolicy, Norm};
+use crate::config_file::keys_hint;
+use crate::error::CliError;
 
 /// Sparsify safetensors checkpoints and embedding tables with the block-norm data sparsifier.
 #[derive(Debug, Parser)]
@@ -49,36 +52,176 @@ pub enum ReportFormat {
     Json,
 }
 
-/// The sparsifier config flags.
-#[derive(Debug, Clone, Default, Args)]
-pub struct ConfigFlags {
-    /// Fraction of blocks to zero, in [0, 1] [default: 0.5].
-    #[arg(long, value_name = "F", value_parser = parse_level)]
-    pub sparsity_level: Option<f64>,
-    /// Block shape, rows x cols [default: 1x4].
-    #[arg(long, value_name = "HxW", value_parser = parse_block)]
-    pub block: Option<(usize, usize)>,
-    /// Elements zeroed in each chosen block [default: the whole block].
-    #[arg(long, value_name = "N")]
-    pub zeros_per_block: Option<usize>,
-    /// Block norm used to rank blocks [default: l1].
-    #[arg(long, value_name = "l1|l2", value_parser = parse_norm)]
-    pub norm: Option<Norm>,
-    /// NaN in the data: fail, or rank NaN blocks last (kept) as PyTorch does [default: error].
-    #[arg(long, value_name = "error|rank-last", value_parser = parse_nan)]
-    pub nan_policy: Option<NanPolicy>,
+/// The rule and config flags: `--rule`, `--set KEY=VALUE` (repeatable) and the dedicated flags
+/// the registered rules' schemas declare (`--sparsity-level`, `--block`, ...). Built from the
+/// [`Registry`] at startup, so a rule registered in the library gets its flags with no edit
+/// here; a value is parsed (and range-checked) by its field's parser.
+#[derive(Debug, Clone, Default)]
+pub struct RuleFlags {
+    /// `--rule NAME`.
+    pub rule: Option<String>,
+    /// `--set KEY=VALUE`, as given.
+    pub sets: Vec<String>,
+    /// The dedicated flags given: (config key, flag name, value), in command-line order.
+    pub flags: Vec<(String, String, Value)>,
 }
 
-impl ConfigFlags {
-    /// The flags as a config patch.
-    pub fn patch(&self) -> DataNormPatch {
-        DataNormPatch {
-            sparsity_level: self.sparsity_level,
-            sparse_block_shape: self.block,
-            zeros_per_block: self.zeros_per_block,
-            norm: self.norm,
-            nan_policy: self.nan_policy,
+/// The dedicated flags of every registered rule: (config key, flag, field), each flag once.
+fn flag_fields() -> Vec<Field> {
+    let registry = Registry::builtin();
+    let mut out: Vec<Field> = Vec::new();
+    for kind in registry.kinds() {
+        let Ok(rule) = registry.create(kind) else {
+            continue;
+        };
+        for f in rule.schema().fields() {
+            if f.flag.is_some() && !out.iter().any(|o| o.flag == f.flag) {
+                out.push(f.clone());
+            }
         }
+    }
+    out
+}
+
+impl clap::Args for RuleFlags {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let kinds: Vec<String> = Registry::builtin().kinds().map(String::from).collect();
+        let mut cmd = cmd
+            .arg(
+                Arg::new("rule")
+                    .long("rule")
+                    .value_name("NAME")
+                    .help(format!(
+                        "The mask rule: {} [default: {}]",
+                        kinds.join(", "),
+                        Registry::DEFAULT
+                    )),
+            )
+            .arg(
+                Arg::new("set")
+                    .long("set")
+                    .value_name("KEY=VALUE")
+                    .action(ArgAction::Append)
+                    .help("Set a config key of the rule (repeatable), e.g. --set threshold=0.1"),
+            );
+        for f in flag_fields() {
+            let flag = f.flag.unwrap_or(f.key);
+            let parse = f.clone();
+            cmd = cmd.arg(
+                Arg::new(f.key)
+                    .long(flag)
+                    .value_name(f.value_name)
+                    .help(f.doc)
+                    .value_parser(move |s: &str| parse.parse_text(s)),
+            );
+        }
+        cmd
+    }
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl clap::FromArgMatches for RuleFlags {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut flags = Vec::new();
+        for f in flag_fields() {
+            if let Some(v) = m.get_one::<Value>(f.key) {
+                let flag = f.flag.unwrap_or(f.key);
+                flags.push((f.key.to_string(), format!("--{flag}"), v.clone()));
+            }
+        }
+        Ok(RuleFlags {
+            rule: m.get_one::<String>("rule").cloned(),
+            sets: m
+                .get_many::<String>("set")
+                .map(|v| v.cloned().collect())
+                .unwrap_or_default(),
+            flags,
+        })
+    }
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+/// The flags as a config patch of one rule, and which flag set each key.
+#[derive(Debug, Clone)]
+pub struct FlagPatch {
+    patch: Value,
+    origin: Vec<(String, String)>,
+}
+
+impl Default for FlagPatch {
+    fn default() -> Self {
+        FlagPatch {
+            patch: Value::Object(Default::default()),
+            origin: Vec::new(),
+        }
+    }
+}
+
+impl FlagPatch {
+    /// The patch (a JSON object).
+    pub fn patch(&self) -> &Value {
+        &self.patch
+    }
+    /// The flag that set `key` (`--block`, `--set threshold`), if one did.
+    pub fn origin(&self, key: &str) -> Option<&str> {
+        self.origin
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, f)| f.as_str())
+    }
+    fn set(&mut self, key: &str, flag: String, value: Value) {
+        if let Value::Object(m) = &mut self.patch {
+            m.insert(key.to_string(), value);
+        }
+        self.origin.push((key.to_string(), flag));
+    }
+}
+
+impl RuleFlags {
+    /// The flags as a patch of `rule`'s config: a flag of another rule, an unknown `--set` key
+    /// or a bad `--set` value is a usage error naming the flag.
+    pub fn patch_for(&self, rule: &dyn Rule) -> Result<FlagPatch, CliError> {
+        let schema = rule.schema();
+        let mut out = FlagPatch::default();
+        for (key, flag, v) in &self.flags {
+            if schema.field(key).is_none() {
+                return Err(CliError::Usage(format!(
+                    "{flag} is not a setting of rule {}; its keys are {} (set them with --set KEY=VALUE)",
+                    rule.kind(),
+                    keys_hint(schema)
+                )));
+            }
+            out.set(key, flag.clone(), v.clone());
+        }
+        for s in &self.sets {
+            let Some((key, text)) = s.split_once('=') else {
+                return Err(CliError::Usage(format!(
+                    "--set {s:?}: write KEY=VALUE, e.g. --set threshold=0.1"
+                )));
+            };
+            let key = key.trim();
+            let flag = format!("--set {key}");
+            let value = match schema.field(key) {
+                Some(f) => f.parse_text(text),
+                None if schema.is_open() => Ok(
+                    serde_json::from_str(text).unwrap_or_else(|_| Value::from(text.to_string()))
+                ),
+                None => Err(format!(
+                    "rule {} has no key {key:?}; its keys are {}",
+                    rule.kind(),
+                    keys_hint(schema)
+                )),
+            }
+            .map_err(|e| CliError::Usage(format!("{flag}: {e}")))?;
+            out.set(key, flag, value);
+        }
+        Ok(out)
     }
 }
 
@@ -113,7 +256,7 @@ pub struct RunArgs {
     pub config_file: Option<PathBuf>,
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub config: ConfigFlags,
+    pub config: RuleFlags,
     /// Also write each mask as a U8 tensor (1 keep, 0 zero) of the same name and shape.
     #[arg(long, value_name = "MASKS.safetensors")]
     pub masks: Option<PathBuf>,
@@ -156,7 +299,7 @@ pub struct BenchArgs {
     pub dtype: DType,
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub config: ConfigFlags,
+    pub config: RuleFlags,
     /// Timed repeats (the medians are reported).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub repeat: u64,
@@ -191,42 +334,6 @@ pub struct DemoArgs {
     pub quiet: bool,
 }
 
-fn parse_level(s: &str) -> Result<f64, String> {
-    let v: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number: give a fraction in [0, 1], e.g. 0.8"))?;
-    if !(0.0..=1.0).contains(&v) {
-        return Err(format!("{v} is outside [0, 1]: give a fraction, e.g. 0.8"));
-    }
-    Ok(v)
-}
-
-fn parse_block(s: &str) -> Result<(usize, usize), String> {
-    let bad = || format!("{s:?} is not a block shape: write rows x cols, e.g. 1x4 or 4x4");
-    let (h, w) = s.trim().split_once(['x', 'X', ',']).ok_or_else(bad)?;
-    let h: usize = h.trim().parse().map_err(|_| bad())?;
-    let w: usize = w.trim().parse().map_err(|_| bad())?;
-    if h == 0 || w == 0 {
-        return Err(format!("{s:?}: both block dimensions must be at least 1"));
-    }
-    Ok((h, w))
-}
-
-fn parse_norm(s: &str) -> Result<Norm, String> {
-    s.trim()
-        .parse::<Norm>()
-        .map_err(|_| format!("{s:?} is not a norm: use l1 or l2"))
-}
-
-fn parse_nan(s: &str) -> Result<NanPolicy, String> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "error" => Ok(NanPolicy::Error),
-        "rank-last" | "rank_last" => Ok(NanPolicy::RankLast),
-        _ => Err(format!("{s:?} is not a NaN policy: use error or rank-last")),
-    }
-}
-
 fn parse_dtype(s: &str) -> Result<DType, String> {
     s.trim()
         .parse::<DType>()
@@ -239,17 +346,71 @@ mod tests {
 
     #[test]
     fn value_parsers() {
-        assert_eq!(parse_block("1x4"), Ok((1, 4)));
-        assert_eq!(parse_block("4X4"), Ok((4, 4)));
-        assert!(parse_block("0x4").is_err());
-        assert!(parse_block("4").is_err());
-        assert!(parse_level("1.5").is_err());
-        assert!(parse_level("nan").is_err());
-        assert_eq!(parse_level("0.25"), Ok(0.25));
-        assert_eq!(parse_norm("L2"), Ok(Norm::L2));
-        assert!(parse_norm("l3").is_err());
-        assert_eq!(parse_nan("rank-last"), Ok(NanPolicy::RankLast));
+        let schema = data_sparsifier::DataNormConfig::schema();
+        let parse = |k: &str, s: &str| schema.field(k).unwrap().parse_text(s);
+        assert_eq!(
+            parse("sparse_block_shape", "1x4"),
+            Ok(serde_json::json!([1, 4]))
+        );
+        assert_eq!(
+            parse("sparse_block_shape", "4X4"),
+            Ok(serde_json::json!([4, 4]))
+        );
+        assert!(parse("sparse_block_shape", "0x4").is_err());
+        assert!(parse("sparse_block_shape", "4").is_err());
+        assert!(parse("sparsity_level", "1.5").is_err());
+        assert!(parse("sparsity_level", "nan").is_err());
+        assert_eq!(parse("sparsity_level", "0.25"), Ok(serde_json::json!(0.25)));
+        assert_eq!(parse("norm", "L2"), Ok(serde_json::json!("L2")));
+        assert_eq!(parse("norm", "l2"), Ok(serde_json::json!("L2")));
+        assert!(parse("norm", "l3").unwrap_err().contains("use l1 or l2"));
+        assert_eq!(
+            parse("nan_policy", "rank-last"),
+            Ok(serde_json::json!("rank_last"))
+        );
+        assert!(parse("nan_policy", "x")
+            .unwrap_err()
+            .contains("use error or rank-last"));
         assert_eq!(parse_dtype("bf16"), Ok(DType::BF16));
+    }
+
+    #[test]
+    fn flags_map_through_the_schema() {
+        let cli = Cli::try_parse_from([
+            "sparsify",
+            "run",
+            "in",
+            "-o",
+            "out",
+            "--block",
+            "2x2",
+            "--set",
+            "norm=l2",
+            "--sparsity-level",
+            "0.8",
+        ])
+        .unwrap();
+        let Command::Run(a) = cli.command else {
+            panic!()
+        };
+        let rule = Registry::builtin().create("datanorm").unwrap();
+        let p = a.config.patch_for(rule.as_ref()).unwrap();
+        assert_eq!(
+            p.patch(),
+            &serde_json::json!({"sparse_block_shape": [2, 2], "sparsity_level": 0.8, "norm": "L2"})
+        );
+        assert_eq!(p.origin("sparse_block_shape"), Some("--block"));
+        assert_eq!(p.origin("norm"), Some("--set norm"));
+        let magnitude = Registry::builtin().create("magnitude").unwrap();
+        let e = a
+            .config
+            .patch_for(magnitude.as_ref())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("is not a setting of rule magnitude") && e.contains("threshold"),
+            "{e}"
+        );
     }
 
     #[test]

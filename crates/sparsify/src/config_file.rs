@@ -1,7 +1,10 @@
 //! The `--config FILE.toml` file, and how a tensor's config is resolved.
 //!
 //! ```toml
-//! # defaults for every selected tensor (any key may be left out)
+//! # the mask rule (optional; `--rule` overrides it): "datanorm" (the default) or "magnitude"
+//! rule = "datanorm"
+//!
+//! # defaults for every selected tensor (any key of the rule may be left out)
 //! [defaults]
 //! sparsity_level = 0.8
 //! sparse_block_shape = [1, 4]
@@ -18,8 +21,12 @@
 //! sparsity_level = 0.9
 //! ```
 //!
-//! Precedence, lowest first: built-in defaults, the file's `[defaults]`, command-line flags, the
-//! file's glob overrides that match the tensor (in file order), its exact-name override.
+//! The keys are the rule's config keys ([`Schema`]): this file knows none of them; a rule
+//! registered in the library is configurable here as it is.
+//!
+//! Precedence, lowest first: the rule's defaults, the file's `[defaults]`, command-line flags
+//! (`--set KEY=VALUE` and the rule's own flags), the file's glob overrides that match the tensor
+//! (in file order), its exact-name override.
 //!
 //! A `[tensors."..."]` key that is exactly a tensor's name is that tensor's exact-name override,
 //! even if it contains glob characters (`[tensors."layer[0].w"]`); otherwise a key with `*`, `?`,
@@ -33,36 +40,65 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 
-use data_sparsifier::Config;
+use data_sparsifier::rule::{merge, Registry, Rule, Schema};
 use globset::GlobMatcher;
 use serde::Deserialize;
+use serde_json::Value;
 use toml::Spanned;
 
 use crate::checkpoint::TensorEntry;
+use crate::cli::FlagPatch;
 use crate::error::{CliError, Result};
 use crate::select::{compile, is_glob, some_names};
-use data_sparsifier::norm::{DataNormConfig, DataNormPatch, NanPolicy, Norm};
 
-/// One table of patch keys (`[defaults]` or an override), with where each key is.
+/// One table of config keys (`[defaults]` or an override), with where each key is.
 #[derive(Debug, Clone)]
 pub struct PatchTable {
     /// `[defaults]` or `[tensors."NAME"]`.
     pub label: String,
     /// The line of the table's header (or first key).
     pub line: usize,
-    /// The keys it sets and their lines.
-    pub keys: Vec<(String, usize)>,
-    /// The patch.
-    pub patch: DataNormPatch,
+    /// The keys it sets, their lines and their values as JSON (or why a value has no JSON form).
+    pub keys: Vec<(String, usize, std::result::Result<Value, String>)>,
 }
 
 impl PatchTable {
     fn line_of(&self, key: &str) -> usize {
         self.keys
             .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, l)| *l)
+            .find(|(k, _, _)| k == key)
+            .map(|(_, l, _)| *l)
             .unwrap_or(self.line)
+    }
+    fn sets(&self, key: &str) -> bool {
+        self.keys.iter().any(|(k, _, _)| k == key)
+    }
+    /// The table as a config patch of `rule`: every key one of its schema's, of the right type
+    /// (values in canonical spelling); an error names the file, the key's line and the key.
+    pub fn patch(&self, rule: &dyn Rule, file: &str) -> Result<Value> {
+        let schema = rule.schema();
+        let mut out = serde_json::Map::new();
+        for (k, line, v) in &self.keys {
+            let at = |message: String| CliError::ConfigFile {
+                file: file.to_string(),
+                line: *line,
+                message: format!("{} key `{k}`: {message}", self.label),
+            };
+            let v = v.clone().map_err(at)?;
+            let v = match schema.field(k) {
+                Some(f) => f.check_type(&v).map_err(at)?,
+                None if schema.is_open() => v,
+                None => {
+                    return Err(at(format!(
+                        "rule {} has no key `{k}`; its keys are {}",
+                        rule.kind(),
+                        schema.keys_text()
+                    )))
+                }
+            };
+            out.insert(k.clone(), v);
+        }
+        Ok(Value::Object(out))
     }
 }
 
@@ -91,6 +127,8 @@ enum Target<'a> {
 pub struct ConfigFile {
     /// The file's path as shown in messages.
     pub path: String,
+    /// The `rule = "..."` key and its line.
+    pub rule: Option<(String, usize)>,
     /// The `[defaults]` table.
     pub defaults: Option<PatchTable>,
     /// The `[tensors."..."]` tables, in file order.
@@ -102,6 +140,7 @@ type RawTable = BTreeMap<String, Spanned<toml::Value>>;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
+    rule: Option<Spanned<String>>,
     defaults: Option<Spanned<RawTable>>,
     tensors: Option<BTreeMap<String, Spanned<RawTable>>>,
 }
@@ -112,6 +151,29 @@ fn line_of(text: &str, offset: usize) -> usize {
         .filter(|&&b| b == b'\n')
         .count()
         + 1
+}
+
+/// A TOML value as JSON; a non-finite float has none (JSON has no NaN or infinity).
+fn to_json(v: &toml::Value) -> std::result::Result<Value, String> {
+    Ok(match v {
+        toml::Value::String(s) => Value::from(s.clone()),
+        toml::Value::Integer(i) => Value::from(*i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(Value::Number)
+            .ok_or_else(|| format!("{f} is not a finite number: give a finite value"))?,
+        toml::Value::Boolean(b) => Value::from(*b),
+        toml::Value::Datetime(d) => Value::from(d.to_string()),
+        toml::Value::Array(a) => Value::Array(
+            a.iter()
+                .map(to_json)
+                .collect::<std::result::Result<_, _>>()?,
+        ),
+        toml::Value::Table(t) => Value::Object(
+            t.iter()
+                .map(|(k, v)| Ok((k.clone(), to_json(v)?)))
+                .collect::<std::result::Result<_, String>>()?,
+        ),
+    })
 }
 
 impl ConfigFile {
@@ -154,7 +216,8 @@ impl ConfigFile {
         Self::parse(&text, &shown)
     }
 
-    /// Parses config text; `path` is used in messages.
+    /// Parses config text; `path` is used in messages. The keys are checked against the file's
+    /// rule (or the default rule), so that a mistake is reported before any tensor is read.
     pub fn parse(text: &str, path: &str) -> Result<Self> {
         let err = |span: Option<Range<usize>>, message: String| CliError::ConfigFile {
             file: path.to_string(),
@@ -163,56 +226,33 @@ impl ConfigFile {
         };
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let mut message = e.message().trim().to_string();
-            let top_key = patch_keys()
-                .into_iter()
-                .find(|k| message.starts_with(&format!("unknown field `{k}`, expected `defaults`")));
-            if top_key.is_some() {
+            if is_misplaced_key(&message) {
                 message.push_str(": put config keys under [defaults], or under [tensors.\"NAME\"] for one tensor");
             }
             err(e.span(), message)
         })?;
-        let table = |label: String, line: usize, raw: &RawTable| -> Result<PatchTable> {
-            let mut keys = Vec::new();
-            let mut all = toml::Table::new();
+        let table = |label: String, line: usize, raw: &RawTable| -> PatchTable {
             let mut entries: Vec<_> = raw.iter().collect();
             entries.sort_by_key(|(_, v)| v.span().start);
-            for (k, v) in entries {
-                let key_line = line_of(text, v.span().start);
-                let value = same_spellings_as_flags(k, v.get_ref());
-                let mut one = toml::Table::new();
-                one.insert(k.clone(), value.clone());
-                toml::Value::Table(one)
-                    .try_into::<DataNormPatch>()
-                    .map_err(|e| CliError::ConfigFile {
-                        file: path.to_string(),
-                        line: key_line,
-                        message: format!("{label} key `{k}`: {}", e.message().trim()),
-                    })?;
-                keys.push((k.clone(), key_line));
-                all.insert(k.clone(), value);
-            }
-            let patch = toml::Value::Table(all)
-                .try_into::<DataNormPatch>()
-                .map_err(|e| CliError::ConfigFile {
-                    file: path.to_string(),
-                    line,
-                    message: format!("{label}: {}", e.message().trim()),
-                })?;
-            Ok(PatchTable {
-                label,
-                line,
-                keys,
-                patch,
-            })
+            let keys = entries
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        line_of(text, v.span().start),
+                        to_json(v.get_ref()),
+                    )
+                })
+                .collect();
+            PatchTable { label, line, keys }
         };
-        let defaults = match &raw.defaults {
-            Some(d) => Some(table(
+        let defaults = raw.defaults.as_ref().map(|d| {
+            table(
                 "[defaults]".into(),
                 line_of(text, d.span().start),
                 d.get_ref(),
-            )?),
-            None => None,
-        };
+            )
+        });
         let mut overrides = Vec::new();
         if let Some(ts) = &raw.tensors {
             let mut list: Vec<_> = ts.iter().collect();
@@ -220,10 +260,9 @@ impl ConfigFile {
             for (k, v) in list {
                 let pattern = k.clone();
                 let label = format!("[tensors.{pattern:?}]");
-                let line = line_of(text, v.span().start);
                 let glob = is_glob(&pattern)
                     .then(|| compile(&pattern, "tensor pattern").map_err(|e| e.to_string()));
-                let table = table(label, line, v.get_ref())?;
+                let table = table(label, line_of(text, v.span().start), v.get_ref());
                 overrides.push(Override {
                     pattern,
                     glob,
@@ -231,138 +270,133 @@ impl ConfigFile {
                 });
             }
         }
-        Ok(ConfigFile {
+        let file = ConfigFile {
             path: path.to_string(),
+            rule: raw
+                .rule
+                .map(|r| (r.get_ref().clone(), line_of(text, r.span().start))),
             defaults,
             overrides,
-        })
-    }
-}
-
-/// A value as the patch's serde form spells it, where the flags' spelling differs: `norm` in any
-/// case (`l2`, `L2`), `nan_policy` as `rank-last` or `rank_last` in any case. Anything else,
-/// invalid values included (so that the error shows them as written), is returned as is.
-fn same_spellings_as_flags(key: &str, value: &toml::Value) -> toml::Value {
-    if let toml::Value::String(s) = value {
-        let s = s.trim();
-        let canonical = match key {
-            "norm" => s
-                .to_ascii_uppercase()
-                .parse::<Norm>()
-                .ok()
-                .map(|n| n.to_string()),
-            "nan_policy" => s
-                .to_ascii_lowercase()
-                .parse::<NanPolicy>()
-                .ok()
-                .map(|p| p.to_string()),
-            _ => None,
         };
-        if let Some(c) = canonical {
-            return toml::Value::String(c);
+        let rule = choose_rule(&Registry::builtin(), None, Some(&file))?;
+        file.check(rule.as_ref())?;
+        Ok(file)
+    }
+
+    /// Checks every table's keys against `rule`.
+    pub fn check(&self, rule: &dyn Rule) -> Result<()> {
+        for t in self.tables() {
+            t.patch(rule, &self.path)?;
         }
+        Ok(())
     }
-    value.clone()
-}
-
-/// The keys a patch can set (read from its serde form, so it follows the library's fields).
-pub fn patch_keys() -> Vec<String> {
-    match serde_json::to_value(DataNormPatch::default()) {
-        Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
-        _ => Vec::new(),
+    fn tables(&self) -> impl Iterator<Item = &PatchTable> {
+        self.defaults
+            .iter()
+            .chain(self.overrides.iter().map(|o| &o.table))
     }
 }
 
-/// Whether `patch` sets `key`, read from its `Option` fields directly (a serde round trip would
-/// turn a set NaN or infinite `sparsity_level` into null, i.e. "not set"). The destructuring has no
-/// `..`, so a new patch field fails to compile here until it is handled.
-pub fn patch_sets(patch: &DataNormPatch, key: &str) -> bool {
-    let DataNormPatch {
-        sparsity_level,
-        sparse_block_shape,
-        zeros_per_block,
-        norm,
-        nan_policy,
-    } = patch;
-    match key {
-        "sparsity_level" => sparsity_level.is_some(),
-        "sparse_block_shape" => sparse_block_shape.is_some(),
-        "zeros_per_block" => zeros_per_block.is_some(),
-        "norm" => norm.is_some(),
-        "nan_policy" => nan_policy.is_some(),
-        _ => false,
-    }
+/// Whether a TOML error is a config key at the top level (where only `rule`, `[defaults]` and
+/// `[tensors]` belong).
+fn is_misplaced_key(message: &str) -> bool {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return false;
+    };
+    let key = rest.split('`').next().unwrap_or_default();
+    let registry = Registry::builtin();
+    let known = registry
+        .kinds()
+        .filter_map(|k| registry.create(k).ok())
+        .any(|r| r.schema().field(key).is_some());
+    known
 }
 
-/// The command-line flag that sets a config key.
-pub fn flag_of(key: &str) -> String {
-    match key {
-        "sparse_block_shape" => "--block".into(),
-        other => format!("--{}", other.replace('_', "-")),
-    }
-}
-
-/// Resolves the config of every selected tensor. See the module docs for the precedence.
-pub fn resolve(
+/// The rule of a run: `--rule` if given, else the config file's `rule`, else the default.
+pub fn choose_rule(
+    registry: &Registry,
+    flag: Option<&str>,
     file: Option<&ConfigFile>,
-    flags: &DataNormPatch,
-    tensors: &[TensorEntry],
-    selected: &[usize],
-    source: &str,
-) -> Result<(DataNormConfig, Vec<DataNormConfig>)> {
-    let mut base = DataNormConfig::default();
-    let file_defaults = file.and_then(|f| f.defaults.as_ref());
-    if let Some(d) = file_defaults {
-        base.apply(&d.patch);
+) -> Result<Box<dyn Rule>> {
+    if let Some(kind) = flag {
+        return registry
+            .create(kind)
+            .map_err(|e| CliError::Usage(format!("--rule {kind:?}: {e}")));
     }
-    base.apply(flags);
-    // Points an invalid value at where it was set.
-    let blame = |name: &str, e: data_sparsifier::Error, overrides: &[&Override]| -> CliError {
+    match file.and_then(|f| f.rule.as_ref().map(|r| (f, r))) {
+        Some((f, (kind, line))) => registry.create(kind).map_err(|e| CliError::ConfigFile {
+            file: f.path.clone(),
+            line: *line,
+            message: format!("key `rule`: {e}"),
+        }),
+        None => registry
+            .create(Registry::DEFAULT)
+            .map_err(|e| CliError::lib("the default rule", e)),
+    }
+}
+
+/// The configs of a run: the base (defaults, file defaults, flags) and each selected tensor's.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The config every selected tensor starts from.
+    pub base: Value,
+    /// Each selected tensor's config, complete and validated, in selection order.
+    pub configs: Vec<Value>,
+}
+
+/// Where a config value came from, to point an invalid value at where it was set.
+struct Blame<'a> {
+    file: Option<&'a ConfigFile>,
+    flags: &'a FlagPatch,
+}
+
+impl Blame<'_> {
+    fn error(&self, name: &str, e: data_sparsifier::Error, overrides: &[&Override]) -> CliError {
         let key = match &e {
             data_sparsifier::Error::InvalidConfig { key, .. } => *key,
             _ => return CliError::lib(format!("config of {name:?}"), e),
         };
-        let f = file.map(|f| f.path.clone()).unwrap_or_default();
-        for o in overrides.iter().rev() {
-            if patch_sets(&o.table.patch, key) {
-                return CliError::ConfigFile {
-                    file: f,
-                    line: o.table.line_of(key),
-                    message: format!("{} key `{key}`: {e}", o.table.label),
-                };
-            }
+        let f = self.file.map(|f| f.path.clone()).unwrap_or_default();
+        let at = |t: &PatchTable| CliError::ConfigFile {
+            file: f.clone(),
+            line: t.line_of(key),
+            message: format!("{} key `{key}`: {e}", t.label),
+        };
+        if let Some(o) = overrides.iter().rev().find(|o| o.table.sets(key)) {
+            return at(&o.table);
         }
-        if patch_sets(flags, key) {
-            return CliError::Usage(format!("{}: {e}", flag_of(key)));
+        if let Some(flag) = self.flags.origin(key) {
+            return CliError::Usage(format!("{flag}: {e}"));
         }
-        if let Some(d) = file_defaults.filter(|d| patch_sets(&d.patch, key)) {
-            return CliError::ConfigFile {
-                file: f,
-                line: d.line_of(key),
-                message: format!("{} key `{key}`: {e}", d.label),
-            };
+        match self
+            .file
+            .and_then(|f| f.defaults.as_ref())
+            .filter(|d| d.sets(key))
+        {
+            Some(d) => at(d),
+            None => CliError::Usage(e.to_string()),
         }
-        CliError::Usage(e.to_string())
-    };
-    base.validate("defaults")
-        .map_err(|e| blame("defaults", e, &[]))?;
+    }
+}
 
-    let overrides: &[Override] = file.map(|f| f.overrides.as_slice()).unwrap_or(&[]);
-    let is_selected = {
-        let mut v = vec![false; tensors.len()];
-        selected.iter().for_each(|&i| v[i] = true);
-        v
+/// What each override applies to: the tensor it names exactly, else the tensors its glob
+/// matches; every override must apply to at least one tensor, and an exact one to a selected one.
+fn targets<'a>(
+    file: Option<&'a ConfigFile>,
+    tensors: &[TensorEntry],
+    selected: &[usize],
+    source: &str,
+) -> Result<Vec<(&'a Override, Target<'a>)>> {
+    let Some(file) = file else {
+        return Ok(Vec::new());
     };
-    let f = file.map(|f| f.path.clone()).unwrap_or_default();
     let err = |o: &Override, message: String| CliError::ConfigFile {
-        file: f.clone(),
+        file: file.path.clone(),
         line: o.table.line,
         message: format!("{}: {message}", o.table.label),
     };
-    // What each override applies to: the tensor it names exactly, else the tensors its glob
-    // matches; every override must apply to at least one tensor.
-    let mut targets = Vec::with_capacity(overrides.len());
-    for o in overrides {
+    let mut out = Vec::with_capacity(file.overrides.len());
+    for o in &file.overrides {
         let target = match (tensors.iter().position(|t| t.name == o.pattern), &o.glob) {
             (Some(i), _) => Target::Exact(i),
             (None, Some(Ok(g))) => Target::Glob(g),
@@ -379,7 +413,7 @@ pub fn resolve(
             }
         };
         match target {
-            Target::Exact(i) if !is_selected[i] => {
+            Target::Exact(i) if !selected.contains(&i) => {
                 return Err(err(
                     o,
                     format!(
@@ -400,50 +434,109 @@ pub fn resolve(
             }
             _ => {}
         }
-        targets.push(target);
+        out.push((o, target));
     }
+    Ok(out)
+}
+
+/// Resolves the config of every selected tensor under `rule`. See the module docs for the
+/// precedence.
+pub fn resolve(
+    file: Option<&ConfigFile>,
+    rule: &dyn Rule,
+    flags: &FlagPatch,
+    tensors: &[TensorEntry],
+    selected: &[usize],
+    source: &str,
+) -> Result<Resolved> {
+    let blame = Blame { file, flags };
+    let path = file.map(|f| f.path.as_str()).unwrap_or_default();
+    let mut base = rule.defaults();
+    if let Some(d) = file.and_then(|f| f.defaults.as_ref()) {
+        merge(&mut base, &d.patch(rule, path)?);
+    }
+    merge(&mut base, flags.patch());
+    let base = rule
+        .canonical("defaults", &base)
+        .map_err(|e| blame.error("defaults", e, &[]))?;
+    let targets = targets(file, tensors, selected, source)?;
+    let patches: Vec<Value> = targets
+        .iter()
+        .map(|(o, _)| o.table.patch(rule, path))
+        .collect::<Result<_>>()?;
     let mut configs = Vec::with_capacity(selected.len());
     for &i in selected {
         let name = &tensors[i].name;
         // Matching globs in file order, then the exact-name override.
-        let mut applied: Vec<&Override> = overrides
+        let globs = targets
             .iter()
-            .zip(&targets)
-            .filter(|(_, t)| matches!(t, Target::Glob(g) if g.is_match(name)))
-            .map(|(o, _)| o)
-            .collect();
-        applied.extend(
-            overrides
-                .iter()
-                .zip(&targets)
-                .filter(|(_, t)| matches!(t, Target::Exact(j) if *j == i))
-                .map(|(o, _)| o),
-        );
+            .enumerate()
+            .filter(|(_, (_, t))| matches!(t, Target::Glob(g) if g.is_match(name)));
+        let exact = targets
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, t))| matches!(t, Target::Exact(j) if *j == i));
         let mut c = base.clone();
-        for o in &applied {
-            c.apply(&o.table.patch);
+        let mut applied: Vec<&Override> = Vec::new();
+        for (k, (o, _)) in globs.chain(exact) {
+            merge(&mut c, &patches[k]);
+            applied.push(o);
         }
-        c.validate(name).map_err(|e| blame(name, e, &applied))?;
+        let c = rule
+            .canonical(name, &c)
+            .map_err(|e| blame.error(name, e, &applied))?;
         configs.push(c);
     }
-    Ok((base, configs))
+    Ok(Resolved { base, configs })
+}
+
+/// The keys of a schema as `--set` takes them, for messages.
+pub fn keys_hint(schema: &Schema) -> String {
+    if schema.is_open() {
+        "any key (values are JSON)".into()
+    } else {
+        schema.keys_text()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use data_sparsifier::norm::Norm;
-    use safetensors::Dtype;
+    use crate::cli::RuleFlags;
+    use data_sparsifier::format::FileDType;
+    use serde_json::json;
 
     fn ts() -> Vec<TensorEntry> {
         ["emb.0", "emb.1", "fc", "bias"]
             .iter()
-            .map(|n| TensorEntry {
-                name: n.to_string(),
-                dtype: Dtype::F32,
-                shape: vec![4, 4],
-                range: 0..0,
-            })
+            .map(|n| TensorEntry::new(*n, FileDType::F32, [4, 4]))
+            .collect()
+    }
+
+    fn datanorm() -> Box<dyn Rule> {
+        Registry::builtin().create("datanorm").unwrap()
+    }
+
+    /// The patch of dedicated flags `(key, flag, value)` for datanorm.
+    fn flags(set: &[(&str, &str, Value)]) -> FlagPatch {
+        let f = RuleFlags {
+            flags: set
+                .iter()
+                .map(|(k, f, v)| (k.to_string(), f.to_string(), v.clone()))
+                .collect(),
+            ..Default::default()
+        };
+        f.patch_for(datanorm().as_ref()).unwrap()
+    }
+
+    fn res(f: Option<&ConfigFile>, fl: &FlagPatch, sel: &[usize]) -> Result<Resolved> {
+        resolve(f, datanorm().as_ref(), fl, &ts(), sel, "in")
+    }
+
+    fn levels(r: &Resolved) -> Vec<f64> {
+        r.configs
+            .iter()
+            .map(|c| c["sparsity_level"].as_f64().unwrap())
             .collect()
     }
 
@@ -456,17 +549,63 @@ mod tests {
         let text = "[defaults]\nsparsity_level = 0.7\nnorm = \"L2\"\n\n[tensors.\"emb.*\"]\nsparsity_level = 0.9\n[tensors.\"emb.1\"]\nsparsity_level = 0.1\n";
         let f = ConfigFile::parse(text, "c.toml").unwrap();
         assert_eq!(f.overrides.len(), 2);
-        let flags = DataNormPatch {
-            sparsity_level: Some(0.3),
-            ..Default::default()
-        };
-        let (base, cs) = resolve(Some(&f), &flags, &ts(), &[0, 1, 2], "in").unwrap();
-        assert_eq!(base.sparsity_level, 0.3);
-        assert_eq!(base.norm, Norm::L2);
+        let fl = flags(&[("sparsity_level", "--sparsity-level", json!(0.3))]);
+        let r = res(Some(&f), &fl, &[0, 1, 2]).unwrap();
+        assert_eq!(r.base["sparsity_level"], 0.3);
+        assert_eq!(r.base["norm"], "L2");
+        assert_eq!(levels(&r), [0.9, 0.1, 0.3]);
+        // Every config is complete and canonical (an integer level is a float).
+        let f = ConfigFile::parse("[defaults]\nsparsity_level = 1\n", "c.toml").unwrap();
+        let r = res(Some(&f), &FlagPatch::default(), &[0]).unwrap();
         assert_eq!(
-            cs.iter().map(|c| c.sparsity_level).collect::<Vec<_>>(),
-            [0.9, 0.1, 0.3]
+            serde_json::to_string(&r.configs[0]).unwrap(),
+            r#"{"sparsity_level":1.0,"sparse_block_shape":[1,4],"zeros_per_block":null,"norm":"L1","nan_policy":"error"}"#
         );
+    }
+
+    #[test]
+    fn the_rule_comes_from_the_flag_then_the_file() {
+        let f = ConfigFile::parse(
+            "rule = \"magnitude\"\n[defaults]\nthreshold = 0.25\n",
+            "c.toml",
+        )
+        .unwrap();
+        let registry = Registry::builtin();
+        assert_eq!(
+            choose_rule(&registry, None, Some(&f)).unwrap().kind(),
+            "magnitude"
+        );
+        assert_eq!(
+            choose_rule(&registry, None, None).unwrap().kind(),
+            "datanorm"
+        );
+        let rule = choose_rule(&registry, Some("magnitude"), None).unwrap();
+        let r = resolve(
+            Some(&f),
+            rule.as_ref(),
+            &FlagPatch::default(),
+            &ts(),
+            &[0],
+            "in",
+        )
+        .unwrap();
+        assert_eq!(r.configs[0], json!({"threshold": 0.25}));
+        // --rule overrides the file: then its keys must be the flag's rule's.
+        let dn = choose_rule(&registry, Some("datanorm"), Some(&f)).unwrap();
+        let e = f.check(dn.as_ref()).unwrap_err().to_string();
+        assert!(
+            e.starts_with("c.toml:3:") && e.contains("`threshold`"),
+            "{e}"
+        );
+        let m = msg("\nrule = \"nope\"\n");
+        assert!(
+            m.starts_with("c.toml:2:") && m.contains("datanorm, magnitude"),
+            "{m}"
+        );
+        let e = choose_rule(&registry, Some("nope"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--rule") && e.contains("magnitude"), "{e}");
     }
 
     #[test]
@@ -493,7 +632,7 @@ mod tests {
             "c.toml",
         )
         .unwrap();
-        let e = resolve(Some(&f), &Default::default(), &ts(), &[0], "in")
+        let e = res(Some(&f), &FlagPatch::default(), &[0])
             .unwrap_err()
             .to_string();
         assert!(
@@ -501,7 +640,7 @@ mod tests {
             "{e}"
         );
         let f = ConfigFile::parse("[tensors.\"fc\"]\nzeros_per_block = 9\n", "c.toml").unwrap();
-        let e = resolve(Some(&f), &Default::default(), &ts(), &[2], "in")
+        let e = res(Some(&f), &FlagPatch::default(), &[2])
             .unwrap_err()
             .to_string();
         assert!(
@@ -509,24 +648,19 @@ mod tests {
             "{e}"
         );
         let f = ConfigFile::parse("\n[tensors.\"nope\"]\nnorm = \"L1\"\n", "c.toml").unwrap();
-        let e = resolve(Some(&f), &Default::default(), &ts(), &[0], "in")
+        let e = res(Some(&f), &FlagPatch::default(), &[0])
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("c.toml:2:") && e.contains("\"nope\""), "{e}");
         let f = ConfigFile::parse("[tensors.\"x*\"]\nnorm = \"L1\"\n", "c.toml").unwrap();
-        assert!(resolve(Some(&f), &Default::default(), &ts(), &[0], "in").is_err());
+        assert!(res(Some(&f), &FlagPatch::default(), &[0]).is_err());
         let f = ConfigFile::parse("[tensors.\"bias\"]\nnorm = \"L1\"\n", "c.toml").unwrap();
-        let e = resolve(Some(&f), &Default::default(), &ts(), &[0], "in")
+        let e = res(Some(&f), &FlagPatch::default(), &[0])
             .unwrap_err()
             .to_string();
         assert!(e.contains("not selected"), "{e}");
-        let flags = DataNormPatch {
-            zeros_per_block: Some(9),
-            ..Default::default()
-        };
-        let e = resolve(None, &flags, &ts(), &[0], "in")
-            .unwrap_err()
-            .to_string();
+        let fl = flags(&[("zeros_per_block", "--zeros-per-block", json!(9))]);
+        let e = res(None, &fl, &[0]).unwrap_err().to_string();
         assert!(e.starts_with("--zeros-per-block"), "{e}");
     }
 
@@ -536,19 +670,18 @@ mod tests {
         for (t, n) in ts.iter_mut().zip(["layer[0].w", "layer0.w", "odd[", "fc"]) {
             t.name = n.into();
         }
+        let rule = datanorm();
+        let none = FlagPatch::default();
         let text = "[tensors.\"layer*\"]\nsparsity_level = 0.9\n\
                     [tensors.\"layer[0].w\"]\nsparsity_level = 0.1\n\
                     [tensors.\"odd[\"]\nsparsity_level = 0.2\n";
         let f = ConfigFile::parse(text, "c.toml").unwrap();
-        let (_, cs) = resolve(Some(&f), &Default::default(), &ts, &[0, 1, 2], "in").unwrap();
+        let r = resolve(Some(&f), rule.as_ref(), &none, &ts, &[0, 1, 2], "in").unwrap();
         // The exact name beats the glob `layer*`, and is not read as the class `[0]`
         // (which would also match `layer0.w`); an invalid glob that is a name is fine.
-        assert_eq!(
-            cs.iter().map(|c| c.sparsity_level).collect::<Vec<_>>(),
-            [0.1, 0.9, 0.2]
-        );
+        assert_eq!(levels(&r), [0.1, 0.9, 0.2]);
         // An exact-name override of an unselected tensor is still an error.
-        let e = resolve(Some(&f), &Default::default(), &ts, &[1, 2], "in")
+        let e = resolve(Some(&f), rule.as_ref(), &none, &ts, &[1, 2], "in")
             .unwrap_err()
             .to_string();
         assert!(
@@ -557,7 +690,7 @@ mod tests {
         );
         // A pattern that is no name and no valid glob is an error at its line.
         let f = ConfigFile::parse("\n[tensors.\"x[\"]\nnorm = \"L1\"\n", "c.toml").unwrap();
-        let e = resolve(Some(&f), &Default::default(), &ts, &[0], "in")
+        let e = resolve(Some(&f), rule.as_ref(), &none, &ts, &[0], "in")
             .unwrap_err()
             .to_string();
         assert!(
@@ -575,9 +708,13 @@ mod tests {
         ] {
             let text = format!("[defaults]\nnorm = {norm:?}\nnan_policy = {nan:?}\n");
             let f = ConfigFile::parse(&text, "c.toml").unwrap();
-            let p = &f.defaults.unwrap().patch;
-            assert_eq!(p.norm, Some(Norm::L2), "{text}");
-            assert_eq!(p.nan_policy, Some(NanPolicy::RankLast), "{text}");
+            let p = f
+                .defaults
+                .unwrap()
+                .patch(datanorm().as_ref(), "c.toml")
+                .unwrap();
+            assert_eq!(p["norm"], "L2", "{text}");
+            assert_eq!(p["nan_policy"], "rank_last", "{text}");
         }
         let m = msg("[defaults]\nnorm = \"l3\"\n");
         assert!(m.starts_with("c.toml:2:") && m.contains("l3"), "{m}");
@@ -603,52 +740,25 @@ mod tests {
     }
 
     #[test]
-    fn patch_sets_reads_the_option_fields() {
-        for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.5] {
-            let p = DataNormPatch {
-                sparsity_level: Some(v),
-                ..Default::default()
-            };
-            assert!(patch_sets(&p, "sparsity_level"), "{v}");
-            assert!(!patch_sets(&p, "norm"));
-        }
-        let all = DataNormPatch {
-            sparsity_level: Some(0.1),
-            sparse_block_shape: Some((1, 2)),
-            zeros_per_block: Some(1),
-            norm: Some(Norm::L2),
-            nan_policy: Some(data_sparsifier::norm::NanPolicy::RankLast),
-        };
-        for k in patch_keys() {
-            assert!(patch_sets(&all, &k), "{k}");
-            assert!(!patch_sets(&DataNormPatch::default(), &k), "{k}");
-        }
-        assert!(!patch_sets(&all, "bogus"));
+    fn flag_origins_are_read_per_key() {
+        let fl = flags(&[("sparsity_level", "--sparsity-level", json!(0.5))]);
+        assert_eq!(fl.origin("sparsity_level"), Some("--sparsity-level"));
+        assert_eq!(fl.origin("norm"), None);
+        assert_eq!(FlagPatch::default().origin("sparsity_level"), None);
     }
 
     #[test]
     fn non_finite_levels_are_blamed_on_their_line_and_key() {
+        // JSON (the config's form) has no NaN or infinity: the file is refused where it says it.
         for v in ["nan", "inf", "-inf", "+inf"] {
-            let f = ConfigFile::parse(
-                &format!("[defaults]\nnorm = \"L1\"\nsparsity_level = {v}\n"),
-                "c.toml",
-            )
-            .unwrap();
-            let e = resolve(Some(&f), &Default::default(), &ts(), &[0], "in")
-                .unwrap_err()
-                .to_string();
+            let e = msg(&format!(
+                "[defaults]\nnorm = \"L1\"\nsparsity_level = {v}\n"
+            ));
             assert!(
                 e.starts_with("c.toml:3:") && e.contains("`sparsity_level`"),
                 "{v}: {e}"
             );
-            let f = ConfigFile::parse(
-                &format!("[tensors.\"fc\"]\n\nsparsity_level = {v}\n"),
-                "c.toml",
-            )
-            .unwrap();
-            let e = resolve(Some(&f), &Default::default(), &ts(), &[2], "in")
-                .unwrap_err()
-                .to_string();
+            let e = msg(&format!("[tensors.\"fc\"]\n\nsparsity_level = {v}\n"));
             assert!(
                 e.starts_with("c.toml:3:") && e.contains("`sparsity_level`"),
                 "{v}: {e}"

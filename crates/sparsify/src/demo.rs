@@ -22,9 +22,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use data_sparsifier::format::safetensors::SafetensorsWriter;
+use data_sparsifier::format::{FileDType as Dtype, TensorInfo};
 use data_sparsifier::random::Rng;
-use data_sparsifier::safetensors_file::{SafetensorsWriter, TensorHeader};
-use safetensors::Dtype;
 use serde::Serialize;
 
 use crate::checkpoint::Checkpoint;
@@ -177,9 +177,9 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 /// Writes the DLRM-like checkpoint to `path`, one tensor in memory at a time.
 pub fn write_checkpoint(path: &Path, seed: u64, scale: f64) -> Result<()> {
     let layout = layout(scale);
-    let headers: Vec<TensorHeader> = layout
+    let headers: Vec<TensorInfo> = layout
         .iter()
-        .map(|(n, d, s, _)| TensorHeader::new(n.clone(), *d, s.clone()))
+        .map(|(n, d, s, _)| TensorInfo::new(n.clone(), *d, s.clone()))
         .collect();
     let meta = BTreeMap::from([
         ("format".to_string(), "pt".to_string()),
@@ -234,9 +234,9 @@ fn quality(input: &Path, output: &Path, run: &RunReport) -> Result<Vec<TableQual
     let sum_sq = |ck: &Checkpoint, name: &str| -> f64 {
         ck.tensors()
             .iter()
-            .find(|t| t.name == name)
-            .map(|t| {
-                ck.bytes(t)
+            .position(|t| t.name == name)
+            .map(|i| {
+                ck.bytes(i)
                     .chunks_exact(4)
                     .map(|c| {
                         let x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64;

@@ -18,12 +18,13 @@ pub enum CliError {
     },
 
     /// The input is not a readable safetensors file.
-    #[error("{path} is not a valid safetensors file: {reason}")]
+    #[error("{path} is not a valid safetensors file: {source}")]
     BadInput {
         /// The file.
         path: String,
         /// What is wrong with it.
-        reason: String,
+        #[source]
+        source: data_sparsifier::format::safetensors::FormatError,
     },
 
     /// An output file exists and `--force` was not given.

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use safetensors::Dtype;
+use data_sparsifier::format::FileDType as Dtype;
 use serde::Serialize;
 
 use crate::checkpoint::Checkpoint;
@@ -82,8 +82,8 @@ pub fn count_zeros(dtype: Dtype, bytes: &[u8]) -> u64 {
         Dtype::F64 => count::<8>(bytes, 1 << 63),
         Dtype::F32 => count::<4>(bytes, 1 << 31),
         Dtype::F16 | Dtype::BF16 => count::<2>(bytes, 1 << 15),
-        Dtype::F8_E4M3 | Dtype::F8_E5M2 => count::<1>(bytes, 1 << 7),
-        other => match other.size() {
+        Dtype::F8E4M3 | Dtype::F8E5M2 => count::<1>(bytes, 1 << 7),
+        other => match other.size_in_bytes() {
             8 => count::<8>(bytes, 0),
             4 => count::<4>(bytes, 0),
             2 => count::<2>(bytes, 0),
@@ -96,13 +96,13 @@ pub fn count_zeros(dtype: Dtype, bytes: &[u8]) -> u64 {
 pub fn inspect(path: &Path) -> Result<InspectReport> {
     let ck = Checkpoint::open(path)?;
     let mut tensors = Vec::with_capacity(ck.tensors().len());
-    for t in ck.tensors() {
-        let bytes = ck.bytes(t);
+    for (i, t) in ck.tensors().iter().enumerate() {
+        let bytes = ck.bytes(i);
         let numel = t.numel() as u64;
         let zeros = count_zeros(t.dtype, bytes);
         tensors.push(TensorInfo {
             name: t.name.clone(),
-            dtype: format!("{:?}", t.dtype),
+            dtype: t.dtype.to_string(),
             shape: t.shape.clone(),
             bytes: bytes.len() as u64,
             numel,
@@ -112,7 +112,7 @@ pub fn inspect(path: &Path) -> Result<InspectReport> {
             } else {
                 zeros as f64 / numel as f64
             },
-            float: t.float_dtype().is_some(),
+            float: t.dtype.float().is_some(),
         });
     }
     let sum = |f: &dyn Fn(&TensorInfo) -> u64, only_float: bool| -> u64 {

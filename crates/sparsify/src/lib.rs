@@ -6,8 +6,9 @@
 //!
 //! ```text
 //! sparsify run INPUT.safetensors -o OUTPUT.safetensors [--tensors GLOB]... [--exclude GLOB]...
-//!     [--sparsity-level F] [--block HxW] [--zeros-per-block N] [--norm l1|l2]
-//!     [--nan-policy error|rank-last] [--config FILE.toml] [--masks MASKS.safetensors]
+//!     [--rule datanorm|magnitude] [--set KEY=VALUE]... [--sparsity-level F] [--block HxW]
+//!     [--zeros-per-block N] [--norm l1|l2] [--nan-policy error|rank-last]
+//!     [--config FILE.toml] [--masks MASKS.safetensors]
 //!     [--state STATE.safetensors] [--force] [--report text|json] [--quiet]
 //! sparsify inspect FILE.safetensors [--report json]
 //! sparsify bench [--rows R] [--cols C] [--dtype f32|f16|bf16|f64] [config flags] [--repeat N]
@@ -68,6 +69,7 @@ use clap::Parser;
 use crate::cli::{Cli, Command, ReportFormat};
 use crate::error::{CliError, Result};
 use crate::run::Ui;
+use data_sparsifier::rule::Registry;
 
 /// Writes to stderr, ignoring errors: a closed stderr (e.g. `sparsify run ... 2>&1 | head -1`)
 /// must not kill the process, as `eprintln!` would (it panics). Everything the tool writes to
@@ -113,6 +115,23 @@ fn print_report<T: serde::Serialize>(
     }
 }
 
+/// `bench` times the default rule's kernel: its flags as that rule's typed patch.
+fn bench_flags<P: serde::de::DeserializeOwned>(flags: &cli::RuleFlags) -> Result<P> {
+    let kind = flags.rule.as_deref().unwrap_or(Registry::DEFAULT);
+    if kind != Registry::DEFAULT {
+        return Err(CliError::Usage(format!(
+            "--rule {kind:?}: bench times the {} kernel only; leave --rule out",
+            Registry::DEFAULT
+        )));
+    }
+    let rule = Registry::builtin()
+        .create(kind)
+        .map_err(|e| CliError::lib("bench", e))?;
+    let patch = flags.patch_for(rule.as_ref())?;
+    serde_json::from_value(patch.patch().clone())
+        .map_err(|e| CliError::Usage(format!("bad bench config: {e}")))
+}
+
 /// Runs a parsed command line.
 pub fn execute(cli: Cli) -> Result<()> {
     match cli.command {
@@ -122,7 +141,7 @@ pub fn execute(cli: Cli) -> Result<()> {
                 output: a.output,
                 tensors: a.tensors,
                 exclude: a.exclude,
-                flags: a.config.patch(),
+                flags: a.config,
                 config: a.config_file,
                 masks: a.masks,
                 state: a.state,
@@ -140,7 +159,7 @@ pub fn execute(cli: Cli) -> Result<()> {
                 rows: a.rows,
                 cols: a.cols,
                 dtype: a.dtype,
-                flags: a.config.patch(),
+                flags: bench_flags(&a.config)?,
                 repeat: a.repeat as usize,
                 seed: a.seed,
             };

@@ -1,7 +1,5 @@
 //! Human-readable tables and number formatting shared by the commands.
 
-use data_sparsifier::norm::{DataNormConfig, NanPolicy};
-
 /// Bytes as `12.3 MB` (decimal units, as GB/s are).
 pub fn bytes(n: u64) -> String {
     let n = n as f64;
@@ -39,28 +37,6 @@ pub fn gbps(bytes: u64, seconds: f64) -> f64 {
 /// A shape as `[2, 3]`.
 pub fn shape(s: &[usize]) -> String {
     format!("{s:?}")
-}
-
-/// A config in one short phrase: `sl 0.80 1x4 zpb 4 L2`.
-pub fn config(c: &DataNormConfig) -> String {
-    let (h, w) = c.sparse_block_shape;
-    let mut s = format!(
-        "sl {} {h}x{w} zpb {} {}",
-        trim_float(c.sparsity_level),
-        c.zeros_per_block_effective(),
-        c.norm
-    );
-    if c.nan_policy == NanPolicy::RankLast {
-        s.push_str(" nan:rank_last");
-    }
-    s
-}
-
-/// A float without trailing zeros (`0.8`, `1`, `0.125`).
-pub fn trim_float(x: f64) -> String {
-    let s = format!("{x:.4}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    s.to_string()
 }
 
 /// A percentage with one decimal.
@@ -139,9 +115,6 @@ mod tests {
         assert_eq!(bytes(1_500_000), "1.5 MB");
         assert_eq!(bytes(12), "12 B");
         assert_eq!(seconds(0.0123), "12.3 ms");
-        assert_eq!(trim_float(0.8), "0.8");
-        assert_eq!(trim_float(1.0), "1");
-        assert_eq!(config(&DataNormConfig::default()), "sl 0.5 1x4 zpb 4 L1");
         let mut t = Table::new(&["name", ">n"]);
         t.row(vec!["a".into(), "10".into()]);
         t.row(vec!["long".into(), "2".into()]);

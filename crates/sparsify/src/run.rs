@@ -25,19 +25,19 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use data_sparsifier::io::AtomicFile;
-use data_sparsifier::safetensors_file::{SafetensorsWriter, TensorHeader};
-use data_sparsifier::{
-    validate_name, with_dtype, write_state_file_uncommitted, DataKind, EntryView, Mask, Tensor,
-    UpdateMask,
-};
+use data_sparsifier::format::safetensors::{MaskSink, SquashedSink};
+use data_sparsifier::format::{CommitMode, Staged, TensorInfo, TensorSink};
+use data_sparsifier::rule::{Registry, Rule};
+use data_sparsifier::state::{EntryHeader, StateWriter};
+use data_sparsifier::{validate_name, DataKind, Mask};
 use serde::Serialize;
+use serde_json::Value;
 
-use crate::checkpoint::{sparsify_shape, Checkpoint, TypedData};
-use crate::config_file::{resolve, ConfigFile};
+use crate::checkpoint::{sparsify_shape, Checkpoint};
+use crate::cli::{FlagPatch, RuleFlags};
+use crate::config_file::{choose_rule, resolve, ConfigFile};
 use crate::error::{CliError, Result};
 use crate::report::{self, Table};
-use data_sparsifier::norm::{compute_mask, DataNorm, DataNormConfig, DataNormPatch};
 
 /// The metadata key added to the output (and `--masks`) file.
 pub const METADATA_KEY: &str = "sparsify";
@@ -53,8 +53,8 @@ pub struct RunOptions {
     pub tensors: Vec<String>,
     /// `--exclude` globs.
     pub exclude: Vec<String>,
-    /// Config flags (override the config file's defaults).
-    pub flags: DataNormPatch,
+    /// `--rule`, `--set` and the rules' own flags (override the config file's defaults).
+    pub flags: RuleFlags,
     /// `--config` file.
     pub config: Option<PathBuf>,
     /// `--masks` output.
@@ -107,8 +107,11 @@ pub struct TensorReport {
     pub shape: Vec<usize>,
     /// Its data size.
     pub bytes: u64,
-    /// The config it was sparsified with.
-    pub config: DataNormConfig,
+    /// The config it was sparsified with (the rule's keys).
+    pub config: Value,
+    /// The config in one short phrase (the report's column).
+    #[serde(skip)]
+    pub summary: String,
     /// Fraction of elements the mask zeroes.
     pub sparsity: f64,
     /// Number of elements the mask zeroes.
@@ -168,6 +171,8 @@ pub struct RunReport {
     pub masks: Option<String>,
     /// The state file, if written.
     pub state: Option<String>,
+    /// The rule's kind.
+    pub rule: String,
     /// Every sparsified tensor, in file order.
     pub tensors: Vec<TensorReport>,
     /// Totals.
@@ -183,7 +188,7 @@ impl RunReport {
                 r.name.clone(),
                 report::shape(&r.shape),
                 r.dtype.clone(),
-                report::config(&r.config),
+                r.summary.clone(),
                 report::percent(r.sparsity),
                 report::seconds(r.seconds),
             ]);
@@ -226,8 +231,8 @@ impl RunReport {
 struct OutputMeta<'a> {
     tool: &'static str,
     version: &'static str,
-    sparsifier: &'static str,
-    tensors: BTreeMap<&'a str, &'a DataNormConfig>,
+    sparsifier: &'a str,
+    tensors: BTreeMap<&'a str, &'a Value>,
 }
 
 /// A path's canonical form; for a file that does not exist yet, its parent's canonical form joined
@@ -307,381 +312,400 @@ fn check_paths(opts: &RunOptions) -> Result<()> {
     Ok(())
 }
 
-/// Puts written, fsynced temp files in place, in order (the main output last). Without `force`
-/// none replaces anything, even a file that appeared during the run (a no-clobber commit). If a
-/// commit fails, the outputs this run already put in place that did not exist before are removed
-/// again, and the remaining temp files are discarded: a failed run leaves no new file. (A file
-/// that `--force` already replaced cannot be brought back.)
-fn commit_all(files: Vec<(&Path, AtomicFile)>, force: bool) -> Result<()> {
-    let mut created: Vec<&Path> = Vec::new();
-    let mut files = files.into_iter();
-    for (path, file) in files.by_ref() {
-        let existed = std::fs::symlink_metadata(path).is_ok();
-        let committed = if force {
-            file.commit()
-        } else {
-            file.commit_new()
-        };
-        if let Err(e) = committed {
-            for p in &created {
-                let _ = std::fs::remove_file(p);
-            }
-            // Dropping the rest removes their temp files.
-            drop(files);
-            let shown = path.display().to_string();
-            return Err(match e {
-                data_sparsifier::Error::Io { source, .. }
-                    if !force && source.kind() == std::io::ErrorKind::AlreadyExists =>
-                {
-                    CliError::OutputExists { path: shown }
-                }
-                e => CliError::lib(format!("writing {shown}"), e),
-            });
-        }
-        if !existed {
-            created.push(path);
-        }
-    }
-    Ok(())
-}
-
 /// The name an entry gets in the `--state` file, whose names may not contain '.' or '/'.
 pub fn state_name(name: &str) -> String {
     name.replace(['.', '/'], "_")
 }
 
-/// Elements squashed and written per piece (a multiple of 64, as `Mask::apply_into_at` needs).
-const SQUASH_CHUNK: usize = 1 << 20;
-
-/// Writes the bits of `mask` as dense `U8` (1 keep, 0 zero), 1 MiB at a time.
-fn write_dense_mask(mask: &Mask, w: &mut SafetensorsWriter) -> data_sparsifier::Result<()> {
-    const CHUNK: usize = 1 << 20;
-    let words = mask.words();
-    let n = mask.len();
-    let mut buf = vec![0u8; CHUNK.min(n)];
-    let mut start = 0;
-    while start < n {
-        let m = (n - start).min(CHUNK);
-        for (j, b) in buf[..m].iter_mut().enumerate() {
-            let i = start + j;
-            *b = ((words[i / 64] >> (i % 64)) & 1) as u8;
-        }
-        w.write(&buf[..m])?;
-        start += m;
-    }
-    Ok(())
+/// What a run does, decided before any tensor is read: the rule, the selection and each
+/// selected tensor's config.
+struct Plan {
+    rule: Box<dyn Rule>,
+    /// Indices of the selected tensors, in file order.
+    selected: Vec<usize>,
+    /// For each tensor of the file, its position in `selected`.
+    which: Vec<Option<usize>>,
+    /// Each selected tensor's config.
+    configs: Vec<Value>,
+    /// Each selected tensor's `--state` entry name (empty without `--state`).
+    state_names: Vec<String>,
+    /// Bytes of the selected tensors.
+    sel_bytes: u64,
 }
 
-/// Runs `sparsify run`.
+/// Select, then resolve the configs.
+fn plan(opts: &RunOptions, ck: &Checkpoint, source: &str) -> Result<Plan> {
+    let file = opts.config.as_ref().map(ConfigFile::load).transpose()?;
+    let rule = choose_rule(
+        &Registry::builtin(),
+        opts.flags.rule.as_deref(),
+        file.as_ref(),
+    )?;
+    let flags: FlagPatch = opts.flags.patch_for(rule.as_ref())?;
+    let tensors = ck.tensors();
+    let selected = crate::select::select(tensors, &opts.tensors, &opts.exclude, source)?;
+    let resolved = resolve(
+        file.as_ref(),
+        rule.as_ref(),
+        &flags,
+        tensors,
+        &selected,
+        source,
+    )?;
+    let state_names = match opts.state {
+        Some(_) => state_names(tensors, &selected)?,
+        None => Vec::new(),
+    };
+    let mut which = vec![None; tensors.len()];
+    for (k, &i) in selected.iter().enumerate() {
+        which[i] = Some(k);
+    }
+    Ok(Plan {
+        rule,
+        sel_bytes: selected.iter().map(|&i| tensors[i].byte_len() as u64).sum(),
+        selected,
+        which,
+        configs: resolved.configs,
+        state_names,
+    })
+}
+
+/// The `--state` entry names: valid, and distinct after '.' and '/' become '_'.
+fn state_names(tensors: &[TensorInfo], selected: &[usize]) -> Result<Vec<String>> {
+    let names: Vec<String> = selected
+        .iter()
+        .map(|&i| state_name(&tensors[i].name))
+        .collect();
+    let mut seen = BTreeMap::new();
+    for (&i, n) in selected.iter().zip(&names) {
+        validate_name(n).map_err(|e| {
+            CliError::Selection(format!(
+                "--state cannot hold tensor {:?}: {e}",
+                tensors[i].name
+            ))
+        })?;
+        if let Some(other) = seen.insert(n.clone(), &tensors[i].name) {
+            return Err(CliError::Selection(format!(
+                "--state: tensors {other:?} and {:?} both become entry {n:?} ('.' and '/' are replaced by '_'); exclude one of them",
+                tensors[i].name
+            )));
+        }
+    }
+    Ok(names)
+}
+
+/// The plan on stderr, with the rule's warnings.
+fn announce(plan: &Plan, ck: &Checkpoint, source: &str, ui: Ui) {
+    let tensors = ck.tensors();
+    ui.say(format!(
+        "sparsify: {} holds {} tensors ({}); sparsifying {} ({}), copying {} unchanged:",
+        source,
+        tensors.len(),
+        report::bytes(ck.file_len() as u64),
+        plan.selected.len(),
+        report::bytes(plan.sel_bytes),
+        tensors.len() - plan.selected.len(),
+    ));
+    if !ui.quiet {
+        let mut t = Table::new(&["  tensor", "shape", "dtype", "config"]);
+        for (&i, c) in plan.selected.iter().zip(&plan.configs) {
+            let e = &tensors[i];
+            t.row(vec![
+                format!("  {}", e.name),
+                report::shape(&e.shape),
+                e.dtype.to_string(),
+                plan.rule.describe(c),
+            ]);
+        }
+        crate::print_stderr(&t.render());
+    }
+    // Each distinct warning once, with the tensors it concerns.
+    let mut lints: Vec<(String, Vec<&str>)> = Vec::new();
+    for (&i, c) in plan.selected.iter().zip(&plan.configs) {
+        if let Some(w) = plan.rule.lint(c) {
+            match lints.iter_mut().find(|(l, _)| *l == w) {
+                Some((_, names)) => names.push(&tensors[i].name),
+                None => lints.push((w, vec![&tensors[i].name])),
+            }
+        }
+    }
+    for (w, names) in lints {
+        let mut shown: Vec<String> = names.iter().take(3).map(|n| format!("{n:?}")).collect();
+        if names.len() > 3 {
+            shown.push("...".into());
+        }
+        ui.say(format!(
+            "sparsify: warning: {} of the {} selected tensors ({}): {w}",
+            names.len(),
+            plan.selected.len(),
+            shown.join(", ")
+        ));
+    }
+    if ck.metadata().is_some_and(|m| m.contains_key(METADATA_KEY)) {
+        ui.say(format!(
+            "sparsify: note: the input already has a {METADATA_KEY:?} metadata entry; the output's replaces it"
+        ));
+    }
+}
+
+/// A sink and the path it writes.
+type Sinks = Vec<(PathBuf, Box<dyn TensorSink>)>;
+
+/// The sinks of a run, in the order their files are committed (the main output last).
+fn open_sinks(opts: &RunOptions, ck: &Checkpoint, plan: &Plan, source: &str) -> Result<Sinks> {
+    let tensors = ck.tensors();
+    let meta_json = serde_json::to_string(&OutputMeta {
+        tool: "sparsify",
+        version: env!("CARGO_PKG_VERSION"),
+        sparsifier: plan.rule.name(),
+        tensors: plan
+            .selected
+            .iter()
+            .zip(&plan.configs)
+            .map(|(&i, c)| (tensors[i].name.as_str(), c))
+            .collect(),
+    })
+    .map_err(|e| CliError::Usage(format!("cannot encode the config as JSON: {e}")))?;
+    let mut sinks: Sinks = Vec::new();
+    if let Some(p) = &opts.state {
+        sinks.push((p.clone(), Box::new(state_sink(p, ck, plan, source)?)));
+    }
+    if let Some(p) = &opts.masks {
+        let selected: Vec<TensorInfo> = plan.selected.iter().map(|&i| tensors[i].clone()).collect();
+        let meta = BTreeMap::from([(METADATA_KEY.to_string(), meta_json.clone())]);
+        let sink = MaskSink::create(p, &selected, Some(&meta)).map_err(written(p))?;
+        sinks.push((p.clone(), Box::new(sink)));
+    }
+    let mut metadata = ck.metadata().cloned().unwrap_or_default();
+    metadata.insert(METADATA_KEY.to_string(), meta_json);
+    let out = SquashedSink::create(&opts.output, tensors, Some(&metadata))
+        .map_err(written(&opts.output))?;
+    sinks.push((opts.output.clone(), Box::new(out)));
+    Ok(sinks)
+}
+
+/// The `--state` sink: every selected tensor as an entry of the sparsifier's saved state, with
+/// the original data and the mask. Data of more than 2 dims is stored as the 2-D view it was
+/// sparsified as; the real shapes are recorded under `extra["sparsify"]`.
+fn state_sink(path: &Path, ck: &Checkpoint, plan: &Plan, source: &str) -> Result<StateWriter> {
+    let tensors = ck.tensors();
+    let mut headers = Vec::with_capacity(plan.selected.len());
+    for (k, &i) in plan.selected.iter().enumerate() {
+        let t = &tensors[i];
+        headers.push(EntryHeader {
+            name: plan.state_names[k].as_str(),
+            kind: DataKind::Tensor,
+            dtype: float_dtype(t)?,
+            shape: sparsify_shape(&t.shape),
+            parametrized: true,
+            config: &plan.configs[k],
+            state: &Value::Null,
+        });
+    }
+    let entries = || plan.selected.iter().zip(&plan.state_names);
+    let names: serde_json::Map<String, Value> = entries()
+        .map(|(&i, n)| (n.clone(), Value::from(tensors[i].name.clone())))
+        .collect();
+    let real_shapes: serde_json::Map<String, Value> = entries()
+        .map(|(&i, n)| (n.clone(), serde_json::json!(tensors[i].shape)))
+        .collect();
+    let extra = BTreeMap::from([(
+        METADATA_KEY.to_string(),
+        serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "input": source,
+            "names": names,
+            "shapes": real_shapes,
+        }),
+    )]);
+    let offered = plan
+        .selected
+        .iter()
+        .map(|&i| tensors[i].name.clone())
+        .collect();
+    StateWriter::create(path, plan.rule.name(), true, &headers, &extra)
+        .and_then(|w| w.offered_as(offered))
+        .map_err(written(path))
+}
+
+fn float_dtype(t: &TensorInfo) -> Result<data_sparsifier::DType> {
+    t.dtype
+        .float()
+        .ok_or_else(|| CliError::Selection(format!("tensor {:?} is not floating point", t.name)))
+}
+
+fn written(p: &Path) -> impl Fn(data_sparsifier::Error) -> CliError {
+    let s = format!("writing {}", p.display());
+    move |e| CliError::lib(s.clone(), e)
+}
+
+/// For each tensor in file order: the rule's mask for a selected one, then every sink.
+fn stream(ck: &Checkpoint, plan: &Plan, sinks: &mut Sinks, ui: Ui) -> Result<Vec<TensorReport>> {
+    let tensors = ck.tensors();
+    let pb = ui.progress(tensors.iter().map(|t| t.byte_len() as u64).sum());
+    let mut reports = Vec::with_capacity(plan.selected.len());
+    for (i, t) in tensors.iter().enumerate() {
+        match plan.which[i] {
+            None => {
+                for (p, sink) in sinks.iter_mut() {
+                    sink.write_raw(&t.name, ck.bytes(i)).map_err(written(p))?;
+                }
+            }
+            Some(k) => {
+                if let Some(pb) = &pb {
+                    pb.set_message(t.name.clone());
+                }
+                reports.push(sparsify_one(ck, plan, i, k, sinks)?);
+            }
+        }
+        if let Some(pb) = &pb {
+            pb.inc(t.byte_len() as u64);
+        }
+    }
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    Ok(reports)
+}
+
+/// One selected tensor: its mask by the rule, then every sink.
+fn sparsify_one(
+    ck: &Checkpoint,
+    plan: &Plan,
+    i: usize,
+    k: usize,
+    sinks: &mut Sinks,
+) -> Result<TensorReport> {
+    let t = &ck.tensors()[i];
+    let t0 = Instant::now();
+    float_dtype(t)?;
+    let data = ck.data(i)?;
+    let shape = sparsify_shape(&t.shape);
+    let view = data
+        .view(&shape)
+        .map_err(|e| CliError::lib(format!("viewing tensor {:?}", t.name), e))?;
+    let mut mask = Mask::ones(shape.clone());
+    let config = &plan.configs[k];
+    plan.rule
+        .update_mask(&t.name, view, config, &mut Value::Null, &mut mask)
+        .map_err(|e| rule_error(plan.rule.as_ref(), &t.name, &shape, e))?;
+    let t1 = Instant::now();
+    for (p, sink) in sinks.iter_mut() {
+        sink.write_masked(&t.name, view, &mask)
+            .map_err(written(p))?;
+    }
+    let t2 = Instant::now();
+    let zeroed = mask.count_zeroed() as u64;
+    Ok(TensorReport {
+        name: t.name.clone(),
+        dtype: t.dtype.to_string(),
+        shape: t.shape.clone(),
+        bytes: t.byte_len() as u64,
+        config: config.clone(),
+        summary: plan.rule.describe(config),
+        sparsity: if mask.is_empty() {
+            0.0
+        } else {
+            zeroed as f64 / mask.len() as f64
+        },
+        zeroed,
+        numel: mask.len() as u64,
+        zero_copy: !data.is_copy(),
+        mask_seconds: (t1 - t0).as_secs_f64(),
+        write_seconds: (t2 - t1).as_secs_f64(),
+        seconds: (t2 - t0).as_secs_f64(),
+    })
+}
+
+/// A rule's error on a tensor. NaN gets the fix in the CLI's terms: the flag of the rule's
+/// `nan_policy` key, when it has one.
+fn rule_error(rule: &dyn Rule, name: &str, shape: &[usize], e: data_sparsifier::Error) -> CliError {
+    let nan_flag = rule.schema().field("nan_policy").map(|f| match f.flag {
+        Some(flag) => format!("--{flag} rank-last"),
+        None => "--set nan_policy=rank_last".to_string(),
+    });
+    match (e, nan_flag) {
+        (data_sparsifier::Error::NanInData { index, row, col, .. }, Some(fix)) => CliError::Data(format!(
+            "tensor {name:?} contains NaN at flat index {index} (row {row}, col {col} of its {} view): clean the data, or pass {fix} (nan_policy = \"rank_last\" in a --config file) to keep NaN blocks unpruned as PyTorch does",
+            report::shape(shape)
+        )),
+        (e, _) => CliError::lib(format!("sparsifying tensor {name:?}"), e),
+    }
+}
+
+/// Every sink finished (complete, fsynced), then all committed together, main output last.
+fn commit(sinks: Sinks, force: bool) -> Result<()> {
+    let mut staged = Staged::default();
+    for (p, sink) in sinks {
+        staged.extend(sink.finish().map_err(written(&p))?);
+    }
+    let mode = if force {
+        CommitMode::Replace
+    } else {
+        CommitMode::NoClobber
+    };
+    staged.commit(mode).map_err(|e| match e {
+        data_sparsifier::Error::Io { path, source }
+            if !force && source.kind() == std::io::ErrorKind::AlreadyExists =>
+        {
+            CliError::OutputExists { path }
+        }
+        data_sparsifier::Error::Io { path, source } => CliError::lib(
+            format!("writing {path}"),
+            data_sparsifier::Error::Io {
+                path: path.clone(),
+                source,
+            },
+        ),
+        e => CliError::lib("committing the outputs", e),
+    })
+}
+
+/// Runs `sparsify run`: select → resolve configs → for each tensor (rule → sinks) → commit →
+/// report.
 pub fn run(opts: &RunOptions, ui: Ui) -> Result<RunReport> {
     let started = Instant::now();
     let alloc_base = crate::alloc::reset_peak();
     check_paths(opts)?;
     let ck = Checkpoint::open(&opts.input)?;
     let source = opts.input.display().to_string();
-    let file = opts.config.as_ref().map(ConfigFile::load).transpose()?;
+    let plan = plan(opts, &ck, &source)?;
+    announce(&plan, &ck, &source, ui);
+    let mut sinks = open_sinks(opts, &ck, &plan, &source)?;
+    let reports = stream(&ck, &plan, &mut sinks, ui)?;
+    commit(sinks, opts.force)?;
+    Ok(finish_report(
+        opts, &ck, &plan, reports, started, alloc_base,
+    ))
+}
+
+/// The report of a committed run.
+fn finish_report(
+    opts: &RunOptions,
+    ck: &Checkpoint,
+    plan: &Plan,
+    reports: Vec<TensorReport>,
+    started: Instant,
+    alloc_base: usize,
+) -> RunReport {
     let tensors = ck.tensors();
-    let selected = crate::select::select(tensors, &opts.tensors, &opts.exclude, &source)?;
-    let (_, configs) = resolve(file.as_ref(), &opts.flags, tensors, &selected, &source)?;
-    let state_names: Vec<String> = if opts.state.is_some() {
-        let names: Vec<String> = selected
-            .iter()
-            .map(|&i| state_name(&tensors[i].name))
-            .collect();
-        let mut seen = BTreeMap::new();
-        for (&i, n) in selected.iter().zip(&names) {
-            validate_name(n).map_err(|e| {
-                CliError::Selection(format!(
-                    "--state cannot hold tensor {:?}: {e}",
-                    tensors[i].name
-                ))
-            })?;
-            if let Some(other) = seen.insert(n.clone(), &tensors[i].name) {
-                return Err(CliError::Selection(format!(
-                    "--state: tensors {other:?} and {:?} both become entry {n:?} ('.' and '/' are replaced by '_'); exclude one of them",
-                    tensors[i].name
-                )));
-            }
-        }
-        names
-    } else {
-        Vec::new()
-    };
-
-    // The plan.
-    let sel_bytes: u64 = selected.iter().map(|&i| tensors[i].byte_len() as u64).sum();
-    ui.say(format!(
-        "sparsify: {} holds {} tensors ({}); sparsifying {} ({}), copying {} unchanged:",
-        source,
-        tensors.len(),
-        report::bytes(ck.file_len() as u64),
-        selected.len(),
-        report::bytes(sel_bytes),
-        tensors.len() - selected.len(),
-    ));
-    if !ui.quiet {
-        let mut t = Table::new(&["  tensor", "shape", "dtype", "config"]);
-        for (&i, c) in selected.iter().zip(&configs) {
-            let e = &tensors[i];
-            t.row(vec![
-                format!("  {}", e.name),
-                report::shape(&e.shape),
-                format!("{:?}", e.dtype),
-                report::config(c),
-            ]);
-        }
-        crate::print_stderr(&t.render());
-    }
-    // zeros_per_block = 0 is valid (PyTorch accepts it) but prunes nothing: almost always a slip.
-    let zero: Vec<&str> = selected
-        .iter()
-        .zip(&configs)
-        .filter(|(_, c)| c.zeros_per_block == Some(0))
-        .map(|(&i, _)| tensors[i].name.as_str())
-        .collect();
-    if !zero.is_empty() {
-        let mut names = zero
-            .iter()
-            .take(3)
-            .map(|n| format!("{n:?}"))
-            .collect::<Vec<_>>();
-        if zero.len() > 3 {
-            names.push("...".into());
-        }
-        ui.say(format!(
-            "sparsify: warning: zeros_per_block is 0 for {} of the {} selected tensors ({}): nothing in them is zeroed; give --zeros-per-block 1 or more, or leave it unset for whole blocks",
-            zero.len(),
-            selected.len(),
-            names.join(", ")
-        ));
-    }
-    if let Some(old) = ck.metadata().and_then(|m| m.get(METADATA_KEY)) {
-        let _ = old;
-        ui.say(format!(
-            "sparsify: note: the input already has a {METADATA_KEY:?} metadata entry; the output's replaces it"
-        ));
-    }
-
-    // Output headers and metadata.
-    let meta_json = serde_json::to_string(&OutputMeta {
-        tool: "sparsify",
-        version: env!("CARGO_PKG_VERSION"),
-        sparsifier: DataNorm.name(),
-        tensors: selected
-            .iter()
-            .zip(&configs)
-            .map(|(&i, c)| (tensors[i].name.as_str(), c))
-            .collect(),
-    })
-    .map_err(|e| CliError::Usage(format!("cannot encode the config as JSON: {e}")))?;
-    let mut metadata = ck.metadata().cloned().unwrap_or_default();
-    metadata.insert(METADATA_KEY.to_string(), meta_json.clone());
-    let headers: Vec<TensorHeader> = tensors
-        .iter()
-        .map(|t| TensorHeader::new(t.name.clone(), t.dtype, t.shape.clone()))
-        .collect();
-    let lib = |what: &str, p: &Path| {
-        let s = format!("{what} {}", p.display());
-        move |e| CliError::lib(s, e)
-    };
-    let mut out = SafetensorsWriter::create(&opts.output, &headers, Some(&metadata))
-        .map_err(lib("writing", &opts.output))?;
-    let mut masks_out = match &opts.masks {
-        Some(p) => {
-            let mh: Vec<TensorHeader> = selected
-                .iter()
-                .map(|&i| {
-                    let t = &tensors[i];
-                    TensorHeader::new(t.name.clone(), safetensors::Dtype::U8, t.shape.clone())
-                })
-                .collect();
-            let meta = BTreeMap::from([(METADATA_KEY.to_string(), meta_json.clone())]);
-            Some(SafetensorsWriter::create(p, &mh, Some(&meta)).map_err(lib("writing", p))?)
-        }
-        None => None,
-    };
-
-    // Stream.
-    let pb = ui.progress(tensors.iter().map(|t| t.byte_len() as u64).sum());
-    let mut which = vec![None; tensors.len()];
-    for (k, &i) in selected.iter().enumerate() {
-        which[i] = Some(k);
-    }
-    let mut reports = Vec::with_capacity(selected.len());
-    let mut kept_masks: Vec<Mask> = Vec::new();
-    for (i, t) in tensors.iter().enumerate() {
-        let bytes = ck.bytes(t);
-        let Some(k) = which[i] else {
-            for chunk in bytes.chunks(64 << 20) {
-                out.write(chunk).map_err(lib("writing", &opts.output))?;
-                if let Some(pb) = &pb {
-                    pb.inc(chunk.len() as u64);
-                }
-            }
-            continue;
-        };
-        if let Some(pb) = &pb {
-            pb.set_message(t.name.clone());
-        }
-        let cfg = &configs[k];
-        let t0 = Instant::now();
-        let ctx = || format!("sparsifying tensor {:?}", t.name);
-        let dtype = t.float_dtype().ok_or_else(|| {
-            CliError::Selection(format!("tensor {:?} is not floating point", t.name))
-        })?;
-        let data = TypedData::new(dtype, bytes)?;
-        let shape = sparsify_shape(&t.shape);
-        let view = data.view(&shape)?;
-        let mut mask = Mask::ones(shape.clone());
-        compute_mask(&t.name, view, cfg, &mut mask).map_err(|e| match e {
-            // The library's message names the config key; here the fix is a flag.
-            data_sparsifier::Error::NanInData { index, row, col, .. } => CliError::Data(format!(
-                "tensor {:?} contains NaN at flat index {index} (row {row}, col {col} of its {} view): clean the data, or pass --nan-policy rank-last (nan_policy = \"rank_last\" in a --config file) to keep NaN blocks unpruned as PyTorch does",
-                t.name,
-                report::shape(&shape)
-            )),
-            e => CliError::lib(ctx(), e),
-        })?;
-        let t1 = Instant::now();
-        {
-            // `mask · data`, streamed through one small buffer: no tensor-sized allocation.
-            let n = view.numel();
-            let mut buf = Tensor::zeros(dtype, [SQUASH_CHUNK.min(n)]);
-            with_dtype!(dtype, T => {
-                let (Some(src), Some(dst)) = (view.as_slice::<T>(), buf.as_slice_mut::<T>())
-                else {
-                    // Both are `dtype` by construction; never skip a tensor's bytes silently.
-                    return Err(CliError::Usage(format!(
-                        "internal error (a bug in sparsify, please report it): {}: the data is not {dtype} as its header says",
-                        ctx()
-                    )));
-                };
-                for start in (0..n).step_by(SQUASH_CHUNK) {
-                    let len = (n - start).min(SQUASH_CHUNK);
-                    mask.apply_into_at(start, &src[start..start + len], &mut dst[..len])
-                        .map_err(|e| CliError::lib(ctx(), e))?;
-                    let bytes: &[u8] = bytemuck::cast_slice(&dst[..len]);
-                    out.write(bytes).map_err(lib("writing", &opts.output))?;
-                }
-            });
-        }
-        if let (Some(w), Some(p)) = (masks_out.as_mut(), opts.masks.as_ref()) {
-            write_dense_mask(&mask, w).map_err(lib("writing", p))?;
-        }
-        let t2 = Instant::now();
-        let zeroed = mask.count_zeroed() as u64;
-        reports.push(TensorReport {
-            name: t.name.clone(),
-            dtype: format!("{:?}", t.dtype),
-            shape: t.shape.clone(),
-            bytes: bytes.len() as u64,
-            config: cfg.clone(),
-            sparsity: if mask.is_empty() {
-                0.0
-            } else {
-                zeroed as f64 / mask.len() as f64
-            },
-            zeroed,
-            numel: mask.len() as u64,
-            zero_copy: !data.is_copy(),
-            mask_seconds: (t1 - t0).as_secs_f64(),
-            write_seconds: (t2 - t1).as_secs_f64(),
-            seconds: (t2 - t0).as_secs_f64(),
-        });
-        if opts.state.is_some() {
-            kept_masks.push(mask);
-        }
-        if let Some(pb) = &pb {
-            pb.inc(bytes.len() as u64);
-        }
-    }
-
-    // Written, fsynced, uncommitted outputs, in the order they are put in place.
-    let mut pending: Vec<(&Path, AtomicFile)> = Vec::new();
-    // The state file: the original data (views into the map) and the masks.
-    if let Some(path) = &opts.state {
-        if let Some(pb) = &pb {
-            pb.set_message("writing state");
-        }
-        let datas: Vec<TypedData> = selected
-            .iter()
-            .map(|&i| {
-                let t = &tensors[i];
-                let dtype = t.float_dtype().ok_or_else(|| {
-                    CliError::Selection(format!("tensor {:?} is not floating point", t.name))
-                })?;
-                TypedData::new(dtype, ck.bytes(t))
-            })
-            .collect::<Result<_>>()?;
-        let shapes: Vec<Vec<usize>> = selected
-            .iter()
-            .map(|&i| sparsify_shape(&tensors[i].shape))
-            .collect();
-        let mut entries = Vec::with_capacity(selected.len());
-        for k in 0..selected.len() {
-            entries.push(EntryView {
-                name: state_names[k].as_str(),
-                kind: DataKind::Tensor,
-                data: datas[k].view(&shapes[k])?,
-                mask: &kept_masks[k],
-                config: &configs[k],
-                state: &(),
-                parametrized: true,
-            });
-        }
-        let names: serde_json::Map<String, serde_json::Value> = selected
-            .iter()
-            .zip(&state_names)
-            .map(|(&i, n)| (n.clone(), serde_json::Value::from(tensors[i].name.clone())))
-            .collect();
-        // DataNormSparsifier holds at most 2-D data, so N-D tensors are stored as the 2-D view they
-        // were sparsified as; their real shapes are recorded here.
-        let real_shapes: serde_json::Map<String, serde_json::Value> = selected
-            .iter()
-            .zip(&state_names)
-            .map(|(&i, n)| (n.clone(), serde_json::json!(tensors[i].shape)))
-            .collect();
-        let extra = BTreeMap::from([(
-            METADATA_KEY.to_string(),
-            serde_json::json!({
-                "version": env!("CARGO_PKG_VERSION"),
-                "input": source,
-                "names": names,
-                "shapes": real_shapes,
-            }),
-        )]);
-        let f = write_state_file_uncommitted(path, DataNorm.name(), &entries, &extra)
-            .map_err(lib("writing", path))?;
-        pending.push((path.as_path(), f));
-    }
-    // Every output is complete and fsynced before any of them is put in place; the output last.
-    if let (Some(w), Some(p)) = (masks_out, opts.masks.as_ref()) {
-        pending.push((p, w.finish_uncommitted().map_err(lib("writing", p))?));
-    }
-    let f = out
-        .finish_uncommitted()
-        .map_err(lib("writing", &opts.output))?;
-    pending.push((&opts.output, f));
-    commit_all(pending, opts.force)?;
-    if let Some(pb) = pb {
-        pb.finish_and_clear();
-    }
-
     let seconds = started.elapsed().as_secs_f64();
     let zeroed: u64 = reports.iter().map(|r| r.zeroed).sum();
     let numel: u64 = reports.iter().map(|r| r.numel).sum();
     let mask_seconds: f64 = reports.iter().map(|r| r.mask_seconds).sum();
     let file_bytes = ck.file_len() as u64;
-    Ok(RunReport {
+    let sel_bytes = plan.sel_bytes;
+    RunReport {
         version: env!("CARGO_PKG_VERSION").to_string(),
-        input: source,
+        input: opts.input.display().to_string(),
         output: opts.output.display().to_string(),
         masks: opts.masks.as_ref().map(|p| p.display().to_string()),
         state: opts.state.as_ref().map(|p| p.display().to_string()),
+        rule: plan.rule.kind().to_string(),
         totals: RunTotals {
             tensors: tensors.len(),
-            sparsified: selected.len(),
-            copied: tensors.len() - selected.len(),
+            sparsified: plan.selected.len(),
+            copied: tensors.len() - plan.selected.len(),
             bytes: file_bytes,
             sparsified_bytes: sel_bytes,
             copied_bytes: tensors.iter().map(|t| t.byte_len() as u64).sum::<u64>() - sel_bytes,
@@ -698,65 +722,5 @@ pub fn run(opts: &RunOptions, ui: Ui) -> Result<RunReport> {
                 .then(|| crate::alloc::peak().saturating_sub(alloc_base) as u64),
         },
         tensors: reports,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    fn names(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        v.sort();
-        v
-    }
-
-    fn pending<'a>(paths: &[&'a Path]) -> Vec<(&'a Path, AtomicFile)> {
-        paths
-            .iter()
-            .map(|&p| {
-                let mut f = AtomicFile::create(p).unwrap();
-                f.write_all(b"new").unwrap();
-                (p, f)
-            })
-            .collect()
-    }
-
-    #[test]
-    fn commit_all_is_all_or_nothing_for_new_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b, c) = (
-            dir.path().join("a"),
-            dir.path().join("b"),
-            dir.path().join("c"),
-        );
-        // Without --force, "c" appearing after the checks stops the run: "a" and "b", already in
-        // place, are removed again, and "c" is left alone.
-        let files = pending(&[&a, &b, &c]);
-        std::fs::write(&c, b"someone else's").unwrap();
-        let e = commit_all(files, false).unwrap_err().to_string();
-        assert!(e.contains("already exists") && e.contains("--force"), "{e}");
-        assert_eq!(names(dir.path()), ["c"]);
-        assert_eq!(std::fs::read(&c).unwrap(), b"someone else's");
-
-        // With --force: a file that existed is replaced (and stays replaced), a new one is removed
-        // again when a later commit fails (here a non-empty directory blocks the rename).
-        std::fs::remove_file(&c).unwrap();
-        std::fs::write(&a, b"old").unwrap();
-        let files = pending(&[&a, &b, &c]);
-        std::fs::create_dir(&c).unwrap();
-        std::fs::write(c.join("x"), b"").unwrap();
-        assert!(commit_all(files, true).is_err());
-        assert_eq!(names(dir.path()), ["a", "c"]);
-        assert_eq!(std::fs::read(&a).unwrap(), b"new");
-
-        // All good: all three in place.
-        std::fs::remove_dir_all(&c).unwrap();
-        commit_all(pending(&[&a, &b, &c]), true).unwrap();
-        assert_eq!(names(dir.path()), ["a", "b", "c"]);
     }
 }

@@ -53,7 +53,7 @@ pub fn select(
     let mut selected = vec![include.is_empty(); tensors.len()];
     if include.is_empty() {
         for (s, t) in selected.iter_mut().zip(tensors) {
-            *s = t.float_dtype().is_some() && t.shape.len() == 2;
+            *s = t.dtype.float().is_some() && t.shape.len() == 2;
         }
     }
     // Each pattern sets (include) or clears (exclude) the tensors it matches, and must match one.
@@ -84,10 +84,10 @@ pub fn select(
     if let Some(t) = idx
         .iter()
         .map(|&i| &tensors[i])
-        .find(|t| t.float_dtype().is_none())
+        .find(|t| t.dtype.float().is_none())
     {
         return Err(CliError::Selection(format!(
-            "tensor {:?} is {:?}, not floating point: only F32, F64, F16 and BF16 tensors can be sparsified; narrow --tensors or add --exclude {:?}",
+            "tensor {:?} is {}, not floating point: only F32, F64, F16 and BF16 tensors can be sparsified; narrow --tensors or add --exclude {:?}",
             t.name, t.dtype, t.name
         )));
     }
@@ -109,15 +109,10 @@ pub fn select(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use safetensors::Dtype;
+    use data_sparsifier::format::FileDType as Dtype;
 
     fn t(name: &str, dtype: Dtype, shape: &[usize]) -> TensorEntry {
-        TensorEntry {
-            name: name.into(),
-            dtype,
-            shape: shape.to_vec(),
-            range: 0..0,
-        }
+        TensorEntry::new(name, dtype, shape.to_vec())
     }
 
     fn names(ts: &[TensorEntry], idx: &[usize]) -> Vec<String> {

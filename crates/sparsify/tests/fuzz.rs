@@ -5,9 +5,9 @@ mod common;
 use std::path::Path;
 
 use common::*;
+use data_sparsifier::format::safetensors::SafetensorsSource;
 use proptest::prelude::*;
 use safetensors::Dtype;
-use sparsify::checkpoint::Checkpoint;
 use sparsify::run::{run, RunOptions, Ui};
 
 fn valid_file() -> Vec<u8> {
@@ -142,7 +142,10 @@ fn crafted_headers_are_errors() {
         vec![],
     ];
     for (i, b) in cases.iter().enumerate() {
-        assert!(Checkpoint::parse(b).is_err(), "case {i}");
+        assert!(
+            SafetensorsSource::from_bytes(b.clone(), "case").is_err(),
+            "case {i}"
+        );
         assert_eq!(exercise(dir.path(), b), (false, false), "case {i}");
     }
     // And through the binary: one error line, exit 2.
@@ -186,7 +189,7 @@ proptest! {
 
     #[test]
     fn random_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..300)) {
-        let _ = Checkpoint::parse(&b);
+        let _ = SafetensorsSource::from_bytes(b.clone(), "random");
         let dir = tempfile::tempdir().unwrap();
         prop_assert_eq!(exercise(dir.path(), &b), (false, false));
     }

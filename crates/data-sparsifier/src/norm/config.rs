@@ -7,6 +7,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::rule::{Field, FieldKind, Schema};
 use crate::sparsifier::Config;
 
 /// How a cell is scored: `L1` = `|x|`, `L2` = `x²` (squared, no square root, as in PyTorch).
@@ -167,6 +168,90 @@ impl Default for DataNormConfig {
             norm: Norm::L1,
             nan_policy: NanPolicy::Error,
         }
+    }
+}
+
+impl DataNormConfig {
+    /// The schema of [`DataNormConfig`]: its keys as the CLI's flags, the config file and bindings
+    /// show them. The flags keep the names `sparsify` has always had (`--block` for
+    /// `sparse_block_shape`).
+    ///
+    /// ```
+    /// use data_sparsifier::DataNormConfig;
+    /// let s = DataNormConfig::schema();
+    /// assert_eq!(s.keys().collect::<Vec<_>>(), ["sparsity_level", "sparse_block_shape", "zeros_per_block", "norm", "nan_policy"]);
+    /// assert_eq!(s.defaults(), serde_json::to_value(DataNormConfig::default()).unwrap());
+    /// assert_eq!(s.field("sparse_block_shape").unwrap().flag, Some("block"));
+    /// ```
+    pub fn schema() -> Schema {
+        let d = DataNormConfig::default();
+        Schema::new(vec![
+            Field::new(
+                "sparsity_level",
+                FieldKind::Float { min: 0.0, max: 1.0 },
+                d.sparsity_level,
+                "Fraction of blocks to zero, in [0, 1] [default: 0.5]",
+            )
+            .flag("sparsity-level", "F"),
+            Field::new(
+                "sparse_block_shape",
+                FieldKind::Shape2,
+                serde_json::json!([d.sparse_block_shape.0, d.sparse_block_shape.1]),
+                "Block shape, rows x cols [default: 1x4]",
+            )
+            .flag("block", "HxW"),
+            Field::new(
+                "zeros_per_block",
+                FieldKind::Count { nullable: true },
+                serde_json::Value::Null,
+                "Elements zeroed in each chosen block [default: the whole block]",
+            )
+            .flag("zeros-per-block", "N"),
+            Field::new(
+                "norm",
+                FieldKind::Choice {
+                    choices: &["L1", "L2"],
+                    what: "a norm",
+                },
+                d.norm.to_string(),
+                "Block norm used to rank blocks [default: l1]",
+            )
+            .flag("norm", "l1|l2"),
+            Field::new(
+                "nan_policy",
+                FieldKind::Choice {
+                    choices: &["error", "rank_last"],
+                    what: "a NaN policy",
+                },
+                d.nan_policy.to_string(),
+                "NaN in the data: fail, or rank NaN blocks last (kept) as PyTorch does [default: error]",
+            )
+            .flag("nan-policy", "error|rank-last"),
+        ])
+    }
+
+    /// The config in one short phrase, for reports: `sl 0.8 1x4 zpb 4 L2` (plus `nan:rank_last`
+    /// when NaN blocks rank last).
+    ///
+    /// ```
+    /// use data_sparsifier::{DataNormConfig, NanPolicy};
+    /// assert_eq!(DataNormConfig::default().describe(), "sl 0.5 1x4 zpb 4 L1");
+    /// let c = DataNormConfig { sparsity_level: 0.125, nan_policy: NanPolicy::RankLast, ..Default::default() };
+    /// assert_eq!(c.describe(), "sl 0.125 1x4 zpb 4 L1 nan:rank_last");
+    /// ```
+    pub fn describe(&self) -> String {
+        let (h, w) = self.sparse_block_shape;
+        let level = format!("{:.4}", self.sparsity_level);
+        let level = level.trim_end_matches('0').trim_end_matches('.');
+        let mut s = format!(
+            "sl {level} {h}x{w} zpb {} {}",
+            self.zeros_per_block_effective(),
+            self.norm
+        );
+        if self.nan_policy == NanPolicy::RankLast {
+            s.push_str(" nan:rank_last");
+        }
+        s
     }
 }
 

@@ -61,6 +61,7 @@ pub use config::{DataNormConfig, DataNormPatch, NanPolicy, Norm};
 
 use crate::error::{Error, Result};
 use crate::mask::Mask;
+use crate::rule::{Rule, Schema, TypedRule};
 use crate::sparsifier::{DataSparsifier, UpdateMask};
 use crate::tensor::{Slice, TensorView};
 
@@ -93,8 +94,25 @@ impl UpdateMask for DataNorm {
     type Config = DataNormConfig;
     type State = ();
 
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "DataNormSparsifier"
+    }
+
+    fn schema(&self) -> Option<Schema> {
+        Some(DataNormConfig::schema())
+    }
+
+    fn describe(&self, config: &DataNormConfig) -> String {
+        config.describe()
+    }
+
+    fn lint(&self, config: &DataNormConfig) -> Option<String> {
+        // Valid (PyTorch accepts it) but prunes nothing: almost always a slip.
+        (config.zeros_per_block == Some(0)).then(|| {
+            "zeros_per_block is 0: nothing in them is zeroed; give zeros_per_block = 1 or more \
+             (--zeros-per-block), or leave it unset for whole blocks"
+                .to_string()
+        })
     }
 
     fn validate(&self, name: &str, config: &DataNormConfig) -> Result<()> {
@@ -111,6 +129,15 @@ impl UpdateMask for DataNorm {
     ) -> Result<()> {
         compute_mask(name, data, config, mask)
     }
+}
+
+/// The registry's `datanorm` rule.
+pub(crate) fn rule() -> Box<dyn Rule> {
+    Box::new(TypedRule::new(
+        "datanorm",
+        DataNorm,
+        DataNormConfig::default(),
+    ))
 }
 
 impl DataSparsifier<DataNorm> {

@@ -4,10 +4,26 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use data_sparsifier::format::safetensors::SafetensorsWriter;
+use data_sparsifier::format::{FileDType, TensorInfo};
 use data_sparsifier::half::{bf16, f16};
 use data_sparsifier::random::Rng;
-use data_sparsifier::safetensors_file::{SafetensorsWriter, TensorHeader};
 use safetensors::Dtype;
+
+/// The library's name for a safetensors dtype.
+pub fn file_dtype(d: Dtype) -> FileDType {
+    match d {
+        Dtype::F32 => FileDType::F32,
+        Dtype::F64 => FileDType::F64,
+        Dtype::F16 => FileDType::F16,
+        Dtype::BF16 => FileDType::BF16,
+        Dtype::I64 => FileDType::I64,
+        Dtype::I32 => FileDType::I32,
+        Dtype::U8 => FileDType::U8,
+        Dtype::BOOL => FileDType::Bool,
+        other => panic!("unsupported {other:?}"),
+    }
+}
 
 /// One tensor to write: name, dtype, shape, little-endian bytes.
 pub struct T {
@@ -49,9 +65,9 @@ pub fn t(name: &'static str, dtype: Dtype, shape: &[usize], seed: u64) -> T {
 
 /// Writes `tensors` in this order (data offsets follow it) with `metadata`.
 pub fn write(path: &Path, tensors: &[T], metadata: &[(&str, &str)]) {
-    let headers: Vec<TensorHeader> = tensors
+    let headers: Vec<TensorInfo> = tensors
         .iter()
-        .map(|t| TensorHeader::new(t.name, t.dtype, t.shape.clone()))
+        .map(|t| TensorInfo::new(t.name, file_dtype(t.dtype), t.shape.clone()))
         .collect();
     let meta: BTreeMap<String, String> = metadata
         .iter()
