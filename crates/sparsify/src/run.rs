@@ -466,7 +466,7 @@ pub fn run(opts: &RunOptions, ui: Ui) -> Result<RunReport> {
     let meta_json = serde_json::to_string(&OutputMeta {
         tool: "sparsify",
         version: env!("CARGO_PKG_VERSION"),
-        sparsifier: DataNorm.name(),
+        sparsifier: DataNorm::new().name(),
         tensors: selected
             .iter()
             .zip(&configs)
@@ -650,7 +650,7 @@ pub fn run(opts: &RunOptions, ui: Ui) -> Result<RunReport> {
                 "shapes": real_shapes,
             }),
         )]);
-        let f = write_state_file_uncommitted(path, DataNorm.name(), &entries, &extra)
+        let f = write_state_file_uncommitted(path, DataNorm::new().name(), &entries, &extra)
             .map_err(lib("writing", path))?;
         pending.push((path.as_path(), f));
     }
