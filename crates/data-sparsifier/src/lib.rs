@@ -83,8 +83,8 @@ pub use error::{Error, Result};
 pub use handle::{ExternalTensor, Handle};
 pub use mask::Mask;
 pub use norm::{
-    compute_mask, pruned_block_count, release_scratch, DataNorm, DataNormConfig, DataNormPatch,
-    DataNormSparsifier, NanPolicy, Norm,
+    compute_mask, pruned_block_count, DataNorm, DataNormConfig, DataNormPatch, DataNormSparsifier,
+    NanPolicy, Norm,
 };
 pub use sparsifier::{validate_name, Config, DataSparsifier, MaskedView, UpdateMask, Version};
 pub use state::{

@@ -18,6 +18,12 @@ use crate::dtype::Element;
 use crate::error::{Error, Result};
 use crate::tensor::{as_2d, checked_numel, numel, TensorView};
 
+pub(crate) mod bits;
+mod spans;
+
+use bits::bit_range;
+pub(crate) use spans::SpanWriter;
+
 /// Elements handled per parallel task by the whole-mask operations (a multiple of 64).
 const PAR_CHUNK_ELEMS: usize = 64 * 1024;
 const PAR_CHUNK_WORDS: usize = PAR_CHUNK_ELEMS / 64;
@@ -43,16 +49,6 @@ pub struct Mask {
 #[inline]
 fn word_count(len: usize) -> usize {
     len.div_ceil(64)
-}
-
-/// Bits `lo..hi` (0 <= lo <= hi <= 64) set.
-#[inline]
-fn bit_range(lo: usize, hi: usize) -> u64 {
-    if hi - lo == 64 {
-        u64::MAX
-    } else {
-        ((1u64 << (hi - lo)) - 1) << lo
-    }
 }
 
 impl Mask {
@@ -175,17 +171,7 @@ impl Mask {
         if start >= end {
             return;
         }
-        let (w0, w1) = (start / 64, (end - 1) / 64);
-        for w in w0..=w1 {
-            let lo = if w == w0 { start % 64 } else { 0 };
-            let hi = if w == w1 { (end - 1) % 64 + 1 } else { 64 };
-            let bits = bit_range(lo, hi);
-            if keep {
-                self.words[w] |= bits;
-            } else {
-                self.words[w] &= !bits;
-            }
-        }
+        bits::set_bit_range(&mut self.words, start, end, keep);
     }
     /// Keeps every element of the flat range.
     pub fn keep_range(&mut self, range: Range<usize>) {

@@ -444,10 +444,10 @@ impl<U: UpdateMask> DataSparsifier<U> {
     ///
     /// ```
     /// use data_sparsifier::{norm::DataNorm, DataNormConfig, DataSparsifier};
-    /// let sp = DataSparsifier::new(DataNorm, DataNormConfig::default()).unwrap();
+    /// let sp = DataSparsifier::new(DataNorm::new(), DataNormConfig::default()).unwrap();
     /// assert!(sp.is_empty());
     /// let bad = DataNormConfig { sparse_block_shape: (0, 4), ..Default::default() };
-    /// assert!(DataSparsifier::new(DataNorm, bad).is_err());
+    /// assert!(DataSparsifier::new(DataNorm::new(), bad).is_err());
     /// ```
     pub fn new(updater: U, defaults: U::Config) -> Result<Self> {
         updater.validate("defaults", &defaults)?;

@@ -831,7 +831,7 @@ fn config_serde_and_patches() {
         Err(Error::InvalidConfig { .. })
     ));
     assert_eq!(Norm::L2.to_string(), "L2");
-    assert_eq!(DataNorm.name(), "DataNormSparsifier");
+    assert_eq!(DataNorm::new().name(), "DataNormSparsifier");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1132,7 +1132,7 @@ fn half_and_double_precision() {
 #[test]
 fn squash_writes_the_mask_into_shared_handles() {
     let p = Parameter::new(t32(&EXAMPLE, &[3, 5]));
-    let mut sp = DataSparsifier::new(DataNorm, cfg(0.5, (2, 2), None, Norm::L1)).unwrap();
+    let mut sp = DataSparsifier::new(DataNorm::new(), cfg(0.5, (2, 2), None, Norm::L1)).unwrap();
     sp.add_data("w", &p).unwrap();
     sp.step().unwrap();
     sp.squash_mask(None, true).unwrap();
@@ -1306,14 +1306,32 @@ fn the_kept_scratch_buffer_does_not_change_results() {
     let small = randn([300, 256], DType::F32, 9);
     let want_big = oracle(&big, &c);
     let want_small = oracle(&small, &c);
+    let mut scratch = data_sparsifier::norm::Scratch::new();
+    let with_scratch = |t: &Tensor, c: &DataNormConfig, s: &mut data_sparsifier::norm::Scratch| {
+        let mut m = Mask::ones(t.shape().to_vec());
+        data_sparsifier::norm::compute_mask_with("t", t.view(), c, &mut m, s).unwrap();
+        m.to_dense_u8()
+    };
     for _ in 0..2 {
-        assert_eq!(mask_of(&big, &c), want_big);
+        assert_eq!(with_scratch(&big, &c, &mut scratch), want_big);
+        assert_eq!(with_scratch(&small, &c, &mut scratch), want_small);
         assert_eq!(mask_of(&small, &c), want_small);
         assert_eq!(
-            mask_of(&big, &cfg(0.5, (1, 4), None, Norm::L2)),
+            with_scratch(&big, &cfg(0.5, (1, 4), None, Norm::L2), &mut scratch),
             oracle(&big, &cfg(0.5, (1, 4), None, Norm::L2))
         );
     }
-    data_sparsifier::norm::release_scratch();
-    assert_eq!(mask_of(&small, &c), want_small);
+    assert!(scratch.release() >= 600 * 128 / 2);
+    assert_eq!(with_scratch(&small, &c, &mut scratch), want_small);
+    // The rule keeps its scratch between steps: the same answers, and it can be released.
+    let mut sp = DataNormSparsifier::data_norm(c.clone()).unwrap();
+    sp.add_data("big", big.clone()).unwrap();
+    sp.add_data("small", small.clone()).unwrap();
+    for _ in 0..2 {
+        sp.step().unwrap();
+        assert_eq!(sp.get_mask("big").unwrap().to_dense_u8(), want_big);
+        assert_eq!(sp.get_mask("small").unwrap().to_dense_u8(), want_small);
+    }
+    assert!(sp.updater().release_scratch() >= 600 * 128 / 2);
+    assert_eq!(sp.updater().release_scratch(), 0);
 }

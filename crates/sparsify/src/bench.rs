@@ -167,7 +167,7 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport> {
     for _ in 0..opts.repeat {
         let param = Parameter::new(table.clone());
         let base = alloc::reset_peak();
-        let mut sp = DataSparsifier::new(DataNorm, config.clone()).map_err(lib)?;
+        let mut sp = DataSparsifier::new(DataNorm::new(), config.clone()).map_err(lib)?;
         sp.add_data("table", &param).map_err(lib)?;
         let t0 = Instant::now();
         sp.step().map_err(lib)?;

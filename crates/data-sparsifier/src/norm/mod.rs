@@ -22,8 +22,8 @@
 //! (`tests/conformance.rs`).
 //!
 //! **Cost.** One fused parallel pass over the data computes every block score and, using a
-//! sample-based key interval, stores a one-byte code per block (a buffer kept between calls: see
-//! [`release_scratch`]) and collects what the selection needs; a linear-time selection finds the
+//! sample-based key interval, stores a one-byte code per block (in a [`Scratch`] buffer that the
+//! [`DataNorm`] rule keeps between steps) and collects what the selection needs; a linear-time selection finds the
 //! threshold; one parallel pass writes the mask 64 bits at a time, re-reading data only for pruned
 //! blocks that are partly zeroed. No sort of the whole tensor. The passes run in parallel tasks,
 //! runs of consecutive blocks: whole block rows, or runs of block columns when one block row is
@@ -52,12 +52,18 @@
 
 mod config;
 mod kernel;
+mod networks;
+mod pass;
+mod plan;
 mod scores;
+mod scratch;
 mod select;
 #[cfg(test)]
 mod tests;
+mod words;
 
 pub use config::{DataNormConfig, DataNormPatch, NanPolicy, Norm};
+pub use scratch::Scratch;
 
 use crate::error::{Error, Result};
 use crate::mask::Mask;
@@ -66,19 +72,55 @@ use crate::sparsifier::{DataSparsifier, UpdateMask};
 use crate::tensor::{Slice, TensorView};
 
 /// The block-norm mask-update rule (PyTorch's `DataNormSparsifier.update_mask`), for
-/// [`DataSparsifier`]. It keeps no per-name state.
+/// [`DataSparsifier`]. It keeps no per-name state; it owns the kernel's [`Scratch`] space, reused
+/// from step to step (see [`release_scratch`](DataNorm::release_scratch)).
 ///
 /// ```
 /// use data_sparsifier::norm::{DataNorm, DataNormConfig};
 /// use data_sparsifier::{DataSparsifier, Tensor, UpdateMask};
-/// assert_eq!(DataNorm.name(), "DataNormSparsifier");
-/// let mut sp = DataSparsifier::new(DataNorm, DataNormConfig { sparsity_level: 1.0, ..Default::default() }).unwrap();
+/// assert_eq!(DataNorm::new().name(), "DataNormSparsifier");
+/// let mut sp = DataSparsifier::new(DataNorm::new(), DataNormConfig { sparsity_level: 1.0, ..Default::default() }).unwrap();
 /// sp.add_data("t", Tensor::from_vec(vec![1.0f32; 8], [2, 4]).unwrap()).unwrap();
 /// sp.step().unwrap();
 /// assert_eq!(sp.get_mask("t").unwrap().count_kept(), 0);
 /// ```
-#[derive(Clone, Copy, Debug, Default)]
-pub struct DataNorm;
+#[derive(Debug, Default)]
+pub struct DataNorm {
+    scratch: scratch::ScratchPool,
+}
+
+impl Clone for DataNorm {
+    /// A rule with the same (empty) configuration; scratch space is not shared or copied.
+    fn clone(&self) -> Self {
+        DataNorm::new()
+    }
+}
+
+impl DataNorm {
+    /// The rule, with no scratch space allocated yet.
+    pub fn new() -> Self {
+        DataNorm::default()
+    }
+
+    /// Frees the scratch space this rule keeps between steps, and returns its size in bytes.
+    ///
+    /// For inputs of more than 32 768 blocks the kernel stores one byte per block; the rule keeps
+    /// that buffer (the size of the largest such input so far) because allocating it afresh every
+    /// step costs page faults. Call this to give the memory back, e.g. after the last step.
+    ///
+    /// ```
+    /// use data_sparsifier::norm::{DataNormConfig, DataNormSparsifier};
+    /// use data_sparsifier::{random::randn, DType};
+    /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
+    /// sp.add_data("t", randn([1024, 256], DType::F32, 1)).unwrap(); // 65 536 blocks of (1, 4)
+    /// sp.step().unwrap();
+    /// assert_eq!(sp.updater().release_scratch(), 65_536);
+    /// assert_eq!(sp.updater().release_scratch(), 0);
+    /// ```
+    pub fn release_scratch(&self) -> usize {
+        self.scratch.release()
+    }
+}
 
 /// A [`DataSparsifier`] with the [`DataNorm`] rule: the counterpart of PyTorch's
 /// `DataNormSparsifier`.
@@ -127,7 +169,8 @@ impl UpdateMask for DataNorm {
         _state: &mut (),
         mask: &mut Mask,
     ) -> Result<()> {
-        compute_mask(name, data, config, mask)
+        self.scratch
+            .with(|scratch| compute_mask_with(name, data, config, mask, scratch))
     }
 }
 
@@ -135,7 +178,7 @@ impl UpdateMask for DataNorm {
 pub(crate) fn rule() -> Box<dyn Rule> {
     Box::new(TypedRule::new(
         "datanorm",
-        DataNorm,
+        DataNorm::new(),
         DataNormConfig::default(),
     ))
 }
@@ -151,7 +194,7 @@ impl DataSparsifier<DataNorm> {
     /// assert!(matches!(DataNormSparsifier::data_norm(bad), Err(Error::InvalidConfig { .. })));
     /// ```
     pub fn data_norm(defaults: DataNormConfig) -> Result<Self> {
-        DataSparsifier::new(DataNorm, defaults)
+        DataSparsifier::new(DataNorm::new(), defaults)
     }
 }
 
@@ -165,6 +208,9 @@ impl DataSparsifier<DataNorm> {
 /// Errors: an invalid config ([`Error::InvalidConfig`]), a mask of another shape
 /// ([`Error::ShapeMismatch`]), data of more than 2 dims ([`Error::UnsupportedShape`]), NaN in the
 /// data with [`NanPolicy::Error`] ([`Error::NanInData`]; the mask is then left unchanged).
+///
+/// Each call starts with fresh scratch space; to reuse it across calls, use [`compute_mask_with`]
+/// (the [`DataNorm`] rule does).
 ///
 /// ```
 /// use data_sparsifier::norm::{compute_mask, DataNormConfig, Norm};
@@ -192,43 +238,49 @@ pub fn compute_mask(
     config: &DataNormConfig,
     mask: &mut Mask,
 ) -> Result<()> {
+    compute_mask_with(name, data, config, mask, &mut Scratch::new())
+}
+
+/// [`compute_mask`] with caller-owned scratch space, reused between calls (it saves the page
+/// faults of a fresh buffer on large inputs; see [`Scratch`]). The answers do not depend on what
+/// the scratch held.
+///
+/// ```
+/// use data_sparsifier::norm::{compute_mask_with, DataNormConfig, Scratch};
+/// use data_sparsifier::{Mask, TensorView};
+/// let mut scratch = Scratch::new();
+/// let data = [0.1f32, -0.2, 0.1, 0.3, 5.0, 6.0, -7.0, 8.0];
+/// let mut mask = Mask::ones([1, 8]);
+/// for _ in 0..2 {
+///     let view = TensorView::new(&data[..], &[1, 8]).unwrap();
+///     compute_mask_with("row", view, &DataNormConfig::default(), &mut mask, &mut scratch).unwrap();
+///     assert_eq!(mask.to_dense_u8(), vec![0, 0, 0, 0, 1, 1, 1, 1]);
+/// }
+/// ```
+pub fn compute_mask_with(
+    name: &str,
+    data: TensorView<'_>,
+    config: &DataNormConfig,
+    mask: &mut Mask,
+    scratch: &mut Scratch,
+) -> Result<()> {
     config.validate(name)?;
     mask.check_shape(name, data.shape())?;
-    let Some((h, w)) = data.rows_cols() else {
+    let Some(hw) = data.rows_cols() else {
         return Err(Error::UnsupportedShape {
             name: name.to_string(),
             shape: data.shape().to_vec(),
         });
     };
-    if h == 0 || w == 0 {
+    if hw.0 == 0 || hw.1 == 0 {
         return Ok(());
     }
     match data.data() {
-        Slice::F32(s) => kernel::run(name, s, h, w, config, mask),
-        Slice::F64(s) => kernel::run(name, s, h, w, config, mask),
-        Slice::F16(s) => kernel::run(name, s, h, w, config, mask),
-        Slice::BF16(s) => kernel::run(name, s, h, w, config, mask),
+        Slice::F32(s) => kernel::run(name, s, hw, config, mask, scratch),
+        Slice::F64(s) => kernel::run(name, s, hw, config, mask, scratch),
+        Slice::F16(s) => kernel::run(name, s, hw, config, mask, scratch),
+        Slice::BF16(s) => kernel::run(name, s, hw, config, mask, scratch),
     }
-}
-
-/// Frees the scratch buffer that the kernel keeps between calls, and returns its size in bytes.
-///
-/// For inputs of more than 32 768 blocks the kernel stores one byte per block; that buffer is
-/// kept (one buffer per process, the size of the largest such input so far) because allocating it
-/// afresh every step costs page faults worth about a quarter of the step. Call this to give the
-/// memory back, e.g. after the last step.
-///
-/// ```
-/// use data_sparsifier::norm::{compute_mask, release_scratch, DataNormConfig};
-/// use data_sparsifier::{random::randn, DType, Mask};
-/// let t = randn([1024, 256], DType::F32, 1); // 65 536 blocks of (1, 4)
-/// let mut m = Mask::ones([1024, 256]);
-/// compute_mask("t", t.view(), &DataNormConfig::default(), &mut m).unwrap();
-/// let freed = release_scratch(); // 65 536 bytes, unless another thread holds the buffer now
-/// assert!(freed <= 65_536);
-/// ```
-pub fn release_scratch() -> usize {
-    kernel::release_scratch()
 }
 
 /// The number of blocks pruned: `k = round_half_even(sparsity_level × num_blocks)`, computed in

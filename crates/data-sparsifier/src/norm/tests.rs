@@ -7,7 +7,9 @@ use proptest::prelude::*;
 
 use super::config::{DataNormConfig, NanPolicy, Norm};
 use super::kernel::{self, Knobs, Route};
+use super::plan;
 use super::scores::{ScoreElem, L1, L2};
+use super::scratch::Scratch;
 use super::{pruned_block_count, select};
 use crate::{DType, Mask, Tensor};
 
@@ -29,8 +31,12 @@ fn run_typed<T: ScoreElem>(
     knobs: Knobs,
 ) -> Route {
     match c.norm {
-        Norm::L1 => kernel::run_norm::<T, L1>("t", data, h, w, c, mask, knobs),
-        Norm::L2 => kernel::run_norm::<T, L2>("t", data, h, w, c, mask, knobs),
+        Norm::L1 => {
+            kernel::run_norm::<T, L1>("t", data, (h, w), c, mask, &mut Scratch::new(), knobs)
+        }
+        Norm::L2 => {
+            kernel::run_norm::<T, L2>("t", data, (h, w), c, mask, &mut Scratch::new(), knobs)
+        }
     }
     .unwrap()
 }
@@ -109,7 +115,7 @@ fn golden_cases_conform_through_every_path() {
             golden::check(case, &got, &how, &mut failures);
             let hw = case.data.view().rows_cols().unwrap();
             let (tasks, cols) =
-                kernel::task_layout(hw.0, hw.1, case.config.sparse_block_shape, task_cells);
+                plan::task_layout(hw.0, hw.1, case.config.sparse_block_shape, task_cells);
             column_tasks += (cols && tasks > 1 && route == Route::Fast) as usize;
         }
     }
@@ -240,7 +246,7 @@ proptest! {
         let zpb = partial.then(|| 1 + (zf * (bh * bw - 1) as f64) as usize).filter(|&z| z < bh * bw);
         let c = cfg(sl, (bh, bw), zpb, if l2 { Norm::L2 } else { Norm::L1 });
         let (h, w) = t.view().rows_cols().unwrap();
-        let (ntasks, cols) = kernel::task_layout(h, w, (bh, bw), TASK_CELLS);
+        let (ntasks, cols) = plan::task_layout(h, w, (bh, bw), TASK_CELLS);
         prop_assert!(cols && ntasks >= 3, "{:?}: {} tasks", shape, ntasks);
         let (got, route) = run_with(&t, &c, Knobs::DEFAULT);
         prop_assert_eq!(got, oracle(&t, &c), "{:?} {:?} {:?}", shape, c, route);
@@ -329,7 +335,7 @@ fn narrow_tables_on_the_fast_path_at_full_size() {
     ] {
         let cells = shape[0] * shape[1];
         let t = Tensor::from_f64s(&tied(cells, levels, levels + 1), dtype, shape).unwrap();
-        let (ntasks, cols) = kernel::task_layout(shape[0], shape[1], (1, 4), TASK_CELLS);
+        let (ntasks, cols) = plan::task_layout(shape[0], shape[1], (1, 4), TASK_CELLS);
         assert!(!cols && ntasks >= 3, "{shape:?}: {ntasks} tasks");
         for (block, zpb) in [
             ((1, 4), None),

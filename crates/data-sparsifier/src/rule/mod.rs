@@ -121,7 +121,7 @@ fn describe_json(config: &Value) -> String {
 /// ```
 /// use data_sparsifier::rule::{Rule, TypedRule};
 /// use data_sparsifier::{DataNorm, DataNormConfig};
-/// let rule = TypedRule::new("datanorm", DataNorm, DataNormConfig::default());
+/// let rule = TypedRule::new("datanorm", DataNorm::new(), DataNormConfig::default());
 /// assert_eq!((rule.kind(), rule.name()), ("datanorm", "DataNormSparsifier"));
 /// assert_eq!(rule.defaults()["sparsity_level"], 0.5);
 /// assert!(rule.validate("w", &serde_json::json!({"sparsity_level": 2.0})).is_err());
