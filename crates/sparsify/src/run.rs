@@ -511,11 +511,12 @@ fn state_sink(path: &Path, ck: &Checkpoint, plan: &Plan, source: &str) -> Result
         .collect();
     let extra = BTreeMap::from([(
         METADATA_KEY.to_string(),
+        // Keys in sorted order, as the state file has always had them.
         serde_json::json!({
-            "version": env!("CARGO_PKG_VERSION"),
             "input": source,
             "names": names,
             "shapes": real_shapes,
+            "version": env!("CARGO_PKG_VERSION"),
         }),
     )]);
     let offered = plan

@@ -1034,3 +1034,186 @@ fn a_fifo_input_or_config_is_an_error_not_a_hang() {
     }
     assert!(!out.exists());
 }
+
+/// The f32 values of tensor `name` of a safetensors file.
+fn f32s(bytes: &[u8], name: &str) -> Vec<f32> {
+    let st = SafeTensors::deserialize(bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    assert_eq!(t.dtype(), Dtype::F32);
+    t.data()
+        .chunks(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// A second rule, registered in the library only, reaches every part of the CLI: `--rule`,
+/// `--set`, the report, the output, the masks and the state.
+#[test]
+fn the_magnitude_rule_end_to_end() {
+    let (dir, input) = setup();
+    let (out, masks, state) = (
+        dir.path().join("o.st"),
+        dir.path().join("m.st"),
+        dir.path().join("s.st"),
+    );
+    let (stdout, stderr) = ok(&[
+        "run",
+        s(&input),
+        "-o",
+        s(&out),
+        "--rule",
+        "magnitude",
+        "--set",
+        "threshold=0.5",
+        "--masks",
+        s(&masks),
+        "--state",
+        s(&state),
+        "--report",
+        "json",
+    ]);
+    assert!(stderr.contains("|x| < 0.5"), "{stderr}");
+    let r: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r["rule"], "magnitude");
+    assert_eq!(r["tensors"][0]["name"], "z.emb");
+    assert_eq!(
+        r["tensors"][0]["config"],
+        serde_json::json!({"threshold": 0.5})
+    );
+    // Every |x| < 0.5 is zeroed, everything else kept as it was.
+    let (inb, outb) = (std::fs::read(&input).unwrap(), std::fs::read(&out).unwrap());
+    let (a, b) = (f32s(&inb, "z.emb"), f32s(&outb, "z.emb"));
+    let mut zeroed = 0;
+    for (x, y) in a.iter().zip(&b) {
+        if x.abs() < 0.5 {
+            assert_eq!(*y, 0.0);
+            zeroed += 1;
+        } else {
+            assert_eq!(x.to_bits(), y.to_bits());
+        }
+    }
+    assert!(zeroed > 0 && zeroed < a.len());
+    assert_eq!(r["tensors"][0]["zeroed"], zeroed);
+    let (_, meta) = header(&outb);
+    let added: Value = serde_json::from_str(&meta["sparsify"]).unwrap();
+    assert_eq!(added["sparsifier"], "MagnitudeSparsifier");
+    assert_eq!(added["tensors"]["z.emb"]["threshold"], 0.5);
+    // The masks agree, and the state loads into a container over the registry's rule.
+    let mb = std::fs::read(&masks).unwrap();
+    let mst = SafeTensors::deserialize(&mb).unwrap();
+    let dense = mst.tensor("z.emb").unwrap().data().to_vec();
+    let registry = data_sparsifier::rule::Registry::builtin();
+    let mut sp = registry
+        .sparsifier("magnitude", &serde_json::json!({}))
+        .unwrap();
+    sp.load_state(&state, true).unwrap();
+    assert_eq!(sp.get_mask("z_emb").unwrap().to_dense_u8(), dense);
+    assert_eq!(sp.config("z_emb").unwrap()["threshold"], 0.5);
+    // Stepping the loaded sparsifier gives the same mask again.
+    sp.step().unwrap();
+    assert_eq!(sp.get_mask("z_emb").unwrap().to_dense_u8(), dense);
+}
+
+#[test]
+fn the_rule_and_its_keys_come_from_the_config_file_too() {
+    let (dir, input) = setup();
+    let out = dir.path().join("o.st");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "rule = \"magnitude\"\n[defaults]\nthreshold = 0.5\n[tensors.\"late\"]\nthreshold = 10.0\n",
+    )
+    .unwrap();
+    let (stdout, _) = ok(&[
+        "run",
+        s(&input),
+        "-o",
+        s(&out),
+        "--config",
+        s(&cfg),
+        "--report",
+        "json",
+        "-q",
+    ]);
+    let r: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r["rule"], "magnitude");
+    let late = r["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "late")
+        .unwrap();
+    assert_eq!(late["config"]["threshold"], 10.0);
+    assert_eq!(late["sparsity"], 1.0); // standard normal data: every |x| < 10
+                                       // --set beats the file's [defaults], not its per-tensor override.
+    let (stdout, _) = ok(&[
+        "run",
+        s(&input),
+        "-o",
+        s(&out),
+        "--config",
+        s(&cfg),
+        "--set",
+        "threshold=0",
+        "--force",
+        "--report",
+        "json",
+        "-q",
+    ]);
+    let r: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r["tensors"][0]["sparsity"], 0.0);
+    assert_eq!(
+        r["tensors"].as_array().unwrap().last().unwrap()["sparsity"],
+        1.0
+    );
+}
+
+#[test]
+fn rule_and_set_errors_name_the_flag_and_the_fix() {
+    let (dir, input) = setup();
+    let o = dir.path().join("o.st");
+    let o = s(&o);
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", s(&input), "-o", o];
+        args.extend_from_slice(extra);
+        fails(&args)
+    };
+    let e = run(&["--rule", "nope"]);
+    assert!(
+        e.contains("--rule") && e.contains("datanorm, magnitude"),
+        "{e}"
+    );
+    let e = run(&["--rule", "magnitude", "--set", "threshold=-1"]);
+    assert!(
+        e.contains("--set threshold") && e.contains("outside"),
+        "{e}"
+    );
+    let e = run(&["--rule", "magnitude", "--set", "treshold=1"]);
+    assert!(e.contains("treshold") && e.contains("`threshold`"), "{e}");
+    let e = run(&["--rule", "magnitude", "--block", "1x4"]);
+    assert!(e.contains("--block") && e.contains("magnitude"), "{e}");
+    let e = run(&["--set", "threshold"]);
+    assert!(e.contains("KEY=VALUE"), "{e}");
+    // --set reaches every key of the default rule too, with the flags' parsers.
+    let e = run(&["--set", "sparse_block_shape=0x4"]);
+    assert!(e.contains("--set sparse_block_shape"), "{e}");
+    let (stdout, _) = ok(&[
+        "run",
+        s(&input),
+        "-o",
+        o,
+        "--set",
+        "sparse_block_shape=2x4",
+        "--set",
+        "norm=l2",
+        "--report",
+        "json",
+        "-q",
+    ]);
+    let r: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        r["tensors"][0]["config"]["sparse_block_shape"],
+        serde_json::json!([2, 4])
+    );
+    assert_eq!(r["tensors"][0]["config"]["norm"], "L2");
+}
