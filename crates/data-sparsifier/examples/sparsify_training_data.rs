@@ -11,10 +11,11 @@
 use candle_core::{DType as CDType, Device, Module, Tensor as CTensor, Var};
 use candle_nn::{Linear, Optimizer};
 use data_sparsifier::candle as dc;
+use data_sparsifier::norm::pruned_block_count;
 use data_sparsifier::norm::{DataNormConfig, DataNormSparsifier};
 use data_sparsifier::random::Rng;
 use data_sparsifier::scheduler::{DataScheduler, LinearSchedule};
-use data_sparsifier::{pruned_block_count, Result};
+use data_sparsifier::Result;
 
 const FEATURES: usize = 32; // 8 blocks of 4
 const CLASSES: usize = 4;

@@ -20,8 +20,10 @@
 //! | data scheduler: a config field over steps/epochs | [`scheduler`] |
 //! | training-loop hooks (post-training, training-aware) | [`hooks`] |
 //! | candle models, zero-copy (feature `candle`) | `candle` |
-//! | atomic file output | [`io`] |
-//! | memory-mapped reading, streaming order-preserving writing | [`safetensors_file`] |
+//! | atomic file output, all-or-nothing commits, memory maps | [`io`] |
+//! | rules chosen at run time: [`Rule`], its config schema, the [`Registry`] | [`rule`] |
+//! | the magnitude rule (zero `|x| < threshold`) | [`magnitude`] |
+//! | the storage seam (`TensorSource`, `TensorSink`) and the safetensors format | [`format`] |
 //!
 //! An implementer writes only [`UpdateMask::update_mask`]; the container does the housekeeping:
 //! per-name configs, replacing data, stepping, squashing, and saving state. See [`DataSparsifier`]
@@ -82,13 +84,8 @@ pub use embedding::{BagMode, Bags, Embedding, EmbeddingBag};
 pub use error::{Error, Result};
 pub use handle::{ExternalTensor, Handle};
 pub use mask::Mask;
-pub use norm::{
-    compute_mask, pruned_block_count, DataNorm, DataNormConfig, DataNormPatch, DataNormSparsifier,
-    NanPolicy, Norm,
-};
+pub use norm::{DataNorm, DataNormConfig, DataNormPatch, DataNormSparsifier, NanPolicy, Norm};
+pub use rule::{Registry, Rule};
 pub use sparsifier::{validate_name, Config, DataSparsifier, MaskedView, UpdateMask, Version};
-pub use state::{
-    write_state_file, write_state_file_uncommitted, EntryState, EntryView, SparsifierState,
-    StateDict,
-};
+pub use state::{SparsifierState, StateDict};
 pub use tensor::{Parameter, Slice, Storage, Tensor, TensorView};
