@@ -87,5 +87,5 @@ pub use mask::Mask;
 pub use norm::{DataNorm, DataNormConfig, DataNormPatch, DataNormSparsifier, NanPolicy, Norm};
 pub use rule::{Registry, Rule};
 pub use sparsifier::{validate_name, Config, DataSparsifier, MaskedView, UpdateMask, Version};
-pub use state::{SparsifierState, StateDict};
+pub use state::{EntryState, SparsifierState, StateDict};
 pub use tensor::{Parameter, Slice, Storage, Tensor, TensorView};

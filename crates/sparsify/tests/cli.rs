@@ -1035,6 +1035,13 @@ fn a_fifo_input_or_config_is_an_error_not_a_hang() {
     assert!(!out.exists());
 }
 
+/// `sparsify run INPUT -o OUTPUT ARGS... --report json`, its report.
+fn run_json(input: &Path, output: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["run", s(input), "-o", s(output), "--report", "json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&ok(&all).0).unwrap()
+}
+
 /// The f32 values of tensor `name` of a safetensors file.
 fn f32s(bytes: &[u8], name: &str) -> Vec<f32> {
     let st = SafeTensors::deserialize(bytes).unwrap();
@@ -1056,11 +1063,7 @@ fn the_magnitude_rule_end_to_end() {
         dir.path().join("m.st"),
         dir.path().join("s.st"),
     );
-    let (stdout, stderr) = ok(&[
-        "run",
-        s(&input),
-        "-o",
-        s(&out),
+    let args = [
         "--rule",
         "magnitude",
         "--set",
@@ -1069,11 +1072,22 @@ fn the_magnitude_rule_end_to_end() {
         s(&masks),
         "--state",
         s(&state),
-        "--report",
-        "json",
+    ];
+    let r = run_json(&input, &out, &args);
+    // The text report shows the rule's own phrase for the config.
+    let (text, _) = ok(&[
+        "run",
+        s(&input),
+        "-o",
+        s(&out),
+        "--rule",
+        "magnitude",
+        "--set",
+        "threshold=0.5",
+        "--force",
+        "-q",
     ]);
-    assert!(stderr.contains("|x| < 0.5"), "{stderr}");
-    let r: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(text.contains("|x| < 0.5"), "{text}");
     assert_eq!(r["rule"], "magnitude");
     assert_eq!(r["tensors"][0]["name"], "z.emb");
     assert_eq!(
@@ -1124,18 +1138,7 @@ fn the_rule_and_its_keys_come_from_the_config_file_too() {
         "rule = \"magnitude\"\n[defaults]\nthreshold = 0.5\n[tensors.\"late\"]\nthreshold = 10.0\n",
     )
     .unwrap();
-    let (stdout, _) = ok(&[
-        "run",
-        s(&input),
-        "-o",
-        s(&out),
-        "--config",
-        s(&cfg),
-        "--report",
-        "json",
-        "-q",
-    ]);
-    let r: Value = serde_json::from_str(&stdout).unwrap();
+    let r = run_json(&input, &out, &["--config", s(&cfg), "-q"]);
     assert_eq!(r["rule"], "magnitude");
     let late = r["tensors"]
         .as_array()
@@ -1146,21 +1149,11 @@ fn the_rule_and_its_keys_come_from_the_config_file_too() {
     assert_eq!(late["config"]["threshold"], 10.0);
     assert_eq!(late["sparsity"], 1.0); // standard normal data: every |x| < 10
                                        // --set beats the file's [defaults], not its per-tensor override.
-    let (stdout, _) = ok(&[
-        "run",
-        s(&input),
-        "-o",
-        s(&out),
-        "--config",
-        s(&cfg),
-        "--set",
-        "threshold=0",
-        "--force",
-        "--report",
-        "json",
-        "-q",
-    ]);
-    let r: Value = serde_json::from_str(&stdout).unwrap();
+    let r = run_json(
+        &input,
+        &out,
+        &["--config", s(&cfg), "--set", "threshold=0", "--force", "-q"],
+    );
     assert_eq!(r["tensors"][0]["sparsity"], 0.0);
     assert_eq!(
         r["tensors"].as_array().unwrap().last().unwrap()["sparsity"],
@@ -1197,20 +1190,11 @@ fn rule_and_set_errors_name_the_flag_and_the_fix() {
     // --set reaches every key of the default rule too, with the flags' parsers.
     let e = run(&["--set", "sparse_block_shape=0x4"]);
     assert!(e.contains("--set sparse_block_shape"), "{e}");
-    let (stdout, _) = ok(&[
-        "run",
-        s(&input),
-        "-o",
-        o,
-        "--set",
-        "sparse_block_shape=2x4",
-        "--set",
-        "norm=l2",
-        "--report",
-        "json",
-        "-q",
-    ]);
-    let r: Value = serde_json::from_str(&stdout).unwrap();
+    let r = run_json(
+        &input,
+        Path::new(o),
+        &["--set", "sparse_block_shape=2x4", "--set", "norm=l2", "-q"],
+    );
     assert_eq!(
         r["tensors"][0]["config"]["sparse_block_shape"],
         serde_json::json!([2, 4])
