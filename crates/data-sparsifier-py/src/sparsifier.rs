@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use data_sparsifier::{
     Config, Data, DataKind, DataNorm, DataNormConfig, DataNormPatch, DataSparsifier, EntryState,
-    Mask, NanPolicy, Norm, StateDict, Version,
+    Mask, NanPolicy, Norm, StateDict, UpdateMask, Version,
 };
 use numpy::{IntoPyArray, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyKeyError, PyTypeError};
@@ -88,6 +88,21 @@ fn norm_dict<'py>(py: Python<'py>, c: &DataNormConfig) -> PyResult<Bound<'py, Py
     d.set_item("sparse_block_shape", PyTuple::new(py, [h, w])?)?;
     d.set_item("zeros_per_block", c.zeros_per_block_effective())?;
     Ok(d)
+}
+
+/// The library's `load_state_dict` on `entries`, keeping the sparsifier's kind and flags.
+fn load_entries<U: UpdateMask<State = ()>>(
+    sp: &mut DataSparsifier<U>,
+    entries: Vec<EntryState<U::Config, ()>>,
+    strict: bool,
+) -> PyResult<()> {
+    let state = StateDict {
+        sparsifier: sp.updater().name().to_string(),
+        mask_update_enabled: sp.mask_update_enabled(),
+        entries,
+        extra: Default::default(),
+    };
+    sp.load_state_dict(state, strict).py()
 }
 
 /// One entry of a state dict being loaded: `(name, data, dense mask, config, parametrized)`.
@@ -400,13 +415,7 @@ impl PySparsifier {
                     c.apply(&norm_patch(config)?);
                     out.push(entry(py, name, data, mask, c, *parametrized)?);
                 }
-                let state = StateDict {
-                    sparsifier: data_sparsifier::UpdateMask::name(sp.updater()).to_string(),
-                    mask_update_enabled: sp.mask_update_enabled(),
-                    entries: out,
-                    extra: Default::default(),
-                };
-                sp.load_state_dict(state, strict).py()?;
+                load_entries(sp, out, strict)?;
             }
             Inner::Py(sp) => {
                 let mut out = Vec::new();
@@ -414,13 +423,7 @@ impl PySparsifier {
                     let c = PyConfig::from_dict(config)?;
                     out.push(entry(py, name, data, mask, c, *parametrized)?);
                 }
-                let state = StateDict {
-                    sparsifier: data_sparsifier::UpdateMask::name(sp.updater()).to_string(),
-                    mask_update_enabled: sp.mask_update_enabled(),
-                    entries: out,
-                    extra: Default::default(),
-                };
-                sp.load_state_dict(state, strict).py()?;
+                load_entries(sp, out, strict)?;
             }
         }
         // Names the library now holds in its own storage (not written into a held Python array)

@@ -31,11 +31,16 @@ def _fetch_all_embeddings(model):
     return found
 
 
-def _quantization():
+def _quantize_embeddings(model, embedding_modules):
+    """PyTorch's own weight-only quantization of the selected embeddings, in place."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.ao.quantization is deprecated
         import torch.ao.quantization as q
-    return q
+
+        for _, emb in embedding_modules:
+            emb.qconfig = q.float_qparams_weight_only_qconfig
+        q.prepare(model, inplace=True)
+        q.convert(model, inplace=True)
 
 
 def post_training_sparse_quantize(
@@ -66,26 +71,15 @@ def post_training_sparse_quantize(
                 raise AssertionError("the embedding modules must be part of input model")
             embedding_modules.append((fqn_of[emb], emb))
 
-    q = _quantization()
     if sparsify_first:
         for name, emb in embedding_modules:
             data_sparsifier.add_data(name=name.replace(".", "_"), data=emb)
         data_sparsifier.step()
         data_sparsifier.squash_mask()  # written into each embedding's own weight storage
-        for _, emb in embedding_modules:
-            emb.qconfig = q.float_qparams_weight_only_qconfig
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            q.prepare(model, inplace=True)
-            q.convert(model, inplace=True)
+        _quantize_embeddings(model, embedding_modules)
         return
 
-    for _, emb in embedding_modules:
-        emb.qconfig = q.float_qparams_weight_only_qconfig
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        q.prepare(model, inplace=True)
-        q.convert(model, inplace=True)
+    _quantize_embeddings(model, embedding_modules)
 
     modules = dict(model.named_modules())
     quantized = {}
