@@ -105,29 +105,35 @@ pub(crate) fn sample_scores<T: ScoreValue, N: NormKind>(data: &[T], g: &Grid) ->
 /// Buckets of a tally's histogram.
 pub(crate) const HIST_BUCKETS: usize = 1 << 16;
 
-/// The histogram of a tally round: bucket `(key - base) >> shift` for the keys in `base ..= end`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// The histogram of a tally round over its bracket `lo ..= hi`: bucket `(key - lo) >> shift`,
+/// at most [`HIST_BUCKETS`] of them, each `2^shift` keys wide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct HistSpec {
-    pub base: u64,
-    pub end: u64,
+    pub lo: u64,
+    pub hi: u64,
     pub shift: u32,
 }
 
 impl HistSpec {
-    /// `HIST_BUCKETS` buckets over the keys `lo ..= hi`.
+    /// The histogram over the keys `lo ..= hi`.
     pub(crate) fn over(lo: u64, hi: u64) -> HistSpec {
         let bits = 64 - (hi - lo).leading_zeros();
         HistSpec {
-            base: lo,
-            end: hi,
+            lo,
+            hi,
             shift: bits.saturating_sub(HIST_BUCKETS.trailing_zeros()),
         }
     }
+    /// The bucket of `key` (`lo <= key <= hi`).
+    #[inline(always)]
+    pub(crate) fn bucket(&self, key: u64) -> usize {
+        ((key - self.lo) >> self.shift) as usize
+    }
     /// The keys of bucket `b`.
     pub(crate) fn bucket_keys(&self, b: u64) -> (u64, u64) {
-        let lo = self.base + (b << self.shift);
+        let lo = self.lo + (b << self.shift);
         let width = (1u64 << self.shift) - 1;
-        (lo, lo.saturating_add(width).min(self.end))
+        (lo, lo.saturating_add(width).min(self.hi))
     }
 }
 
@@ -146,9 +152,7 @@ pub(crate) struct RawTally {
     pub eq_hi: u64,
     /// Blocks with a NaN score.
     pub nan: u64,
-    /// Numeric keys below the histogram's range.
-    pub hist_below: u64,
-    /// The histogram (`HIST_BUCKETS` counts).
+    /// The histogram of the keys in `lo ..= hi` ([`HIST_BUCKETS`] counts; empty if none).
     pub hist: Vec<u64>,
 }
 
@@ -161,7 +165,7 @@ struct Acc<K> {
     inside: Vec<u64>,
     eq_hi: u64,
     nan: u64,
-    hist_below: u64,
+    /// Allocated at the first key strictly inside the bracket.
     hist: Vec<u64>,
 }
 
@@ -175,8 +179,7 @@ impl<K> Acc<K> {
             inside: Vec::new(),
             eq_hi: 0,
             nan: 0,
-            hist_below: 0,
-            hist: vec![0; HIST_BUCKETS],
+            hist: Vec::new(),
         }
     }
     fn add(mut self, o: Self) -> Self {
@@ -186,8 +189,11 @@ impl<K> Acc<K> {
         self.inside.extend_from_slice(&o.inside);
         self.eq_hi += o.eq_hi;
         self.nan += o.nan;
-        self.hist_below += o.hist_below;
-        self.hist.iter_mut().zip(&o.hist).for_each(|(a, b)| *a += b);
+        if self.hist.is_empty() {
+            self.hist = o.hist;
+        } else if !o.hist.is_empty() {
+            self.hist.iter_mut().zip(&o.hist).for_each(|(a, b)| *a += b);
+        }
         self
     }
 }
@@ -195,18 +201,19 @@ impl<K> Acc<K> {
 /// Blocks scored per step of the tally pass.
 const CHUNK: usize = 1 << 14;
 
-/// The tally pass: every block's global key, counted against the bracket `lo ..= hi` and into the
-/// histogram `hist`; at most `cap` keys strictly inside the bracket are kept. One parallel read
-/// of the data; memory: a key buffer and a histogram per worker, plus the kept keys.
+/// The tally pass: every block's global key, counted against the bracket `lo ..= hi`
+/// (branch-free: which side of the bracket a key falls on is a coin toss near the threshold),
+/// the keys strictly inside it kept (at most `cap`) and histogrammed. One parallel read of the
+/// data; memory: a key buffer and, where a worker meets inside keys, a histogram per worker.
 pub(crate) fn tally_pass<T: ScoreValue, N: NormKind>(
     data: &[T],
     g: &Grid,
     map: &KeyMap,
     (lo, hi): (u64, u64),
-    hist: HistSpec,
     cap: usize,
 ) -> RawTally {
     let nb = g.num_blocks();
+    let hs = HistSpec::over(lo, hi);
     let collected = AtomicUsize::new(0);
     let overflow = AtomicBool::new(false);
     let acc = (0..nb.div_ceil(CHUNK))
@@ -217,42 +224,48 @@ pub(crate) fn tally_pass<T: ScoreValue, N: NormKind>(
             a.keys.resize(r.len(), T::Key::MIN);
             scores::keys_pass::<T, N>(data, g, &mut a.keys, std::slice::from_ref(&r));
             let start = a.inside.len();
-            let (mut below, mut eq_lo, mut eq_hi, mut nan, mut hb) = (0u64, 0u64, 0u64, 0u64, 0u64);
+            let (mut below, mut eq_lo, mut eq_hi, mut nan) = (0u64, 0u64, 0u64, 0u64);
             for &k in &a.keys {
                 let k = map.map::<T>(k);
-                if k < lo {
-                    below += 1;
-                } else if k == lo {
-                    eq_lo += 1;
-                } else if k < hi {
-                    a.inside.push(k);
-                } else if k == hi {
-                    eq_hi += 1;
-                }
+                let (ge_lo, gt_lo) = ((k >= lo) as u64, (k > lo) as u64);
+                let (lt_hi, le_hi) = ((k < hi) as u64, (k <= hi) as u64);
+                below += 1 - ge_lo;
+                eq_lo += ge_lo - gt_lo;
+                eq_hi += gt_lo & (le_hi - lt_hi);
                 nan += (k == NAN_KEY) as u64;
-                if k < hist.base {
-                    hb += 1;
-                } else if k <= hist.end {
-                    a.hist[((k - hist.base) >> hist.shift) as usize] += 1;
+                if gt_lo & lt_hi != 0 {
+                    a.inside.push(k);
                 }
             }
             let found = a.inside.len() - start;
-            a.inside_count += found as u64;
-            if found > 0
-                && (overflow.load(Ordering::Relaxed)
-                    || collected.fetch_add(found, Ordering::Relaxed) + found > cap)
-            {
-                overflow.store(true, Ordering::Relaxed);
-                a.inside.clear();
+            if found > 0 {
+                if a.hist.is_empty() {
+                    a.hist = vec![0; HIST_BUCKETS];
+                }
+                for &k in &a.inside[start..] {
+                    a.hist[hs.bucket(k)] += 1;
+                }
+                a.inside_count += found as u64;
+                if overflow.load(Ordering::Relaxed)
+                    || collected.fetch_add(found, Ordering::Relaxed) + found > cap
+                {
+                    overflow.store(true, Ordering::Relaxed);
+                    a.inside.clear();
+                }
             }
             a.below += below;
             a.eq_lo += eq_lo;
             a.eq_hi += eq_hi;
             a.nan += nan;
-            a.hist_below += hb;
             a
         })
         .reduce(Acc::new, Acc::add);
+    let mut hist = acc.hist;
+    if acc.eq_lo + acc.eq_hi > 0 {
+        hist.resize(HIST_BUCKETS, 0);
+        hist[0] += acc.eq_lo;
+        hist[hs.bucket(hi)] += acc.eq_hi;
+    }
     RawTally {
         below: acc.below,
         eq_lo: acc.eq_lo,
@@ -260,8 +273,7 @@ pub(crate) fn tally_pass<T: ScoreValue, N: NormKind>(
         inside: (!overflow.load(Ordering::Relaxed)).then_some(acc.inside),
         eq_hi: acc.eq_hi,
         nan: acc.nan,
-        hist_below: acc.hist_below,
-        hist: acc.hist,
+        hist,
     }
 }
 
@@ -276,10 +288,9 @@ pub(crate) fn tally_one<T: ScoreValue, N: NormKind>(
     g: &Grid,
     scale: f64,
     bracket: (u64, u64),
-    hist: HistSpec,
     cap: usize,
 ) -> RawTally {
-    tally_pass::<T, N>(data, g, &KeyMap::new::<T>(scale), bracket, hist, cap)
+    tally_pass::<T, N>(data, g, &KeyMap::new::<T>(scale), bracket, cap)
 }
 
 /// Calls the generic function `$f::<T, N>(slice, args...)` for the data type of `$slice` (a

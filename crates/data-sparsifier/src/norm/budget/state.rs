@@ -11,6 +11,7 @@ use super::{GlobalBudget, Normalization};
 use crate::error::{Error, Result};
 use crate::mask::Mask;
 use crate::norm::scores::Grid;
+use crate::norm::select;
 use crate::norm::{compute_mask, pruned_block_count, DataNormConfig, NanPolicy, Norm};
 use crate::tensor::TensorView;
 
@@ -352,7 +353,6 @@ impl Survey {
             tensors: self.tensors.iter().map(|t| t.info.clone()).collect(),
             lo,
             hi: hi.max(lo),
-            hist: HistSpec::over(0, INF_KEY),
             cap: (total / 64).max(1 << 20),
         })
     }
@@ -388,7 +388,6 @@ pub struct Plan {
     tensors: Vec<TensorInfo>,
     lo: u64,
     hi: u64,
-    hist: HistSpec,
     cap: u64,
 }
 
@@ -398,7 +397,6 @@ impl Plan {
         Tally {
             plan: self.clone(),
             tensors: Vec::new(),
-            hist_below: 0,
             hist: BTreeMap::new(),
             collected: 0,
         }
@@ -461,20 +459,16 @@ struct TallyTensor {
 pub struct Tally {
     plan: Plan,
     tensors: Vec<TallyTensor>,
-    hist_below: u64,
     hist: BTreeMap<u32, u64>,
     collected: u64,
 }
 
-/// Shares `need` among candidates counted `counts`, first counts first (tensors in name order).
+/// Shares `need` among candidates counted `counts`, first counts first (tensors in name order):
+/// the kernel's tie-budget rule, one level up.
 fn share(need: u64, counts: impl Iterator<Item = u64>) -> Vec<u64> {
-    let mut left = need;
-    counts
-        .map(|c| {
-            let take = c.min(left);
-            left -= take;
-            take
-        })
+    select::share(need as usize, counts.map(|c| c as usize))
+        .into_iter()
+        .map(|c| c as u64)
         .collect()
 }
 
@@ -484,14 +478,15 @@ pub enum Resolution {
     /// The blocks to prune are known exactly.
     Done(Selection),
     /// The bracket missed the threshold, or held too many blocks to keep their keys: tally again
-    /// with this plan (one more read of every tensor; its bracket is narrower by at least 2^15
-    /// or holds the threshold for sure).
+    /// with this plan (one more read of every tensor). Its bracket holds the threshold for sure:
+    /// the keys below or above a bracket that missed, or the histogram bucket (2^-15 of the
+    /// bracket's keys or less) of one that overflowed.
     Refine(Plan),
 }
 
-/// Rounds after which resolving gives up (each round narrows the key range by at least 2^15, so 64-bit
-/// keys never need this many).
-const MAX_ROUNDS: u32 = 8;
+/// Rounds after which resolving gives up: a miss costs one round, then each round narrows the
+/// key range by at least 2^15 (63-bit keys: at most 5) before its keys fit the cap.
+const MAX_ROUNDS: u32 = 12;
 
 impl Tally {
     /// Tallies one tensor: reads all its blocks once (in parallel), unless the plan prunes nothing
@@ -530,13 +525,12 @@ impl Tally {
             let raw = with_types!(
                 data.data(),
                 info.norm,
-                tally_one(&g, info.scale, bracket, p.hist, cap)
+                tally_one(&g, info.scale, bracket, cap)
             );
             if info.nan_policy == NanPolicy::Error && raw.nan > 0 {
                 return Err(nan_error(name, data, info.cols));
             }
             self.collected += raw.inside.as_ref().map_or(0, |v| v.len() as u64);
-            self.hist_below += raw.hist_below;
             for (b, &c) in raw.hist.iter().enumerate().filter(|(_, &c)| c > 0) {
                 *self.hist.entry(b as u32).or_default() += c;
             }
@@ -576,7 +570,6 @@ impl Tally {
         }
         let mine = std::mem::take(&mut self.tensors);
         self.tensors = merge_sorted(mine, other.tensors, |t| &t.name)?;
-        self.hist_below += other.hist_below;
         for (b, c) in other.hist {
             *self.hist.entry(b).or_default() += c;
         }
@@ -635,13 +628,13 @@ impl Tally {
                 let extra = share(k - n_numeric, ts.iter().map(|t| t.nan));
                 numeric.iter().zip(extra).map(|(a, b)| a + b).collect()
             } else if k <= below {
-                return self.refine(false);
+                return self.refine((0, p.lo - 1));
             } else if k <= below + eq_lo {
                 let extra = share(k - below, ts.iter().map(|t| t.eq_lo));
                 ts.iter().zip(extra).map(|(t, e)| t.below + e).collect()
             } else if k <= below + eq_lo + inside {
                 if ts.iter().any(|t| t.inside.is_none()) {
-                    return self.refine(true);
+                    return self.refine_inside(k - below);
                 }
                 self.select_inside(k - below - eq_lo)
             } else if p.hi != p.lo && k <= below + eq_lo + inside + eq_hi {
@@ -651,7 +644,7 @@ impl Tally {
                     .map(|(t, e)| t.below + t.eq_lo + t.inside_count + e)
                     .collect()
             } else {
-                return self.refine(false);
+                return self.refine((p.hi + 1, INF_KEY));
             }
         };
         Ok(Resolution::Done(Selection::new(p, pruned)))
@@ -677,16 +670,10 @@ impl Tally {
             .collect()
     }
 
-    /// The plan of the next round: the histogram bucket that holds the k-th key (within the
-    /// bracket when `in_bracket`, where the k-th key is known to lie).
-    fn refine(&self, in_bracket: bool) -> Result<Resolution> {
-        let p = &self.plan;
-        if p.round >= MAX_ROUNDS {
-            return Err(Error::invalid_state(format!(
-                "global budget: no threshold after {MAX_ROUNDS} tally rounds (a bug: please report it)"
-            )));
-        }
-        let r = p.k - self.hist_below;
+    /// The plan of the next round when the k-th key is strictly inside the bracket but the
+    /// bracket held too many keys to keep: the histogram bucket holding the `r`-th key of the
+    /// bracket (`r = k - blocks below it`).
+    fn refine_inside(&self, r: u64) -> Result<Resolution> {
         let mut cum = 0u64;
         let bucket = self.hist.iter().find_map(|(&b, &c)| {
             cum += c;
@@ -697,15 +684,23 @@ impl Tally {
                 "global budget: the tally's histogram does not hold the threshold (a bug: please report it)",
             ));
         };
-        let (mut lo, mut hi) = p.hist.bucket_keys(b as u64);
-        if in_bracket {
-            (lo, hi) = (lo.max(p.lo), hi.min(p.hi));
+        let p = &self.plan;
+        self.refine(HistSpec::over(p.lo, p.hi).bucket_keys(b as u64))
+    }
+
+    /// The plan of the next round, whose bracket `lo ..= hi` holds the k-th key for sure: below
+    /// or above a bracket that missed, or one bucket of a bracket that overflowed.
+    fn refine(&self, (lo, hi): (u64, u64)) -> Result<Resolution> {
+        let p = &self.plan;
+        if p.round >= MAX_ROUNDS {
+            return Err(Error::invalid_state(format!(
+                "global budget: no threshold after {MAX_ROUNDS} tally rounds (a bug: please report it)"
+            )));
         }
         Ok(Resolution::Refine(Plan {
             round: p.round + 1,
             lo,
             hi,
-            hist: HistSpec::over(lo, hi),
             ..p.clone()
         }))
     }
