@@ -196,7 +196,7 @@ impl PySparsifier {
             nan_policy,
         };
         Ok(PySparsifier {
-            inner: Inner::Norm(DataSparsifier::new(DataNorm, config).py()?),
+            inner: Inner::Norm(DataSparsifier::new(DataNorm::new(), config).py()?),
             objects: HashMap::new(),
         })
     }
