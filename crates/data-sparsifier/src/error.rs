@@ -161,6 +161,20 @@ pub enum Error {
         col: usize,
     },
 
+    /// The pieces of a global sparsity budget do not agree: states of different budgets or rounds
+    /// merged, a tensor seen with another shape or config than in an earlier stage, mixed norms.
+    #[error("global budget mismatch for {what}: expected {expected}, got {actual}: {fix}")]
+    BudgetMismatch {
+        /// What is being checked (a tensor, a merged state).
+        what: String,
+        /// What the budget holds.
+        expected: String,
+        /// What was given.
+        actual: String,
+        /// How to fix it.
+        fix: &'static str,
+    },
+
     /// An index into an embedding table is out of range.
     #[error("{module}: index {index} at position {position} is out of range for a table of {num_embeddings} rows")]
     IndexOutOfRange {

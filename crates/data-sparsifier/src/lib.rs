@@ -16,6 +16,7 @@
 //! | `Embedding` / `EmbeddingBag` lookup modules | [`embedding`] |
 //! | the container and the [`UpdateMask`] trait | [`sparsifier`] |
 //! | block-norm sparsification (PyTorch's `DataNormSparsifier`) | [`norm`] |
+//! | one sparsity budget over many tensors (global threshold, mergeable states) | [`norm::budget`] |
 //! | saved state (one safetensors file) | [`state`] |
 //! | data scheduler: a config field over steps/epochs | [`scheduler`] |
 //! | training-loop hooks (post-training, training-aware) | [`hooks`] |

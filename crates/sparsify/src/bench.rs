@@ -1,4 +1,8 @@
-//! `sparsify bench`: times the library's `step` and `squash_mask` in-process on a generated table.
+//! `sparsify bench`: times the library's `step` and `squash_mask` in-process on a generated table,
+//! next to the physical limits measured in the same run: a plain parallel read of the table's bytes
+//! (for `step`, which reads the table once) and a plain parallel copy of them (for `squash_mask`,
+//! which reads and writes it). Each figure is also given as a ratio to its limit, so results from a
+//! busy or a quiet machine compare.
 
 use std::time::Instant;
 
@@ -66,6 +70,19 @@ pub struct BenchReport {
     pub step_gbps: f64,
     /// Table bytes per median `squash_mask` second, GB/s.
     pub squash_gbps: f64,
+    /// Median seconds of a plain parallel read of the table's bytes (the same threads).
+    pub read_seconds: f64,
+    /// Median seconds of a plain parallel copy of the table's bytes into another buffer.
+    pub copy_seconds: f64,
+    /// Table bytes per median read second, GB/s: the physical limit of `step`.
+    pub read_gbps: f64,
+    /// Table bytes per median copy second, GB/s: the physical limit of `squash_mask`.
+    pub copy_gbps: f64,
+    /// `step` throughput as a fraction of the read's, the median of the per-repeat ratios (each
+    /// repeat times the read right before the step).
+    pub step_vs_read: f64,
+    /// `squash_mask` throughput as a fraction of the copy's, the median of the per-repeat ratios.
+    pub squash_vs_copy: f64,
     /// Every repeat's `step` seconds.
     pub step_seconds_all: Vec<f64>,
     /// Every repeat's `squash_mask` seconds.
@@ -146,6 +163,50 @@ pub fn generate(rows: usize, cols: usize, dtype: DType, seed: u64) -> Result<Ten
     t.map_err(|e| CliError::lib("generating the table", e))
 }
 
+/// Splits `n` bytes into `parts` ranges of whole 64-byte lines.
+fn byte_ranges(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
+    let per = n.div_ceil(parts.max(1)).div_ceil(64) * 64;
+    (0..parts)
+        .map(|i| (i * per).min(n)..((i + 1) * per).min(n))
+        .collect()
+}
+
+/// A plain parallel read of `bytes` on `threads` threads: the sum of its 8-byte words (a loop that
+/// vectorizes; what reading the table once costs at best).
+fn parallel_read(bytes: &[u8], threads: usize) -> u64 {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = byte_ranges(bytes.len(), threads)
+            .into_iter()
+            .map(|r| {
+                let part = &bytes[r];
+                s.spawn(move || {
+                    let words = part.chunks_exact(8);
+                    let tail = words.remainder().iter().map(|&b| b as u64).sum::<u64>();
+                    words
+                        .map(|w| u64::from_le_bytes(w.try_into().unwrap_or([0; 8])))
+                        .fold(tail, u64::wrapping_add)
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or(0))
+            .fold(0, u64::wrapping_add)
+    })
+}
+
+/// A plain parallel copy of `src` into `dst` (same length) on `threads` threads.
+fn parallel_copy(src: &[u8], dst: &mut [u8], threads: usize) {
+    std::thread::scope(|s| {
+        let mut rest = dst;
+        for r in byte_ranges(src.len(), threads) {
+            let (d, tail) = std::mem::take(&mut rest).split_at_mut(r.len());
+            rest = tail;
+            let part = &src[r];
+            s.spawn(move || d.copy_from_slice(part));
+        }
+    })
+}
+
 /// Runs the benchmark.
 pub fn bench(opts: &BenchOptions) -> Result<BenchReport> {
     if opts.repeat == 0 {
@@ -162,12 +223,28 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport> {
     let bytes = table.size_in_bytes() as u64;
     let lib = |e| CliError::lib("benchmark", e);
     let (mut steps, mut squashes) = (Vec::new(), Vec::new());
+    let (mut reads, mut copies) = (Vec::new(), Vec::new());
     let mut peak_extra = 0u64;
     let mut sparsity = 0.0;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // One rule for every repeat, as in training: it keeps its scratch space from step to step.
+    let mut sp = DataSparsifier::new(DataNorm::new(), config.clone()).map_err(lib)?;
+    let mut copy_dst = Vec::new();
     for _ in 0..opts.repeat {
         let param = Parameter::new(table.clone());
+        let src = table.as_bytes();
+        let r0 = Instant::now();
+        std::hint::black_box(parallel_read(src, threads));
+        reads.push(r0.elapsed().as_secs_f64());
+        if copy_dst.len() != src.len() {
+            copy_dst = vec![0u8; src.len()];
+            parallel_copy(src, &mut copy_dst, threads); // fault the pages in, untimed
+        }
+        let c0 = Instant::now();
+        parallel_copy(src, &mut copy_dst, threads);
+        copies.push(c0.elapsed().as_secs_f64());
+        std::hint::black_box(&copy_dst);
         let base = alloc::reset_peak();
-        let mut sp = DataSparsifier::new(DataNorm::new(), config.clone()).map_err(lib)?;
         sp.add_data("table", &param).map_err(lib)?;
         let t0 = Instant::now();
         sp.step().map_err(lib)?;
@@ -176,9 +253,20 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport> {
         let t2 = Instant::now();
         peak_extra = peak_extra.max(alloc::peak().saturating_sub(base) as u64);
         sparsity = sp.get_mask("table").map_err(lib)?.sparsity();
+        sp.remove_data("table").map_err(lib)?;
         steps.push((t1 - t0).as_secs_f64());
         squashes.push((t2 - t1).as_secs_f64());
     }
+    // Per-repeat ratios: each repeat's limit is timed right next to its step and squash.
+    let ratios = |xs: &[f64], limits: &[f64]| -> Vec<f64> {
+        xs.iter()
+            .zip(limits)
+            .map(|(x, l)| if *x > 0.0 { l / x } else { 0.0 })
+            .collect()
+    };
+    let step_vs_read = median(&ratios(&steps, &reads));
+    let squash_vs_copy = median(&ratios(&squashes, &copies));
+    let (read, copy) = (median(&reads), median(&copies));
     let (step, squash) = (median(&steps), median(&squashes));
     let installed = alloc::is_installed();
     Ok(BenchReport {
@@ -187,12 +275,18 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport> {
         dtype: opts.dtype.to_string(),
         config,
         repeat: opts.repeat,
-        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        threads,
         bytes,
         step_seconds: step,
         squash_seconds: squash,
         step_gbps: report::gbps(bytes, step),
         squash_gbps: report::gbps(bytes, squash),
+        read_seconds: read,
+        copy_seconds: copy,
+        read_gbps: report::gbps(bytes, read),
+        copy_gbps: report::gbps(bytes, copy),
+        step_vs_read,
+        squash_vs_copy,
         step_seconds_all: steps,
         squash_seconds_all: squashes,
         peak_extra_bytes: installed.then_some(peak_extra),
@@ -228,15 +322,27 @@ impl BenchReport {
             report::percent(self.sparsity),
         );
         out.push_str(&format!(
-            "step    median {:>9}  {:6.2} GB/s  ({})\n",
+            "read    median {:>9}  {:6.2} GB/s  (plain parallel read of the table: the limit of step)\n",
+            report::seconds(self.read_seconds),
+            self.read_gbps,
+        ));
+        out.push_str(&format!(
+            "copy    median {:>9}  {:6.2} GB/s  (plain parallel copy of the table: the limit of squash)\n",
+            report::seconds(self.copy_seconds),
+            self.copy_gbps,
+        ));
+        out.push_str(&format!(
+            "step    median {:>9}  {:6.2} GB/s  {:5.2} of the read  ({})\n",
             report::seconds(self.step_seconds),
             self.step_gbps,
+            self.step_vs_read,
             spread(&self.step_seconds_all)
         ));
         out.push_str(&format!(
-            "squash  median {:>9}  {:6.2} GB/s  ({})\n",
+            "squash  median {:>9}  {:6.2} GB/s  {:5.2} of the copy  ({})\n",
             report::seconds(self.squash_seconds),
             self.squash_gbps,
+            self.squash_vs_copy,
             spread(&self.squash_seconds_all)
         ));
         match (self.peak_extra_bytes, self.peak_extra_fraction) {
@@ -268,6 +374,26 @@ mod tests {
         assert_eq!(r.step_seconds_all.len(), 3);
         assert!((r.sparsity - 0.5).abs() < 1e-9);
         assert!(r.render().contains("GB/s"));
+        assert!(r.render().contains("of the read") && r.render().contains("of the copy"));
+        assert!(r.read_seconds > 0.0 && r.copy_seconds > 0.0);
+        assert!(r.step_vs_read > 0.0 && r.squash_vs_copy > 0.0);
+        // The baselines really read and copy every byte.
+        let bytes: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        let want = bytes.chunks(8).fold(0u64, |a, c| {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            if c.len() == 8 {
+                a.wrapping_add(u64::from_le_bytes(w))
+            } else {
+                a.wrapping_add(c.iter().map(|&b| b as u64).sum())
+            }
+        });
+        for threads in [1, 3, 7] {
+            assert_eq!(parallel_read(&bytes, threads), want);
+            let mut dst = vec![0u8; bytes.len()];
+            parallel_copy(&bytes, &mut dst, threads);
+            assert_eq!(dst, bytes);
+        }
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
     }

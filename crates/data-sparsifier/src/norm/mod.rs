@@ -50,6 +50,7 @@
 //! assert_eq!(masked.as_slice::<f32>().unwrap(), &[0.0, -4.0, 3.0, 0.0]);
 //! ```
 
+pub mod budget;
 mod config;
 mod kernel;
 mod networks;

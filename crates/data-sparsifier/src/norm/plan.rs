@@ -110,16 +110,24 @@ pub(crate) fn spans(g: &Grid, blocks: Range<usize>) -> Vec<Range<usize>> {
         Some(last) if last.end == s => last.end = e,
         _ => out.push(s..e),
     };
-    for (br, bcs) in pieces(g, blocks) {
-        let rows = g.rows_of(br);
-        let (c0, c1) = (bcs.start * g.bw, (bcs.end * g.bw).min(g.w));
-        if c0 == 0 && c1 == g.w {
-            push(rows.start * g.w, rows.end * g.w);
-        } else {
-            for r in rows {
-                push(r * g.w + c0, r * g.w + c1);
-            }
+    let nbc = g.nbc.max(1);
+    let mut b = blocks.start;
+    while b < blocks.end {
+        let br = b / nbc;
+        if b % nbc == 0 && blocks.end >= (br + 1) * nbc {
+            // A run of whole block rows is one span (no loop over its rows: tasks of narrow rows
+            // hold thousands of them).
+            let br1 = blocks.end / nbc;
+            push(g.rows_of(br).start * g.w, g.rows_of(br1 - 1).end * g.w);
+            b = br1 * nbc;
+            continue;
         }
+        let bc1 = (blocks.end - br * nbc).min(nbc);
+        let (c0, c1) = ((b % nbc) * g.bw, (bc1 * g.bw).min(g.w));
+        for r in g.rows_of(br) {
+            push(r * g.w + c0, r * g.w + c1);
+        }
+        b = br * nbc + bc1;
     }
     out
 }
@@ -225,5 +233,7 @@ mod tests {
         assert_eq!(p, vec![(0, 2..4), (1, 0..4), (2, 0..3)]);
         assert_eq!(spans(&g, 4..8), vec![20..40]);
         assert_eq!(spans(&g, 9..10), vec![43..46, 53..56]);
+        // Block row 0 from block column 2, block rows 1 and 2 whole, block 0 of block row 3.
+        assert_eq!(spans(&g, 2..13), vec![6..10, 16..63, 70..73]);
     }
 }

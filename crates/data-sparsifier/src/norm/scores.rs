@@ -131,17 +131,17 @@ impl ScoreElem for f64 {
 }
 
 macro_rules! impl_half {
-    ($t:ty, $nan_mask:expr) => {
+    ($t:ty, $nan_mask:expr, $abs_f32:path, $round:path) => {
         impl ScoreElem for $t {
             type Key = i16;
             #[inline(always)]
             fn l1(self) -> f32 {
-                self.to_f32().abs()
+                $abs_f32(self.to_bits())
             }
             #[inline(always)]
             fn l2(self) -> f32 {
-                let x = self.to_f32();
-                <$t>::from_f32(x * x).to_f32()
+                let x = $abs_f32(self.to_bits());
+                $abs_f32($round(x * x))
             }
             #[inline(always)]
             fn l1_key(self) -> i16 {
@@ -149,22 +149,105 @@ macro_rules! impl_half {
             }
             #[inline(always)]
             fn l2_key(self) -> i16 {
-                let x = self.to_f32();
-                half_key(<$t>::from_f32(x * x).to_bits() & 0x7fff, $nan_mask)
+                let x = $abs_f32(self.to_bits());
+                rounded_key(x * x, $round)
             }
             #[inline(always)]
             fn score_key(sum: f32, count: usize) -> i16 {
-                half_key(
-                    <$t>::from_f32(sum / count as f32).to_bits() & 0x7fff,
-                    $nan_mask,
-                )
+                rounded_key(sum / count as f32, $round)
             }
         }
     };
 }
 // Exponent bits all set: inf if the mantissa is 0, NaN otherwise.
-impl_half!(f16, 0x7c00);
-impl_half!(bf16, 0x7f80);
+impl_half!(f16, 0x7c00, f16_abs_to_f32, f32_to_f16_bits);
+impl_half!(bf16, 0x7f80, bf16_abs_to_f32, f32_to_bf16_bits);
+
+// Half-precision conversions, exact and branch-free so that the score loops vectorize. `half`'s own
+// conversions give the same values, but pick the f16 instruction at run time for every element (or
+// fall back to a branchy software path), which keeps those loops scalar. Checked against `half` for
+// every 16-bit pattern and a sweep of f32 values (see the tests).
+
+/// `|x|` of the f16 with bits `b`, as f32 (exact; NaN stays NaN).
+#[inline(always)]
+fn f16_abs_to_f32(b: u16) -> f32 {
+    let m = (b & 0x7fff) as u32;
+    let x = m << 13;
+    // Normal numbers: rebias the exponent (15 -> 127). Infinity and NaN: exponent 31 -> 255.
+    // Subnormals: m · 2^-24, exact in f32.
+    let normal = f32::from_bits(x + (112 << 23));
+    let special = f32::from_bits(x + (224 << 23));
+    let sub = m as f32 * (1.0 / 16_777_216.0);
+    if m < 0x400 {
+        sub
+    } else if m >= 0x7c00 {
+        special
+    } else {
+        normal
+    }
+}
+
+/// `|x|` of the bf16 with bits `b`, as f32 (exact; NaN stays NaN).
+#[inline(always)]
+fn bf16_abs_to_f32(b: u16) -> f32 {
+    f32::from_bits(((b & 0x7fff) as u32) << 16)
+}
+
+/// The bits of `v` rounded to f16, to nearest, ties to even (any f32; NaN gives a quiet NaN).
+/// F. Giesen's `float_to_half_fast3_rtne`.
+#[inline(always)]
+fn f32_to_f16_bits(v: f32) -> u16 {
+    const F32_INF: u32 = 255 << 23;
+    const F16_MAX: u32 = (127 + 16) << 23;
+    const DENORM_MAGIC: u32 = ((127 - 15) + (23 - 10) + 1) << 23;
+    let bits = v.to_bits();
+    let sign = bits & 0x8000_0000;
+    let f = bits ^ sign;
+    // Below 2^-14 the result is subnormal: adding 0.5 lets the FPU round at the f16 subnormal ulp.
+    let den = (f32::from_bits(f) + f32::from_bits(DENORM_MAGIC))
+        .to_bits()
+        .wrapping_sub(DENORM_MAGIC);
+    let mant_odd = (f >> 13) & 1;
+    let norm = f
+        .wrapping_add(((15u32.wrapping_sub(127)) << 23).wrapping_add(0xfff))
+        .wrapping_add(mant_odd)
+        >> 13;
+    let o = if f >= F16_MAX {
+        if f > F32_INF {
+            0x7e00
+        } else {
+            0x7c00
+        }
+    } else if f < (113 << 23) {
+        den
+    } else {
+        norm
+    };
+    (o | (sign >> 16)) as u16
+}
+
+/// The bits of `v` rounded to bf16, to nearest, ties to even (NaN gives a quiet NaN).
+#[inline(always)]
+fn f32_to_bf16_bits(v: f32) -> u16 {
+    let x = v.to_bits();
+    let r = (x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16) as u16;
+    if x & 0x7fff_ffff > 0x7f80_0000 {
+        ((x >> 16) | 0x40) as u16
+    } else {
+        r
+    }
+}
+
+/// The key of `v` (non-negative or NaN) rounded to a half type by `round`: its magnitude bits;
+/// NaN → MAX.
+#[inline(always)]
+fn rounded_key(v: f32, round: fn(f32) -> u16) -> i16 {
+    if v.is_nan() {
+        i16::MAX
+    } else {
+        (round(v) & 0x7fff) as i16
+    }
+}
 
 /// Key of a non-negative f32: its magnitude bits; NaN → MAX.
 #[inline(always)]
@@ -786,6 +869,68 @@ mod tests {
         assert_eq!(f16::INFINITY.l1_key(), 0x7c00);
         assert_eq!(f32::NAN.l2_key(), i32::MAX);
         assert_eq!((-0.0f32).l1_key(), 0);
+    }
+
+    #[test]
+    fn fast_half_conversions_match_half() {
+        for b in 0..=u16::MAX {
+            let (h, bh) = (f16::from_bits(b), bf16::from_bits(b));
+            let (want, got) = (h.to_f32().abs(), f16_abs_to_f32(b));
+            assert!(
+                want.to_bits() == got.to_bits() || (want.is_nan() && got.is_nan()),
+                "{b:#x}"
+            );
+            let (want, got) = (bh.to_f32().abs(), bf16_abs_to_f32(b));
+            assert!(
+                want.to_bits() == got.to_bits() || (want.is_nan() && got.is_nan()),
+                "{b:#x}"
+            );
+            // Every f16/bf16 value and the midpoints next to it round as in `half`.
+            for v in [h.to_f32(), bh.to_f32()] {
+                for d in [-1i32, 0, 1] {
+                    let x = f32::from_bits(v.to_bits().wrapping_add(d as u32));
+                    check_round(x);
+                    let mid = (x as f64 + f16::from_bits(b.wrapping_add(1)).to_f32() as f64) / 2.0;
+                    check_round(mid as f32);
+                }
+            }
+        }
+        // A sweep over all of f32.
+        let mut x = 0u32;
+        while let Some(next) = x.checked_add(9973) {
+            check_round(f32::from_bits(x));
+            x = next;
+        }
+        for v in [
+            65504.0f32,
+            65519.99,
+            65520.0,
+            65536.0,
+            f32::INFINITY,
+            f32::MAX,
+            5.960_464_5e-8,
+            2.980_232_2e-8,
+            2.980_232_4e-8,
+            1e-10,
+        ] {
+            check_round(v);
+            check_round(-v);
+        }
+    }
+
+    fn check_round(x: f32) {
+        let (want, got) = (f16::from_f32(x).to_bits(), f32_to_f16_bits(x));
+        if x.is_nan() {
+            assert!(f16::from_bits(got).is_nan(), "{x:e}");
+        } else {
+            assert_eq!(want, got, "f16 of {x:e} ({:#x})", x.to_bits());
+        }
+        let (want, got) = (bf16::from_f32(x).to_bits(), f32_to_bf16_bits(x));
+        if x.is_nan() {
+            assert!(bf16::from_bits(got).is_nan(), "{x:e}");
+        } else {
+            assert_eq!(want, got, "bf16 of {x:e} ({:#x})", x.to_bits());
+        }
     }
 
     #[test]

@@ -104,7 +104,7 @@ pub(crate) struct Cut<K> {
 }
 
 /// Shares `need` among tasks with `counts` candidates each, lowest tasks first.
-fn share(need: usize, counts: impl Iterator<Item = usize>) -> Vec<usize> {
+pub(crate) fn share(need: usize, counts: impl Iterator<Item = usize>) -> Vec<usize> {
     let mut left = need;
     counts
         .map(|c| {
