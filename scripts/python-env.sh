@@ -22,7 +22,8 @@ if [[ ! -f $stamp ]]; then
     mkdir -p "$cache"
     "$python" -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check --upgrade pip >&2
-    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    # --no-cache-dir: pip's wheel cache would hold a second copy of torch (GBs).
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir \
         "torch==$torch_version" "maturin>=1.5,<2" "pytest>=7" "numpy>=1.24" >&2
     # Written last, so an interrupted install is redone next time instead of half-used.
     touch "$stamp"
