@@ -11,7 +11,8 @@ use pyo3::prelude::*;
 /// Converts a library error into the Python exception a PyTorch user expects, keeping our message.
 pub(crate) fn to_py(err: Error) -> PyErr {
     let msg = err.to_string();
-    match &err {
+    // The exception type is the inner error's (a `WithData` wrapper only adds the name).
+    match err.root() {
         // PyTorch: nn.Module.register_buffer raises KeyError for "" and names with '.'.
         Error::InvalidName { name, .. } if name.is_empty() || name.contains('.') => {
             PyKeyError::new_err(msg)
@@ -23,7 +24,9 @@ pub(crate) fn to_py(err: Error) -> PyErr {
         Error::InvalidConfig { .. } => custom("ConfigError", msg),
         Error::InvalidState { .. } | Error::Safetensors { .. } => PyRuntimeError::new_err(msg),
         Error::Io { .. } => PyOSError::new_err(msg),
-        Error::External { .. } | Error::UpdateFailed { .. } => PyRuntimeError::new_err(msg),
+        Error::External { .. } | Error::Foreign { .. } | Error::UpdateFailed { .. } => {
+            PyRuntimeError::new_err(msg)
+        }
         // Unknown or squashed names, duplicates, 3-D data, NaN, kind changes: PyTorch's
         // ValueError family.
         _ => PyValueError::new_err(msg),
@@ -58,8 +61,8 @@ impl<T> IntoPyResult<T> for Result<T, Error> {
 
 /// A Python error met inside a library callback, as a library error naming the framework.
 pub(crate) fn from_py(err: PyErr) -> Error {
-    Error::External {
+    Error::Foreign {
         framework: "python",
-        message: err.to_string(),
+        source: Box::new(err),
     }
 }

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use data_sparsifier::{
-    Config, Data, DataKind, DataNorm, DataNormConfig, DataNormPatch, DataSparsifier, EntryState,
-    Mask, NanPolicy, Norm, StateDict, UpdateMask, Version,
+    norm::NanPolicy, norm::Norm, AddOptions, Config, Data, DataKind, DataNorm, DataNormConfig,
+    DataNormPatch, DataSparsifier, EntryState, LoadOptions, Mask, SquashOptions, StateDict,
+    UpdateMask, Version,
 };
 use numpy::{IntoPyArray, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyKeyError, PyTypeError};
@@ -102,7 +103,7 @@ fn load_entries<U: UpdateMask<State = ()>>(
         entries,
         extra: Default::default(),
     };
-    sp.load_state_dict(state, strict).py()
+    sp.load_state_dict(state, LoadOptions { strict }).py()
 }
 
 /// One entry of a state dict being loaded: `(name, data, dense mask, config, parametrized)`.
@@ -158,11 +159,13 @@ impl PySparsifier {
         match &mut self.inner {
             Inner::Norm(sp) => {
                 let patch = norm_patch(config)?;
-                sp.add_data_with(name, data, &patch, reuse_mask).py()?;
+                sp.add_data_with(name, data, AddOptions { patch, reuse_mask })
+                    .py()?;
             }
             Inner::Py(sp) => {
                 let patch = PyConfig::from_dict(config)?;
-                sp.add_data_with(name, data, &patch, reuse_mask).py()?;
+                sp.add_data_with(name, data, AddOptions { patch, reuse_mask })
+                    .py()?;
             }
         }
         self.remember(py, name, obj.clone().unbind());
@@ -359,7 +362,7 @@ impl PySparsifier {
         let names: Option<Vec<&str>> = names
             .as_ref()
             .map(|v| v.iter().map(String::as_str).collect());
-        with_sp!(&mut self.inner, sp => sp.squash_mask(names.as_deref(), leave_parametrized).py())
+        with_sp!(&mut self.inner, sp => sp.squash_mask(names.as_deref(), SquashOptions { leave_parametrized }).py())
     }
 
     #[getter]

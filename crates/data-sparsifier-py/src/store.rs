@@ -7,9 +7,10 @@
 //! storage. 16-bit floats are viewed as `int16` (numpy has no bfloat16) and reinterpreted with
 //! bytemuck. The GIL is released while a kernel runs on the view.
 
-use data_sparsifier::half::{bf16, f16};
+use data_sparsifier::dtype::{bf16, f16};
 use data_sparsifier::{
-    DType, Error, ExternalTensor, Mask, Result, Slice, Storage, Tensor, TensorView,
+    tensor::ExternalTensor, tensor::Slice, tensor::Storage, DType, Error, Mask, Result, Tensor,
+    TensorView,
 };
 use numpy::{PyReadonlyArrayDyn, PyReadwriteArrayDyn};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -190,7 +191,7 @@ impl ArrayStore {
     }
 
     fn with_gil<R>(&self, f: impl FnOnce(Python<'_>) -> PyResult<Result<R>>) -> Result<R> {
-        Python::with_gil(|py| f(py).map_err(from_py)?).map_err(|e| e.for_data(&self.label))
+        Python::with_gil(|py| f(py).map_err(from_py)?).map_err(|e| e.with_data(&self.label))
     }
 }
 

@@ -16,6 +16,7 @@ use criterion::{
     criterion_group, criterion_main, BatchSize, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
 };
 use data_sparsifier::norm::{DataNormConfig, DataNormPatch, DataNormSparsifier, Norm};
+use data_sparsifier::SquashOptions;
 use data_sparsifier::Tensor;
 use rayon::prelude::*;
 
@@ -114,7 +115,7 @@ fn squash(c: &mut Criterion) {
                     sp
                 },
                 |mut sp| {
-                    sp.squash_mask(None, true).unwrap();
+                    sp.squash_mask(None, SquashOptions::default()).unwrap();
                     sp
                 },
                 BatchSize::PerIteration,

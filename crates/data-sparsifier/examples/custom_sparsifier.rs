@@ -8,7 +8,8 @@
 
 use data_sparsifier::random::randn;
 use data_sparsifier::{
-    Config, DType, DataSparsifier, Mask, Parameter, Result, TensorView, UpdateMask, Version,
+    AddOptions, Config, DType, DataSparsifier, Mask, Parameter, Result, SquashOptions, TensorView,
+    UpdateMask, Version,
 };
 use serde::{Deserialize, Serialize};
 
@@ -70,10 +71,9 @@ fn main() -> Result<()> {
     sparsifier.add_data_with(
         "tensor1",
         tensor1,
-        &ThresholdPatch {
+        AddOptions::patched(ThresholdPatch {
             threshold: Some(0.5),
-        },
-        true,
+        }),
     )?;
     sparsifier.add_data("param1", &param1)?;
     println!("{sparsifier}");
@@ -97,7 +97,7 @@ fn main() -> Result<()> {
     assert_eq!(param1.snapshot().to_f64_vec(), param_values);
     let masked = sparsifier.get_data("param1", Version::Masked)?;
 
-    sparsifier.squash_mask(None, true)?;
+    sparsifier.squash_mask(None, SquashOptions::default())?;
     // The caller's own handle now holds mask · data; the original is gone, as in PyTorch.
     let squashed = param1.snapshot();
     assert_eq!(squashed, masked);

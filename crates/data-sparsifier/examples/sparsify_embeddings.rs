@@ -13,7 +13,7 @@ use candle_nn::{Linear, Optimizer};
 use data_sparsifier::candle::{self as dc, EmbeddingBag};
 use data_sparsifier::norm::{DataNormConfig, DataNormSparsifier};
 use data_sparsifier::random::{randn, Rng};
-use data_sparsifier::{BagMode, Bags, DType, Result};
+use data_sparsifier::{embedding::BagMode, embedding::Bags, DType, Result, SquashOptions};
 
 const FEATURES: usize = 100;
 const EMB_DIM: usize = 32;
@@ -129,7 +129,7 @@ fn main() -> Result<()> {
     sparsifier.step()?;
     let dense_logits = model.forward(&test_idx)?;
     let expected_table = dc::masked(&sparsifier, "bag_weight", &dev)?; // mask · weight, a copy
-    sparsifier.squash_mask(None, true)?;
+    sparsifier.squash_mask(None, SquashOptions::default())?;
 
     // The model's own weight (and the Var the optimizer holds) now is the sparse table...
     let table: Vec<f32> = model.bag.weight().flatten_all()?.to_vec1()?;

@@ -1,6 +1,8 @@
 //! Element types: the [`DType`] enum and the [`Element`] trait the kernels are generic over.
 
-use half::{bf16, f16};
+/// The 16-bit float element types, from the `half` crate: re-exported so that callers need no
+/// `half` dependency of their own (`use data_sparsifier::dtype::{bf16, f16};`).
+pub use half::{bf16, f16};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -22,9 +24,9 @@ pub enum DType {
     F32,
     /// 64-bit IEEE float.
     F64,
-    /// 16-bit IEEE half precision ([`half::f16`]).
+    /// 16-bit IEEE half precision ([`f16`]).
     F16,
-    /// 16-bit brain float ([`half::bf16`]).
+    /// 16-bit brain float ([`bf16`]).
     BF16,
 }
 
@@ -94,7 +96,7 @@ mod sealed {
 ///
 /// ```
 /// use data_sparsifier::Element;
-/// use half::bf16;
+/// use data_sparsifier::dtype::bf16;
 /// let x = bf16::from_f32(-1.5);
 /// assert_eq!(x.to_acc(), -1.5f32);
 /// assert_eq!(<bf16 as Element>::from_f64(2.0), bf16::from_f32(2.0));
@@ -234,11 +236,11 @@ macro_rules! with_dtype {
                 $body
             }
             $crate::DType::F16 => {
-                type $T = $crate::half::f16;
+                type $T = $crate::dtype::f16;
                 $body
             }
             $crate::DType::BF16 => {
-                type $T = $crate::half::bf16;
+                type $T = $crate::dtype::bf16;
                 $body
             }
         }

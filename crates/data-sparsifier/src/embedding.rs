@@ -198,7 +198,7 @@ fn zero_row(w: &mut Tensor, row: usize, d: usize) {
 /// How an [`EmbeddingBag`] reduces the rows of a bag.
 ///
 /// ```
-/// use data_sparsifier::{BagMode, Bags, EmbeddingBag, Tensor};
+/// use data_sparsifier::{embedding::BagMode, embedding::Bags, EmbeddingBag, Tensor};
 /// let w = Tensor::from_vec(vec![1.0f32, 4.0, 3.0, 2.0], [2, 2]).unwrap();
 /// let reduce = |mode| {
 ///     let bag = EmbeddingBag::from_weight(w.clone(), mode).unwrap();
@@ -224,7 +224,7 @@ pub enum BagMode {
 /// The bags of one [`EmbeddingBag::forward`] call, as PyTorch takes them.
 ///
 /// ```
-/// use data_sparsifier::{BagMode, Bags, EmbeddingBag, Tensor};
+/// use data_sparsifier::{embedding::BagMode, embedding::Bags, EmbeddingBag, Tensor};
 /// let w = Tensor::from_vec(vec![1.0f32, 2.0, 4.0], [3, 1]).unwrap();
 /// let bag = EmbeddingBag::from_weight(w, BagMode::Sum).unwrap();
 /// let idx = [0, 1, 2, 2];
@@ -259,7 +259,7 @@ pub enum Bags<'a> {
 /// Half-precision tables accumulate in f32.
 ///
 /// ```
-/// use data_sparsifier::{BagMode, Bags, EmbeddingBag, Tensor};
+/// use data_sparsifier::{embedding::BagMode, embedding::Bags, EmbeddingBag, Tensor};
 /// let w = Tensor::from_vec(vec![1.0f32, 1.0, 2.0, 2.0, 4.0, 4.0], [3, 2]).unwrap();
 /// let bag = EmbeddingBag::from_weight(w, BagMode::Mean).unwrap();
 /// let out = bag
@@ -279,7 +279,7 @@ impl EmbeddingBag {
     /// A new table with N(0, 1) weights from `seed`; the `padding_idx` row is zero.
     ///
     /// ```
-    /// use data_sparsifier::{BagMode, Bags, DType, EmbeddingBag};
+    /// use data_sparsifier::{embedding::BagMode, embedding::Bags, DType, EmbeddingBag};
     /// let bag = EmbeddingBag::new(6, 3, DType::BF16, BagMode::Sum, Some(0), 7).unwrap();
     /// assert_eq!((bag.dims().unwrap(), bag.mode(), bag.padding_idx()), ((6, 3), BagMode::Sum, Some(0)));
     /// assert_eq!(bag.weight().dtype(), DType::BF16);
@@ -314,7 +314,7 @@ impl EmbeddingBag {
     /// A table over an existing weight.
     ///
     /// ```
-    /// use data_sparsifier::{BagMode, DType, EmbeddingBag, Tensor};
+    /// use data_sparsifier::{embedding::BagMode, DType, EmbeddingBag, Tensor};
     /// let bag = EmbeddingBag::from_weight(Tensor::zeros(DType::F32, [4, 2]), BagMode::Max).unwrap();
     /// assert_eq!((bag.dims().unwrap(), bag.mode()), ((4, 2), BagMode::Max));
     /// assert!(EmbeddingBag::from_weight(Tensor::zeros(DType::F32, [8]), BagMode::Max).is_err());
@@ -325,7 +325,7 @@ impl EmbeddingBag {
     /// A table over a shared weight handle.
     ///
     /// ```
-    /// use data_sparsifier::{BagMode, Bags, EmbeddingBag, Parameter, Tensor};
+    /// use data_sparsifier::{embedding::BagMode, embedding::Bags, EmbeddingBag, Parameter, Tensor};
     /// let w = Parameter::new(Tensor::from_vec(vec![1.0f32, 2.0, 3.0], [3, 1]).unwrap());
     /// let bag = EmbeddingBag::from_parameter(w.clone(), BagMode::Mean, Some(2)).unwrap();
     /// assert!(bag.weight().ptr_eq(&w));
@@ -441,7 +441,7 @@ impl EmbeddingBag {
     /// Reduces each bag; the output has shape `[num_bags, embedding_dim]` and the weight's dtype.
     ///
     /// ```
-    /// use data_sparsifier::{BagMode, Bags, EmbeddingBag, Tensor};
+    /// use data_sparsifier::{embedding::BagMode, embedding::Bags, EmbeddingBag, Tensor};
     /// let w = Tensor::from_vec(vec![1.0f32, 10.0, 100.0], [3, 1]).unwrap();
     /// let bag = EmbeddingBag::from_weight(w, BagMode::Sum).unwrap();
     /// let bags = Bags::Offsets { offsets: &[0, 1], include_last_offset: false };

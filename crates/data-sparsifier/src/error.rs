@@ -197,13 +197,17 @@ pub enum Error {
         message: String,
     },
 
-    /// A saved state cannot be read: truncated, tampered, or of another format.
-    #[error("invalid saved state{}: {message}", source_name.as_ref().map(|s| format!(" in {s}")).unwrap_or_default())]
+    /// A saved state cannot be read or written: truncated, tampered, of another format, or not
+    /// representable as JSON.
+    #[error("invalid saved state{}: {message}{}", source_name.as_ref().map(|s| format!(" in {s}")).unwrap_or_default(), source.as_ref().map(|s| format!(": {s}")).unwrap_or_default())]
     InvalidState {
         /// The file, if one is involved.
         source_name: Option<String>,
         /// What is wrong.
         message: String,
+        /// The underlying error (a JSON encoder's or decoder's), if any.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 
     /// A safetensors file could not be parsed.
@@ -234,6 +238,28 @@ pub enum Error {
         framework: &'static str,
         /// What went wrong and what to do about it.
         message: String,
+    },
+
+    /// An error of another framework or language holding the data (candle, Python), kept as the
+    /// source.
+    #[error("{framework}: {source}")]
+    Foreign {
+        /// The framework ("candle", "python").
+        framework: &'static str,
+        /// Its error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// Another error, about the data of this name: context added by wrapping (see
+    /// [`Error::with_data`]). [`Error::root`] reaches the error inside.
+    #[error("data {name:?}: {source}")]
+    WithData {
+        /// The data name.
+        name: String,
+        /// The error.
+        #[source]
+        source: Box<Error>,
     },
 
     /// An error raised by a user's [`UpdateMask`](crate::UpdateMask) implementation.
@@ -281,45 +307,89 @@ impl Error {
         Error::InvalidState {
             source_name: None,
             message: message.into(),
+            source: None,
         }
     }
 
-    /// Names the data an error is about, where the error does not already: shape and dtype
-    /// mismatches raised by a mask or tensor operation, and errors from another framework's
-    /// storage. Other errors are returned as they are.
+    /// An [`Error::InvalidState`] that keeps the error behind it as its source.
+    ///
+    /// ```
+    /// use data_sparsifier::Error;
+    /// let json = serde_json::from_str::<u32>("x").unwrap_err();
+    /// let err = Error::invalid_state_from("the \"state\" metadata is not valid", json);
+    /// assert!(err.to_string().starts_with("invalid saved state: the \"state\" metadata is not valid: "));
+    /// assert!(std::error::Error::source(&err).is_some());
+    /// ```
+    pub fn invalid_state_from(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::InvalidState {
+            source_name: None,
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// Adds the name of the data an error is about, by wrapping it in [`Error::WithData`],
+    /// unless the error already names that data (most variants carry the name themselves).
     ///
     /// ```
     /// use data_sparsifier::{Error, Mask};
-    /// let err = Mask::ones([2]).and(&Mask::ones([3])).unwrap_err().for_data("emb");
-    /// assert!(err.to_string().contains("\"emb\""), "{err}");
+    /// let err = Mask::ones([2]).and(&Mask::ones([3])).unwrap_err().with_data("emb");
+    /// assert!(matches!(err, Error::WithData { ref name, .. } if name == "emb"));
+    /// assert!(err.to_string().starts_with("data \"emb\": shape mismatch"), "{err}");
+    /// assert!(matches!(err.root(), Error::ShapeMismatch { .. }));
+    /// // Already named: returned as it is.
+    /// let named = Error::Squashed { name: "emb".into() }.with_data("emb");
+    /// assert!(matches!(named, Error::Squashed { .. }));
     /// ```
-    pub fn for_data(self, name: &str) -> Self {
+    pub fn with_data(self, name: &str) -> Self {
+        if self.names_data(name) {
+            self
+        } else {
+            Error::WithData {
+                name: name.to_string(),
+                source: Box::new(self),
+            }
+        }
+    }
+
+    /// Whether this error's own fields already name the data `name`.
+    fn names_data(&self, name: &str) -> bool {
         let quoted = format!("{name:?}");
         match self {
-            Error::ShapeMismatch {
-                what,
-                expected,
-                actual,
-            } if !what.contains(&quoted) => Error::ShapeMismatch {
-                what: format!("{what} of data {quoted}"),
-                expected,
-                actual,
-            },
-            Error::DTypeMismatch {
-                what,
-                expected,
-                actual,
-            } if !what.contains(&quoted) => Error::DTypeMismatch {
-                what: format!("{what} of data {quoted}"),
-                expected,
-                actual,
-            },
-            Error::External { framework, message } if !message.contains(&quoted) => {
-                Error::External {
-                    framework,
-                    message: format!("data {quoted}: {message}"),
-                }
-            }
+            Error::InvalidName { name: n, .. }
+            | Error::UnknownName { name: n, .. }
+            | Error::KindChange { name: n, .. }
+            | Error::Squashed { name: n }
+            | Error::DuplicateName { name: n, .. }
+            | Error::UnsupportedShape { name: n, .. }
+            | Error::InvalidConfig { name: n, .. }
+            | Error::UnknownConfigKey { name: n, .. }
+            | Error::ConfigValue { name: n, .. }
+            | Error::NanInData { name: n, .. }
+            | Error::WithData { name: n, .. }
+            | Error::UpdateFailed { name: n, .. } => n == name,
+            Error::ShapeMismatch { what, .. }
+            | Error::DTypeMismatch { what, .. }
+            | Error::UnsupportedDType { what, .. }
+            | Error::BudgetMismatch { what, .. } => what.contains(&quoted),
+            Error::External { message, .. } => message.contains(&quoted),
+            _ => false,
+        }
+    }
+
+    /// The error inside any [`Error::WithData`] wrappers: what went wrong, without the context.
+    ///
+    /// ```
+    /// use data_sparsifier::Error;
+    /// let err = Error::invalid_state("truncated").with_data("w");
+    /// assert!(matches!(err.root(), Error::InvalidState { .. }));
+    /// ```
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::WithData { source, .. } => source.root(),
             other => other,
         }
     }

@@ -17,7 +17,7 @@ use crate::tensor::{Parameter, Tensor, TensorView};
 ///
 /// ```
 /// use std::sync::{Arc, Mutex};
-/// use data_sparsifier::{handle::ExternalTensor, DType, Mask, Result, Tensor, TensorView};
+/// use data_sparsifier::{tensor::ExternalTensor, DType, Mask, Result, Tensor, TensorView};
 ///
 /// /// A toy external store: a Vec behind a mutex.
 /// #[derive(Debug)]
@@ -61,7 +61,7 @@ pub trait ExternalTensor: Send + Sync + fmt::Debug {
 /// The storage behind one entry.
 ///
 /// ```
-/// use data_sparsifier::{DType, Handle, Parameter, Tensor};
+/// use data_sparsifier::{DType, tensor::Handle, Parameter, Tensor};
 /// let p = Parameter::new(Tensor::zeros(DType::F32, [2, 3]));
 /// let h = Handle::Native(p.clone());
 /// assert_eq!((h.shape(), h.dtype()), (vec![2, 3], DType::F32));
@@ -93,7 +93,7 @@ impl Handle {
     /// Runs `f` on a zero-copy view of the current values.
     ///
     /// ```
-    /// use data_sparsifier::{Handle, Parameter, Tensor};
+    /// use data_sparsifier::{tensor::Handle, Parameter, Tensor};
     /// let h = Handle::Native(Parameter::new(Tensor::from_vec(vec![1.0f32, -3.0], [2]).unwrap()));
     /// let sum = h.read(|v| Ok(v.as_slice::<f32>().unwrap().iter().sum::<f32>())).unwrap();
     /// assert_eq!(sum, -2.0);
@@ -122,7 +122,7 @@ impl Handle {
     /// A copy of the current values.
     ///
     /// ```
-    /// use data_sparsifier::{Handle, Parameter, Tensor};
+    /// use data_sparsifier::{tensor::Handle, Parameter, Tensor};
     /// let p = Parameter::new(Tensor::from_vec(vec![1.0f32], [1]).unwrap());
     /// let copy = Handle::Native(p.clone()).snapshot().unwrap();
     /// p.set(Tensor::from_vec(vec![2.0f32], [1]).unwrap());
@@ -134,7 +134,7 @@ impl Handle {
     /// Zeroes the masked-out elements in place.
     ///
     /// ```
-    /// use data_sparsifier::{Handle, Mask, Parameter, Tensor};
+    /// use data_sparsifier::{tensor::Handle, Mask, Parameter, Tensor};
     /// let p = Parameter::new(Tensor::from_vec(vec![1.0f32, 2.0], [2]).unwrap());
     /// let h = Handle::Native(p.clone());
     /// h.apply_mask(&Mask::from_dense_u8([2], &[1, 0]).unwrap()).unwrap();
@@ -151,7 +151,7 @@ impl Handle {
     /// its shape and dtype.
     ///
     /// ```
-    /// use data_sparsifier::{DType, Handle, Parameter, Tensor};
+    /// use data_sparsifier::{DType, tensor::Handle, Parameter, Tensor};
     /// let p = Parameter::new(Tensor::zeros(DType::F32, [2]));
     /// Handle::Native(p.clone()).set(Tensor::zeros(DType::F64, [4])).unwrap();
     /// assert_eq!((p.shape(), p.dtype()), (vec![4], DType::F64));
@@ -168,7 +168,7 @@ impl Handle {
     /// The native parameter, if this is one.
     ///
     /// ```
-    /// use data_sparsifier::{DType, Handle, Parameter, Tensor};
+    /// use data_sparsifier::{DType, tensor::Handle, Parameter, Tensor};
     /// let p = Parameter::new(Tensor::zeros(DType::F32, [2]));
     /// assert!(Handle::Native(p.clone()).as_parameter().is_some_and(|q| q.ptr_eq(&p)));
     /// ```

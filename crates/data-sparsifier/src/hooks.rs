@@ -49,7 +49,9 @@ use std::path::Path;
 use crate::data::Data;
 use crate::error::{Error, Result};
 use crate::scheduler::{self, DataScheduler, Schedule};
-use crate::sparsifier::{Config, DataSparsifier, UpdateMask};
+use crate::sparsifier::{
+    AddOptions, Config, DataSparsifier, LoadOptions, SquashOptions, UpdateMask,
+};
 use crate::state::SparsifierState;
 use crate::tensor::Parameter;
 
@@ -86,7 +88,7 @@ pub fn attach_model<U: UpdateMask, M: Model + ?Sized>(
     for (name, data) in model.named_parameters()? {
         let name = valid_name(&name);
         let patch = patches.and_then(|p| p.get(&name)).unwrap_or(&none);
-        sparsifier.add_data_with(&name, data, patch, true)?;
+        sparsifier.add_data_with(&name, data, AddOptions::patched(patch.clone()))?;
     }
     Ok(())
 }
@@ -316,7 +318,7 @@ impl<U: UpdateMask, M: Model> TrainingHooks<M> for PostTrainingDataSparsity<U, M
         let mut sp = (self.make_sparsifier)()?;
         attach_model(&copy, &mut sp, None)?;
         sp.step()?;
-        sp.squash_mask(None, true)?;
+        sp.squash_mask(None, SquashOptions::default())?;
         self.levels = Some(record_levels(&sp, &mut self.report));
         self.data_sparsifier = Some(sp);
         self.sparsified = Some(copy);
@@ -421,7 +423,7 @@ impl<U: UpdateMask, S: Schedule, M: Model> TrainingAwareDataSparsity<U, S, M> {
         let mut sd = SparsifierState::<U>::load(path)?;
         let state = scheduler::parse_state(&sd.extra)?;
         sd.extra.clear();
-        sched.load_both(sp, sd.clone(), state, true)?;
+        sched.load_both(sp, sd.clone(), state, LoadOptions::default())?;
         self.data_sparsifier_state = Some(sd);
         Ok(())
     }
@@ -450,7 +452,7 @@ impl<U: UpdateMask, S: Schedule, M: Model> TrainingHooks<M> for TrainingAwareDat
             .as_mut()
             .ok_or_else(Self::not_started)?;
         if let Some(sd) = &self.data_sparsifier_state {
-            sp.load_state_dict(sd.clone(), true)?;
+            sp.load_state_dict(sd.clone(), LoadOptions::default())?;
         }
         Ok(())
     }
@@ -480,6 +482,6 @@ impl<U: UpdateMask, S: Schedule, M: Model> TrainingHooks<M> for TrainingAwareDat
             .data_sparsifier
             .as_mut()
             .ok_or_else(Self::not_started)?;
-        sp.squash_mask(None, true)
+        sp.squash_mask(None, SquashOptions::default())
     }
 }

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 /// use std::io::Write;
 /// let dir = tempfile::tempdir().unwrap();
 /// let path = dir.path().join("out.txt");
-/// let mut f = data_sparsifier::io::AtomicFile::create(&path).unwrap();
+/// let mut f = data_sparsifier::format::AtomicFile::create(&path).unwrap();
 /// f.write_all(b"hello").unwrap();
 /// assert!(!path.exists());
 /// f.commit().unwrap();
@@ -101,7 +101,7 @@ impl AtomicFile {
     /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("out.txt");
     /// std::fs::write(&path, b"old").unwrap();
-    /// let mut f = data_sparsifier::io::AtomicFile::create(&path).unwrap();
+    /// let mut f = data_sparsifier::format::AtomicFile::create(&path).unwrap();
     /// f.write_all(b"new").unwrap();
     /// assert!(f.commit_new().is_err());
     /// assert_eq!(std::fs::read(&path).unwrap(), b"old");
@@ -207,7 +207,7 @@ pub enum CommitMode {
 ///
 /// ```
 /// use std::io::Write;
-/// use data_sparsifier::io::{AtomicFile, CommitMode, Staged};
+/// use data_sparsifier::format::{AtomicFile, CommitMode, Staged};
 /// let dir = tempfile::tempdir().unwrap();
 /// let (a, b) = (dir.path().join("a"), dir.path().join("b"));
 /// let mut staged = Staged::default();
@@ -294,7 +294,7 @@ impl MappedFile {
     /// let path = dir.path().join("f");
     /// std::fs::write(&path, b"abc").unwrap();
     /// // SAFETY: the file is this test's own and nothing writes it while it is mapped.
-    /// let map = unsafe { data_sparsifier::io::MappedFile::open(&path) }.unwrap();
+    /// let map = unsafe { data_sparsifier::format::MappedFile::open(&path) }.unwrap();
     /// assert_eq!(map.bytes(), b"abc");
     /// ```
     pub unsafe fn open(path: impl AsRef<Path>) -> Result<Self> {

@@ -5,7 +5,7 @@
 //! are kept (and so are infinities). Works on data of any rank.
 //!
 //! ```
-//! use data_sparsifier::magnitude::{Magnitude, MagnitudeConfig};
+//! use data_sparsifier::rule::{Magnitude, MagnitudeConfig};
 //! use data_sparsifier::{DataSparsifier, Tensor};
 //! let mut sp = DataSparsifier::new(Magnitude, MagnitudeConfig { threshold: 0.5 }).unwrap();
 //! sp.add_data("x", Tensor::from_vec(vec![0.1f32, -0.7, f32::NAN, 2.0], [2, 2]).unwrap()).unwrap();
@@ -28,7 +28,7 @@ pub struct Magnitude;
 /// The per-data config of [`Magnitude`].
 ///
 /// ```
-/// use data_sparsifier::magnitude::MagnitudeConfig;
+/// use data_sparsifier::rule::MagnitudeConfig;
 /// assert_eq!(MagnitudeConfig::default().threshold, 0.0);
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

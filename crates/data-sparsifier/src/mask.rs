@@ -507,18 +507,20 @@ impl Mask {
     pub fn words(&self) -> &[u64] {
         &self.words
     }
-    /// The raw words, mutably, for kernels that write 64 elements at a time. Bits written past
-    /// [`Mask::len`] are cleared when this borrow is released, so counts stay exact.
+    /// Runs `f` on the raw words, mutably, for kernels that write 64 elements at a time. Bits
+    /// written past [`Mask::len`] are cleared when `f` returns, so counts stay exact.
     ///
     /// ```
     /// use data_sparsifier::Mask;
     /// let mut m = Mask::zeros([70]);
-    /// m.words_mut()[1] = u64::MAX; // elements 64..128, but the mask ends at 70
+    /// m.with_words_mut(|w| w[1] = u64::MAX); // elements 64..128, but the mask ends at 70
     /// assert_eq!(m.count_kept(), 6);
     /// assert_eq!(m.words()[1], 0b11_1111);
     /// ```
-    pub fn words_mut(&mut self) -> WordsMut<'_> {
-        WordsMut { mask: self }
+    pub fn with_words_mut<R>(&mut self, f: impl FnOnce(&mut [u64]) -> R) -> R {
+        let r = f(&mut self.words);
+        self.clear_tail();
+        r
     }
 
     /// Zeroes the elements of `data` whose bit is 0 (in parallel). `data` must have `len` elements;
@@ -713,38 +715,6 @@ fn and_words<U: Lane>(xs: &mut [U], words: &[u64]) {
     }
 }
 
-/// Mutable access to a mask's words, from [`Mask::words_mut`]; clears the padding bits when dropped.
-///
-/// ```
-/// use data_sparsifier::Mask;
-/// let mut m = Mask::zeros([3]);
-/// {
-///     let mut words = m.words_mut();
-///     words[0] = u64::MAX; // sets bits past element 2 too...
-/// }
-/// assert_eq!(m.words()[0], 0b111); // ...which the drop clears
-/// ```
-pub struct WordsMut<'a> {
-    mask: &'a mut Mask,
-}
-
-impl std::ops::Deref for WordsMut<'_> {
-    type Target = [u64];
-    fn deref(&self) -> &[u64] {
-        &self.mask.words
-    }
-}
-impl std::ops::DerefMut for WordsMut<'_> {
-    fn deref_mut(&mut self) -> &mut [u64] {
-        &mut self.mask.words
-    }
-}
-impl Drop for WordsMut<'_> {
-    fn drop(&mut self) {
-        self.mask.clear_tail();
-    }
-}
-
 impl fmt::Debug for Mask {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -877,7 +847,7 @@ mod tests {
     #[test]
     fn words_mut_clears_padding() {
         let mut m = Mask::zeros([3, 3]);
-        m.words_mut().iter_mut().for_each(|w| *w = u64::MAX);
+        m.with_words_mut(|w| w.iter_mut().for_each(|w| *w = u64::MAX));
         assert_eq!(m.count_kept(), 9);
         assert_eq!(m.to_packed_bytes(), vec![0xff, 0x01]);
     }

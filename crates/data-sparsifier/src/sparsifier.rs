@@ -67,7 +67,7 @@ pub trait Config:
 /// [`DataSparsifier`]'s documentation and in `examples/custom_sparsifier.rs`.
 ///
 /// ```
-/// use data_sparsifier::{Config, DataSparsifier, Error, Mask, Result, Tensor, TensorView, UpdateMask};
+/// use data_sparsifier::{AddOptions, Config, DataSparsifier, Error, Mask, Result, Tensor, TensorView, UpdateMask};
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -95,7 +95,7 @@ pub trait Config:
 /// sp.step().unwrap();
 /// assert_eq!(sp.get_mask("x").unwrap().to_dense_u8(), vec![0, 1, 0, 1]);
 /// let y = Tensor::from_vec(vec![1.0f32], [1]).unwrap();
-/// assert!(sp.add_data_with("y", y, &Some(-1.0), true).is_err()); // validate
+/// assert!(sp.add_data_with("y", y, AddOptions::patched(Some(-1.0))).is_err()); // validate
 /// assert!(DataSparsifier::new(ThresholdSparsifier, Threshold(-1.0)).is_err());
 /// ```
 pub trait UpdateMask: Send + Sync {
@@ -177,6 +177,86 @@ pub enum Version {
     Masked,
 }
 
+/// How [`DataSparsifier::add_data_with`] adds or replaces data: PyTorch's `add_data(name, data,
+/// reuse_mask=True, **config)` keyword arguments, as named fields.
+///
+/// ```
+/// use data_sparsifier::{AddOptions, DataNormPatch};
+/// let o: AddOptions<DataNormPatch> = AddOptions::default();
+/// assert!(o.reuse_mask); // PyTorch's default
+/// let o = AddOptions { reuse_mask: false, ..AddOptions::patched(DataNormPatch::new().sparsity_level(0.9)) };
+/// assert_eq!(o.patch.sparsity_level, Some(0.9));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct AddOptions<P> {
+    /// Overrides of the config (of the defaults for a new name, of the old config when replacing).
+    pub patch: P,
+    /// When replacing, keep the old mask (its shape must then match the new data); otherwise
+    /// start from an all-ones mask. Default `true`, as in PyTorch.
+    pub reuse_mask: bool,
+}
+
+impl<P> AddOptions<P> {
+    /// The options with this patch and the default `reuse_mask = true`.
+    pub fn patched(patch: P) -> Self {
+        AddOptions {
+            patch,
+            reuse_mask: true,
+        }
+    }
+}
+
+impl<P: Default> Default for AddOptions<P> {
+    fn default() -> Self {
+        AddOptions::patched(P::default())
+    }
+}
+
+/// How [`DataSparsifier::squash_mask`] squashes: PyTorch's `leave_parametrized` keyword.
+///
+/// ```
+/// use data_sparsifier::SquashOptions;
+/// assert!(SquashOptions::default().leave_parametrized); // PyTorch's default
+/// let keep_values = SquashOptions { leave_parametrized: false };
+/// # let _ = keep_values;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SquashOptions {
+    /// Write `mask · data` into the data (`true`, the default), or leave the data untouched and
+    /// only drop the mask (`false`).
+    pub leave_parametrized: bool,
+}
+
+impl Default for SquashOptions {
+    fn default() -> Self {
+        SquashOptions {
+            leave_parametrized: true,
+        }
+    }
+}
+
+/// How [`DataSparsifier::load_state_dict`] and [`DataSparsifier::load_state`] load: PyTorch's
+/// `strict` keyword.
+///
+/// ```
+/// use data_sparsifier::LoadOptions;
+/// assert!(LoadOptions::default().strict); // PyTorch's default
+/// let merge = LoadOptions { strict: false };
+/// # let _ = merge;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Hold exactly the state's entries (`true`, the default), or keep the names the state does
+    /// not have (`false`).
+    pub strict: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { strict: true }
+    }
+}
+
 /// One entry: a name's data handle, kind, config, mask and state.
 pub(crate) struct Entry<U: UpdateMask> {
     pub(crate) name: String,
@@ -224,7 +304,7 @@ pub(crate) fn check_mask_fits(name: &str, mask: &Mask, shape: &[usize]) -> Resul
 /// masks with `U` on each [`step`](Self::step).
 ///
 /// ```
-/// use data_sparsifier::{Config, DataSparsifier, Mask, Parameter, Tensor, TensorView, UpdateMask, Version};
+/// use data_sparsifier::{SquashOptions, AddOptions, Config, DataSparsifier, Mask, Parameter, Tensor, TensorView, UpdateMask, Version};
 /// use serde::{Deserialize, Serialize};
 ///
 /// /// Zeroes every |x| below a per-name threshold.
@@ -253,13 +333,14 @@ pub(crate) fn check_mask_fits(name: &str, mask: &Mask, shape: &[usize]) -> Resul
 /// let mut sp = DataSparsifier::new(ThresholdSparsifier, Threshold { threshold: 0.5 }).unwrap();
 /// let weight = Parameter::new(Tensor::from_vec(vec![0.1f32, -0.9, 0.3, 2.0], [2, 2]).unwrap());
 /// sp.add_data("weight", &weight).unwrap();
-/// sp.add_data_with("bias", Tensor::from_vec(vec![0.1f32, 0.2], [2]).unwrap(),
-///                  &ThresholdPatch { threshold: Some(0.15) }, true).unwrap();
+/// let bias = Tensor::from_vec(vec![0.1f32, 0.2], [2]).unwrap();
+/// let patch = ThresholdPatch { threshold: Some(0.15) };
+/// sp.add_data_with("bias", bias, AddOptions::patched(patch)).unwrap();
 /// sp.step().unwrap();
 /// assert_eq!(sp.get_mask("weight").unwrap().to_dense_u8(), vec![0, 1, 0, 1]);
 /// assert_eq!(sp.get_mask("bias").unwrap().to_dense_u8(), vec![0, 1]);
 ///
-/// sp.squash_mask(None, true).unwrap();
+/// sp.squash_mask(None, SquashOptions::default()).unwrap();
 /// // The caller's parameter now holds the sparsified values...
 /// assert_eq!(weight.read().as_slice::<f32>().unwrap(), &[0.0, -0.9, 0.0, 2.0]);
 /// // ...and the original is gone, as in PyTorch.
@@ -658,11 +739,11 @@ impl<U: UpdateMask> DataSparsifier<U> {
     /// Whether `name` still has its mask applied lazily (false after a squash).
     ///
     /// ```
-    /// use data_sparsifier::{DType, DataNormConfig, DataNormSparsifier, Tensor};
+    /// use data_sparsifier::{SquashOptions, DType, DataNormConfig, DataNormSparsifier, Tensor};
     /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
     /// sp.add_data("x", Tensor::zeros(DType::F32, [4])).unwrap();
     /// assert!(sp.is_parametrized("x").unwrap());
-    /// sp.squash_mask(None, true).unwrap();
+    /// sp.squash_mask(None, SquashOptions::default()).unwrap();
     /// assert!(!sp.is_parametrized("x").unwrap());
     /// ```
     pub fn is_parametrized(&self, name: &str) -> Result<bool> {
@@ -688,7 +769,7 @@ impl<U: UpdateMask> DataSparsifier<U> {
     /// assert!(sp.add_data("x", Tensor::from_vec(vec![1.0f32; 3], [3]).unwrap()).is_err());
     /// ```
     pub fn add_data(&mut self, name: &str, data: impl Into<Data>) -> Result<MaskedView<'_>> {
-        self.add_data_with(name, data, &Default::default(), true)
+        self.add_data_with(name, data, AddOptions::default())
     }
 
     /// Adds `data` under `name`, its config being the defaults overlaid with `patch`.
@@ -702,29 +783,31 @@ impl<U: UpdateMask> DataSparsifier<U> {
     /// `reuse_mask`, a squashed entry (its original is gone), unsupported N-D data, an invalid config.
     ///
     /// ```
-    /// use data_sparsifier::{DType, DataNormConfig, DataNormPatch, DataNormSparsifier, Parameter, Tensor};
+    /// use data_sparsifier::{AddOptions, DType, DataNormConfig, DataNormPatch, DataNormSparsifier, Parameter, Tensor};
     /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
     /// let patch = DataNormPatch { sparsity_level: Some(0.9), ..Default::default() };
-    /// sp.add_data_with("x", Tensor::zeros(DType::F32, [2, 4]), &patch, true).unwrap();
+    /// sp.add_data_with("x", Tensor::zeros(DType::F32, [2, 4]), AddOptions::patched(patch)).unwrap();
     /// assert_eq!(sp.config("x").unwrap().sparsity_level, 0.9);
     /// assert_eq!(sp.config("x").unwrap().sparse_block_shape, (1, 4)); // the default
     ///
     /// // Replacing: the old config is patched, and a fresh mask allows a new shape.
     /// let patch = DataNormPatch { sparse_block_shape: Some((1, 2)), ..Default::default() };
-    /// sp.add_data_with("x", Tensor::zeros(DType::F32, [3, 2]), &patch, false).unwrap();
+    /// let fresh = AddOptions { patch, reuse_mask: false };
+    /// sp.add_data_with("x", Tensor::zeros(DType::F32, [3, 2]), fresh).unwrap();
     /// assert_eq!(sp.config("x").unwrap().sparsity_level, 0.9);
     /// assert_eq!(sp.get_mask("x").unwrap().shape(), &[3, 2]);
     /// // A name cannot change kind.
     /// let p = Parameter::new(Tensor::zeros(DType::F32, [3, 2]));
-    /// assert!(sp.add_data_with("x", p, &DataNormPatch::default(), false).is_err());
+    /// assert!(sp.add_data_with("x", p, AddOptions::default()).is_err());
     /// ```
     pub fn add_data_with(
         &mut self,
         name: &str,
         data: impl Into<Data>,
-        patch: &<U::Config as Config>::Patch,
-        reuse_mask: bool,
+        options: AddOptions<<U::Config as Config>::Patch>,
     ) -> Result<MaskedView<'_>> {
+        let AddOptions { patch, reuse_mask } = options;
+        let patch = &patch;
         validate_name(name)?;
         let data = data.into();
         let kind = data.kind();
@@ -866,7 +949,7 @@ impl<U: UpdateMask> DataSparsifier<U> {
                 updater.update_mask(name, view, config, state, mask)?;
                 check_mask_fits(name, mask, view.shape())
             })
-            .map_err(|err| err.for_data(name))?;
+            .map_err(|err| err.with_data(name))?;
         }
         self.step_count += 1;
         Ok(())
@@ -894,14 +977,14 @@ impl<U: UpdateMask> DataSparsifier<U> {
     /// A copy of the data of `name`: the original (an error after a squash) or `mask · data`.
     ///
     /// ```
-    /// use data_sparsifier::{DataNormConfig, DataNormSparsifier, Error, Tensor, Version};
+    /// use data_sparsifier::{SquashOptions, DataNormConfig, DataNormSparsifier, Error, Tensor, Version};
     /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
     /// sp.add_data("x", Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], [2, 4]).unwrap())
     ///     .unwrap();
     /// sp.step().unwrap(); // prunes the first row's block
     /// let masked = sp.get_data("x", Version::Masked).unwrap();
     /// assert_eq!(masked.to_f64_vec(), vec![0.0, 0.0, 0.0, 0.0, 5.0, 6.0, 7.0, 8.0]);
-    /// sp.squash_mask(None, true).unwrap();
+    /// sp.squash_mask(None, SquashOptions::default()).unwrap();
     /// assert!(matches!(sp.get_data("x", Version::Original), Err(Error::Squashed { .. })));
     /// assert_eq!(sp.get_data("x", Version::Masked).unwrap(), masked);
     /// ```
@@ -940,7 +1023,7 @@ impl<U: UpdateMask> DataSparsifier<U> {
     /// is after a squash (see [`MaskedView`]).
     ///
     /// ```
-    /// use data_sparsifier::{DataNormConfig, DataNormSparsifier, Tensor};
+    /// use data_sparsifier::{SquashOptions, DataNormConfig, DataNormSparsifier, Tensor};
     /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig {
     ///     sparse_block_shape: (1, 1),
     ///     ..Default::default()
@@ -950,7 +1033,7 @@ impl<U: UpdateMask> DataSparsifier<U> {
     /// sp.step().unwrap();
     /// assert_eq!(sp.masked("x").unwrap().to_tensor().unwrap().to_f64_vec(), vec![0.0, -4.0]);
     /// // Squashed without leave_parametrized: the mask is detached, the data read as it is.
-    /// sp.squash_mask(None, false).unwrap();
+    /// sp.squash_mask(None, SquashOptions { leave_parametrized: false }).unwrap();
     /// assert_eq!(sp.masked("x").unwrap().to_tensor().unwrap().to_f64_vec(), vec![1.0, -4.0]);
     /// ```
     pub fn masked(&self, name: &str) -> Result<MaskedView<'_>> {
@@ -986,7 +1069,7 @@ impl<U: UpdateMask> DataSparsifier<U> {
     /// before it are then squashed.
     ///
     /// ```
-    /// use data_sparsifier::{DataNormConfig, DataNormSparsifier, Parameter, Tensor, Version};
+    /// use data_sparsifier::{SquashOptions, DataNormConfig, DataNormSparsifier, Parameter, Tensor, Version};
     /// let mut sp = DataNormSparsifier::data_norm(DataNormConfig {
     ///     sparse_block_shape: (1, 1),
     ///     ..Default::default()
@@ -995,12 +1078,13 @@ impl<U: UpdateMask> DataSparsifier<U> {
     /// let w = Parameter::new(Tensor::from_vec(vec![1.0f32, -4.0, 0.5, 3.0], [2, 2]).unwrap());
     /// sp.add_data("w", &w).unwrap();
     /// sp.step().unwrap();
-    /// sp.squash_mask(Some(&["w"]), true).unwrap();
+    /// sp.squash_mask(Some(&["w"]), SquashOptions::default()).unwrap();
     /// assert_eq!(w.read().as_slice::<f32>().unwrap(), &[0.0, -4.0, 0.0, 3.0]); // the caller's handle
     /// assert!(sp.get_data("w", Version::Original).is_err());
-    /// assert!(sp.squash_mask(None, true).is_err()); // already squashed
+    /// assert!(sp.squash_mask(None, SquashOptions::default()).is_err()); // already squashed
     /// ```
-    pub fn squash_mask(&mut self, names: Option<&[&str]>, leave_parametrized: bool) -> Result<()> {
+    pub fn squash_mask(&mut self, names: Option<&[&str]>, options: SquashOptions) -> Result<()> {
+        let SquashOptions { leave_parametrized } = options;
         let idx: Vec<usize> = match names {
             None => (0..self.entries.len()).collect(),
             Some(ns) => ns
@@ -1031,7 +1115,7 @@ impl<U: UpdateMask> DataSparsifier<U> {
             if leave_parametrized {
                 e.data
                     .apply_mask(&e.mask)
-                    .map_err(|err| err.for_data(&e.name))?;
+                    .map_err(|err| err.with_data(&e.name))?;
             }
             e.parametrized = false;
         }

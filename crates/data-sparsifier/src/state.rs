@@ -32,7 +32,9 @@ use crate::format::{FileDType, TensorInfo, TensorSink};
 use crate::handle::Handle;
 use crate::io::{CommitMode, MappedFile, Staged};
 use crate::mask::Mask;
-use crate::sparsifier::{check_mask_fits, validate_name, DataSparsifier, Entry, UpdateMask};
+use crate::sparsifier::{
+    check_mask_fits, validate_name, DataSparsifier, Entry, LoadOptions, UpdateMask,
+};
 use crate::tensor::{Parameter, Tensor, TensorView};
 
 /// The `format` metadata value of a saved state.
@@ -148,6 +150,19 @@ pub struct EntryHeader<'a, C, S> {
     pub state: &'a S,
 }
 
+/// The header of a whole state file: what [`StateWriter::create`] writes before any data.
+#[derive(Debug, Clone)]
+pub struct StateHeader<'a, C, S> {
+    /// The sparsifier's name (`UpdateMask::name`, e.g. `"DataNormSparsifier"`).
+    pub sparsifier: &'a str,
+    /// Whether mask updates are enabled (PyTorch's `enable_mask_update`).
+    pub mask_update_enabled: bool,
+    /// Every entry, in order.
+    pub entries: &'a [EntryHeader<'a, C, S>],
+    /// Extra JSON state of other components (e.g. a scheduler).
+    pub extra: &'a BTreeMap<String, serde_json::Value>,
+}
+
 /// The one writer of state files, streaming: the header (every entry's name, dtype, shape,
 /// config and state) first, then each entry's data and packed mask in order, so neither all the
 /// data nor all the masks are ever held at once. [`DataSparsifier::save_state`],
@@ -155,7 +170,7 @@ pub struct EntryHeader<'a, C, S> {
 /// a [`TensorSink`]: tensors not declared are skipped.
 ///
 /// ```
-/// use data_sparsifier::state::{EntryHeader, StateWriter};
+/// use data_sparsifier::state::{EntryHeader, StateHeader, StateWriter};
 /// use data_sparsifier::{DType, DataKind, DataNormConfig, Mask, StateDict, Tensor};
 /// let t = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]).unwrap();
 /// let mask = Mask::from_dense_u8([2, 2], &[1, 0, 0, 1]).unwrap();
@@ -164,7 +179,10 @@ pub struct EntryHeader<'a, C, S> {
 ///                            parametrized: true, config: &cfg, state: &() };
 /// let dir = tempfile::tempdir().unwrap();
 /// let path = dir.path().join("state.safetensors");
-/// let mut w = StateWriter::create(&path, "DataNormSparsifier", true, &[header], &Default::default()).unwrap();
+/// let extra = Default::default();
+/// let state = StateHeader { sparsifier: "DataNormSparsifier", mask_update_enabled: true,
+///                           entries: &[header], extra: &extra };
+/// let mut w = StateWriter::create(&path, &state).unwrap();
 /// w.write_entry("t", t.view(), &mask).unwrap();
 /// w.finish().unwrap().commit(Default::default()).unwrap();
 /// assert_eq!(StateDict::<DataNormConfig, ()>::load(&path).unwrap().entries[0].mask, mask);
@@ -184,11 +202,14 @@ impl StateWriter {
     /// writing nothing, on an invalid or repeated name.
     pub fn create<C: Serialize, S: Serialize>(
         path: impl AsRef<Path>,
-        sparsifier: &str,
-        mask_update_enabled: bool,
-        entries: &[EntryHeader<'_, C, S>],
-        extra: &BTreeMap<String, serde_json::Value>,
+        header: &StateHeader<'_, C, S>,
     ) -> Result<Self> {
+        let StateHeader {
+            sparsifier,
+            mask_update_enabled,
+            entries,
+            extra,
+        } = *header;
         let path = path.as_ref();
         for e in entries {
             validate_name(e.name)?;
@@ -210,7 +231,8 @@ impl StateWriter {
                 .collect(),
             extra: extra.clone(),
         };
-        let json = serde_json::to_string(&meta).map_err(|e| Error::invalid_state(e.to_string()))?;
+        let json = serde_json::to_string(&meta)
+            .map_err(|e| Error::invalid_state_from("cannot encode the state as JSON", e))?;
         let metadata = BTreeMap::from([
             ("format".to_string(), FORMAT.to_string()),
             ("format_version".to_string(), FORMAT_VERSION.to_string()),
@@ -370,7 +392,7 @@ pub struct EntryView<'a, C, S> {
 /// ```
 /// use std::collections::BTreeMap;
 /// use data_sparsifier::state::{write_state_file, EntryView};
-/// use data_sparsifier::{DataKind, DataNormConfig, DataNormSparsifier, Mask, Tensor};
+/// use data_sparsifier::{LoadOptions, DataKind, DataNormConfig, DataNormSparsifier, Mask, Tensor};
 /// let table = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]).unwrap();
 /// let mask = Mask::from_dense_u8([2, 2], &[1, 0, 0, 1]).unwrap();
 /// let cfg = DataNormConfig::default();
@@ -389,7 +411,7 @@ pub struct EntryView<'a, C, S> {
 /// write_state_file(&path, "DataNormSparsifier", &entries, &extra).unwrap();
 ///
 /// let mut sp = DataNormSparsifier::data_norm(cfg).unwrap();
-/// assert_eq!(sp.load_state(&path, true).unwrap(), extra);
+/// assert_eq!(sp.load_state(&path, LoadOptions::default()).unwrap(), extra);
 /// assert_eq!(sp.get_mask("t").unwrap(), &mask);
 /// ```
 pub fn write_state_file<C: Serialize, S: Serialize>(
@@ -425,7 +447,13 @@ pub fn write_state_file_uncommitted<C: Serialize, S: Serialize>(
     for e in entries {
         check_mask_fits(e.name, e.mask, e.data.shape())?;
     }
-    let mut w = StateWriter::create(path, sparsifier, true, &headers, extra)?;
+    let header = StateHeader {
+        sparsifier,
+        mask_update_enabled: true,
+        entries: &headers,
+        extra,
+    };
+    let mut w = StateWriter::create(path, &header)?;
     for e in entries {
         w.write_entry(e.name, e.data, e.mask)?;
     }
@@ -500,13 +528,13 @@ where
                 state: &e.state,
             })
             .collect();
-        let mut w = StateWriter::create(
-            path,
-            &self.sparsifier,
-            self.mask_update_enabled,
-            &headers,
-            &self.extra,
-        )?;
+        let header = StateHeader {
+            sparsifier: &self.sparsifier,
+            mask_update_enabled: self.mask_update_enabled,
+            entries: &headers,
+            extra: &self.extra,
+        };
+        let mut w = StateWriter::create(path, &header)?;
         for e in &self.entries {
             w.write_entry(&e.name, e.data.view(), &e.mask)?;
         }
@@ -554,9 +582,11 @@ where
             Error::InvalidState {
                 source_name: None,
                 message,
+                source,
             } => Error::InvalidState {
                 source_name: Some(path.display().to_string()),
                 message,
+                source,
             },
             other => other,
         })
@@ -603,7 +633,7 @@ where
             .get("state")
             .ok_or_else(|| bad("no \"state\" metadata".into()))?;
         let meta: StateMeta<C, S> = serde_json::from_str(json)
-            .map_err(|e| bad(format!("the \"state\" metadata is not valid: {e}")))?;
+            .map_err(|e| Error::invalid_state_from("the \"state\" metadata is not valid", e))?;
 
         let mut seen = std::collections::HashSet::new();
         let mut entries = Vec::with_capacity(meta.entries.len());
@@ -616,7 +646,7 @@ where
                 .tensor(&data_key(&m.name))
                 .map_err(|_| bad(format!("tensor {:?} is missing", data_key(&m.name))))?;
             let dtype = st_format::from_dtype(view.dtype(), &data_key(&m.name))
-                .map_err(|e| bad(e.to_string()))?
+                .map_err(|e| Error::invalid_state_from("unsupported tensor dtype", e))?
                 .require_float(&data_key(&m.name))?;
             if dtype != m.dtype || view.shape() != m.shape.as_slice() {
                 return Err(bad(format!(
@@ -693,7 +723,7 @@ impl<U: UpdateMask> DataSparsifier<U> {
     /// still parametrized. Later changes to the sparsifier or its data do not show through it.
     ///
     /// ```
-    /// use data_sparsifier::{DataNormConfig, DataNormSparsifier, Tensor};
+    /// use data_sparsifier::{LoadOptions, DataNormConfig, DataNormSparsifier, Tensor};
     /// let mut a = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
     /// a.add_data("x", Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], [2, 4]).unwrap())
     ///     .unwrap();
@@ -701,7 +731,7 @@ impl<U: UpdateMask> DataSparsifier<U> {
     /// let sd = a.state_dict().unwrap();
     ///
     /// let mut b = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
-    /// b.load_state_dict(sd.clone(), true).unwrap();
+    /// b.load_state_dict(sd.clone(), LoadOptions::default()).unwrap();
     /// assert_eq!(b.state_dict().unwrap(), sd);
     /// assert_eq!(b.get_mask("x").unwrap().to_dense_u8(), vec![0, 0, 0, 0, 1, 1, 1, 1]);
     /// ```
@@ -749,19 +779,24 @@ impl<U: UpdateMask> DataSparsifier<U> {
     /// is), so a resumed run continues exactly.
     ///
     /// ```
-    /// use data_sparsifier::{DType, DataNormConfig, DataNormSparsifier, Tensor};
+    /// use data_sparsifier::{LoadOptions, DType, DataNormConfig, DataNormSparsifier, Tensor};
     /// let mut a = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
     /// a.add_data("x", Tensor::zeros(DType::F32, [4])).unwrap();
     /// let sd = a.state_dict().unwrap();
     ///
     /// let mut b = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
     /// b.add_data("y", Tensor::zeros(DType::F32, [4])).unwrap();
-    /// b.load_state_dict(sd.clone(), false).unwrap(); // non-strict: "y" is kept
+    /// b.load_state_dict(sd.clone(), LoadOptions { strict: false }).unwrap(); // non-strict: "y" is kept
     /// assert_eq!(b.names().collect::<Vec<_>>(), ["y", "x"]);
-    /// b.load_state_dict(sd, true).unwrap(); // strict: exactly the state's entries
+    /// b.load_state_dict(sd, LoadOptions::default()).unwrap(); // strict: exactly the state's entries
     /// assert_eq!(b.names().collect::<Vec<_>>(), ["x"]);
     /// ```
-    pub fn load_state_dict(&mut self, state: SparsifierState<U>, strict: bool) -> Result<()> {
+    pub fn load_state_dict(
+        &mut self,
+        state: SparsifierState<U>,
+        options: LoadOptions,
+    ) -> Result<()> {
+        let LoadOptions { strict } = options;
         if state.sparsifier != self.updater().name() {
             return Err(Error::invalid_state(format!(
                 "the state was saved by a {:?} sparsifier; this one is {:?}: load it into a \
@@ -815,7 +850,8 @@ impl<U: UpdateMask> DataSparsifier<U> {
             if let Some(i) = *r {
                 let h = &self.entries()[i].data;
                 if matches!(h, Handle::External(_)) {
-                    h.set(e.data.clone()).map_err(|err| err.for_data(&e.name))?;
+                    h.set(e.data.clone())
+                        .map_err(|err| err.with_data(&e.name))?;
                 }
             }
         }
@@ -871,7 +907,7 @@ impl<U: UpdateMask> DataSparsifier<U> {
     /// (NaN or infinite floats: JSON has no such numbers) or a mask no longer fits its data.
     ///
     /// ```
-    /// use data_sparsifier::{DataNormConfig, DataNormSparsifier, Tensor};
+    /// use data_sparsifier::{LoadOptions, DataNormConfig, DataNormSparsifier, Tensor};
     /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("state.safetensors");
     /// let mut a = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
@@ -880,7 +916,7 @@ impl<U: UpdateMask> DataSparsifier<U> {
     /// a.save_state(&path).unwrap();
     ///
     /// let mut b = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
-    /// b.load_state(&path, true).unwrap();
+    /// b.load_state(&path, LoadOptions::default()).unwrap();
     /// assert_eq!(b.state_dict().unwrap(), a.state_dict().unwrap());
     /// ```
     pub fn save_state(&self, path: impl AsRef<Path>) -> Result<()> {
@@ -891,7 +927,7 @@ impl<U: UpdateMask> DataSparsifier<U> {
     ///
     /// ```
     /// use std::collections::BTreeMap;
-    /// use data_sparsifier::{DataNormConfig, DataNormSparsifier};
+    /// use data_sparsifier::{LoadOptions, DataNormConfig, DataNormSparsifier};
     /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("state.safetensors");
     /// let sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
@@ -899,7 +935,7 @@ impl<U: UpdateMask> DataSparsifier<U> {
     /// sp.save_state_with_extra(&path, &extra).unwrap();
     ///
     /// let mut b = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
-    /// assert_eq!(b.load_state(&path, true).unwrap()["epoch"], 7);
+    /// assert_eq!(b.load_state(&path, LoadOptions::default()).unwrap()["epoch"], 7);
     /// ```
     pub fn save_state_with_extra(
         &self,
@@ -923,17 +959,17 @@ impl<U: UpdateMask> DataSparsifier<U> {
                 state: &e.state,
             })
             .collect();
-        let mut w = StateWriter::create(
-            path,
-            self.updater().name(),
-            self.mask_update_enabled(),
-            &headers,
+        let header = StateHeader {
+            sparsifier: self.updater().name(),
+            mask_update_enabled: self.mask_update_enabled(),
+            entries: &headers,
             extra,
-        )?;
+        };
+        let mut w = StateWriter::create(path, &header)?;
         for e in self.entries() {
             e.data
                 .read(|v| w.write_entry(&e.name, v, &e.mask))
-                .map_err(|err| err.for_data(&e.name))?;
+                .map_err(|err| err.with_data(&e.name))?;
         }
         w.finish()?.commit(CommitMode::Replace)
     }
@@ -942,7 +978,7 @@ impl<U: UpdateMask> DataSparsifier<U> {
     /// See [`load_state_dict`](Self::load_state_dict) for what is checked and replaced.
     ///
     /// ```
-    /// use data_sparsifier::{DataNormConfig, DataNormSparsifier, Parameter, Tensor};
+    /// use data_sparsifier::{LoadOptions, DataNormConfig, DataNormSparsifier, Parameter, Tensor};
     /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("state.safetensors");
     /// let w = Parameter::new(Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [1, 4]).unwrap());
@@ -951,18 +987,18 @@ impl<U: UpdateMask> DataSparsifier<U> {
     /// sp.save_state(&path).unwrap();
     ///
     /// w.write().as_slice_mut::<f32>().unwrap()[0] = 100.0; // training goes on...
-    /// let extra = sp.load_state(&path, true).unwrap(); // ...and is rolled back
+    /// let extra = sp.load_state(&path, LoadOptions::default()).unwrap(); // ...and is rolled back
     /// assert!(extra.is_empty());
     /// assert_eq!(w.read().to_f64_vec(), vec![1.0, 2.0, 3.0, 4.0]); // written into the caller's handle
     /// ```
     pub fn load_state(
         &mut self,
         path: impl AsRef<Path>,
-        strict: bool,
+        options: LoadOptions,
     ) -> Result<BTreeMap<String, serde_json::Value>> {
         let mut sd = SparsifierState::<U>::load(path)?;
         let extra = std::mem::take(&mut sd.extra);
-        self.load_state_dict(sd, strict)?;
+        self.load_state_dict(sd, options)?;
         Ok(extra)
     }
 }

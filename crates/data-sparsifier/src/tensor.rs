@@ -4,16 +4,16 @@
 use std::fmt;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use half::{bf16, f16};
-
-use crate::dtype::{DType, Element};
+use crate::dtype::{bf16, f16, DType, Element};
 use crate::error::{Error, Result};
 use crate::mask::Mask;
+
+pub use crate::handle::{ExternalTensor, Handle};
 
 /// Typed, owned element storage.
 ///
 /// ```
-/// use data_sparsifier::{tensor::Storage, DType, Slice};
+/// use data_sparsifier::{tensor::Storage, DType, tensor::Slice};
 /// let s = Storage::F64(vec![1.0, 2.0]);
 /// assert_eq!((s.dtype(), s.len(), s.is_empty()), (DType::F64, 2, false));
 /// assert!(s.as_slice() == Slice::F64(&[1.0, 2.0]));
@@ -33,7 +33,7 @@ pub enum Storage {
 /// A typed, borrowed slice: the zero-copy counterpart of [`Storage`].
 ///
 /// ```
-/// use data_sparsifier::{DType, Slice};
+/// use data_sparsifier::{DType, tensor::Slice};
 /// let s = Slice::F32(&[1.5, -2.0]);
 /// assert_eq!((s.dtype(), s.len(), s.is_empty()), (DType::F32, 2, false));
 /// assert_eq!(s.get_f64(1), Some(-2.0));
@@ -53,7 +53,7 @@ pub enum Slice<'a> {
 /// Conversions between an element type and the typed enums (implemented for every [`Element`]).
 ///
 /// ```
-/// use data_sparsifier::{half::f16, tensor::{Storage, TypedStorage}, Slice};
+/// use data_sparsifier::{dtype::f16, tensor::{Storage, TypedStorage}, tensor::Slice};
 /// let mut s = f16::wrap(vec![f16::ONE, f16::ZERO]);
 /// assert!(matches!(s, Storage::F16(_)));
 /// assert_eq!(f32::slice(&s), None); // not f32 storage
@@ -162,7 +162,7 @@ impl<'a> Slice<'a> {
     /// The raw little-endian bytes (zero-copy).
     ///
     /// ```
-    /// use data_sparsifier::Slice;
+    /// use data_sparsifier::tensor::Slice;
     /// let s = Slice::F32(&[1.0]);
     /// assert_eq!(s.as_bytes(), &1.0f32.to_le_bytes());
     /// ```
@@ -177,7 +177,7 @@ impl<'a> Slice<'a> {
     /// Element `i` widened to f64, or `None` past the end.
     ///
     /// ```
-    /// use data_sparsifier::{half::bf16, Slice};
+    /// use data_sparsifier::{dtype::bf16, tensor::Slice};
     /// let v = [bf16::from_f32(0.5)];
     /// let s = Slice::BF16(&v);
     /// assert_eq!((s.get_f64(0), s.get_f64(1)), (Some(0.5), None));
@@ -194,7 +194,7 @@ impl<'a> Slice<'a> {
     /// are not aligned for the type or their length is not a multiple of its size.
     ///
     /// ```
-    /// use data_sparsifier::{DType, Slice, Tensor};
+    /// use data_sparsifier::{DType, tensor::Slice, Tensor};
     /// let t = Tensor::from_vec(vec![1.0f32, 2.0], [2]).unwrap();
     /// let s = Slice::try_from_bytes(DType::F32, t.as_bytes()).unwrap();
     /// assert!(s == Slice::F32(&[1.0, 2.0]));
@@ -211,7 +211,7 @@ impl<'a> Slice<'a> {
     /// Copies into owned storage.
     ///
     /// ```
-    /// use data_sparsifier::{tensor::Storage, Slice};
+    /// use data_sparsifier::{tensor::Storage, tensor::Slice};
     /// let s = Slice::F64(&[1.0, 2.0]).to_storage();
     /// assert!(s == Storage::F64(vec![1.0, 2.0]));
     /// ```
@@ -323,7 +323,7 @@ impl<'a> TensorView<'a> {
     /// A view of a [`Slice`] with a shape; the element count must match.
     ///
     /// ```
-    /// use data_sparsifier::{Slice, TensorView};
+    /// use data_sparsifier::{tensor::Slice, TensorView};
     /// let v = TensorView::from_slice(Slice::F64(&[1.0, 2.0, 3.0]), &[3]).unwrap();
     /// assert_eq!((v.shape(), v.numel()), (&[3][..], 3));
     /// assert_eq!(v.data().get_f64(2), Some(3.0));

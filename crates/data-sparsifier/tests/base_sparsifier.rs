@@ -4,8 +4,9 @@
 use data_sparsifier::random::randn;
 use data_sparsifier::DType;
 use data_sparsifier::{
-    BagMode, Bags, Config, Data, DataKind, DataSparsifier, Embedding, EmbeddingBag, Error, Mask,
-    Parameter, Result, Tensor, TensorView, UpdateMask, Version,
+    embedding::BagMode, embedding::Bags, AddOptions, Config, Data, DataKind, DataSparsifier,
+    Embedding, EmbeddingBag, Error, LoadOptions, Mask, Parameter, Result, SquashOptions, Tensor,
+    TensorView, UpdateMask, Version,
 };
 use serde::{Deserialize, Serialize};
 
@@ -89,7 +90,8 @@ fn make(case: &Case) -> DataSparsifier<Implemented> {
     .unwrap();
     assert_eq!(sp.len(), case.data_list.len());
     for (n, d, t) in &case.with_config {
-        sp.add_data_with(n, d.clone(), &patch(*t), true).unwrap();
+        sp.add_data_with(n, d.clone(), AddOptions::patched(patch(*t)))
+            .unwrap();
     }
     sp
 }
@@ -134,7 +136,7 @@ fn check_squash_mask(case: &Case) {
         assert!(sp.is_parametrized(name).unwrap());
     }
     sp.step().unwrap();
-    sp.squash_mask(None, true).unwrap();
+    sp.squash_mask(None, SquashOptions::default()).unwrap();
     for (name, _) in expected_configs(case) {
         assert!(!sp.is_parametrized(name).unwrap());
         assert!(matches!(
@@ -243,7 +245,8 @@ fn check_state_dict(case: &Case) {
     let sd = s1.state_dict().unwrap();
     assert_ne!(s1.state(n0).unwrap(), s2.state(n0).unwrap());
     assert_ne!(s1.get_mask(n0).unwrap(), s2.get_mask(n0).unwrap());
-    s2.load_state_dict(sd.clone(), true).unwrap();
+    s2.load_state_dict(sd.clone(), LoadOptions::default())
+        .unwrap();
     assert_eq!(s1.len(), s2.len());
     for e in &sd.entries {
         let n = e.name.as_str();
@@ -420,7 +423,7 @@ fn squash_is_seen_by_every_holder_of_a_parameter_and_an_embedding() {
     sp.step().unwrap();
     // Before the squash the holders still see the dense values.
     assert_eq!(emb.forward(&[0]).unwrap().to_f64_vec(), vec![1.0, 2.0]);
-    sp.squash_mask(None, true).unwrap();
+    sp.squash_mask(None, SquashOptions::default()).unwrap();
     assert_eq!(model_view.read().to_f64_vec(), vec![0.0, 0.0, 3.0, 4.0]);
     assert_eq!(
         emb.forward(&[0, 2]).unwrap().to_f64_vec(),
@@ -443,8 +446,15 @@ fn squash_some_names_and_leave_parametrized_false() {
     sp.add_data("b", &b).unwrap();
     sp.add_data("c", &c).unwrap();
     sp.step().unwrap();
-    sp.squash_mask(Some(&["a"]), true).unwrap();
-    sp.squash_mask(Some(&["b"]), false).unwrap();
+    sp.squash_mask(Some(&["a"]), SquashOptions::default())
+        .unwrap();
+    sp.squash_mask(
+        Some(&["b"]),
+        SquashOptions {
+            leave_parametrized: false,
+        },
+    )
+    .unwrap();
     assert_eq!(a.snapshot(), a0.masked(sp.get_mask("a").unwrap()).unwrap());
     assert_eq!(
         b.snapshot(),
@@ -458,11 +468,11 @@ fn squash_some_names_and_leave_parametrized_false() {
     // Squashing twice, or an unknown name, is an error that changes nothing.
     let before = c.snapshot();
     assert!(matches!(
-        sp.squash_mask(Some(&["c", "a"]), true),
+        sp.squash_mask(Some(&["c", "a"]), SquashOptions::default()),
         Err(Error::Squashed { .. })
     ));
     assert!(matches!(
-        sp.squash_mask(Some(&["c", "nope"]), true),
+        sp.squash_mask(Some(&["c", "nope"]), SquashOptions::default()),
         Err(Error::UnknownName { .. })
     ));
     assert_eq!(c.snapshot(), before);
@@ -514,7 +524,8 @@ fn names_are_validated() {
 fn failed_replace_leaves_the_old_entry_intact() {
     let mut sp = sparsifier();
     let old = randn([2, 2], DType::F32, 1);
-    sp.add_data_with("x", old.clone(), &patch(5), true).unwrap();
+    sp.add_data_with("x", old.clone(), AddOptions::patched(patch(5)))
+        .unwrap();
     sp.step().unwrap();
     let mask = sp.get_mask("x").unwrap().clone();
     // Shape mismatch with reuse_mask.
@@ -523,7 +534,11 @@ fn failed_replace_leaves_the_old_entry_intact() {
     assert!(err.to_string().contains("reuse_mask"));
     // Invalid config in the patch.
     let err = sp
-        .add_data_with("x", randn([2, 2], DType::F32, 2), &patch(-1), true)
+        .add_data_with(
+            "x",
+            randn([2, 2], DType::F32, 2),
+            AddOptions::patched(patch(-1)),
+        )
         .unwrap_err();
     assert!(matches!(err, Error::InvalidConfig { key: "test", .. }));
     assert_eq!(sp.get_data("x", Version::Original).unwrap(), old);
@@ -533,8 +548,10 @@ fn failed_replace_leaves_the_old_entry_intact() {
     sp.add_data_with(
         "x",
         randn([3, 2], DType::F32, 2),
-        &TestPatch::default(),
-        false,
+        AddOptions {
+            reuse_mask: false,
+            ..AddOptions::default()
+        },
     )
     .unwrap();
     assert_eq!(sp.get_mask("x").unwrap(), &Mask::ones([3, 2]));
@@ -561,7 +578,7 @@ fn shapes_are_kept_exactly() {
     assert_eq!(sp.get_mask("empty").unwrap().len(), 0);
     // (10, 1) is ten rows of one column: the first row is one element.
     assert_eq!(sp.get_mask("col").unwrap().count_zeroed(), 1);
-    sp.squash_mask(None, true).unwrap();
+    sp.squash_mask(None, SquashOptions::default()).unwrap();
     let err = sp
         .add_data("cube", randn([2, 3, 4], DType::F32, 5))
         .unwrap_err();
@@ -597,8 +614,12 @@ fn remove_and_display() {
     let mut sp = sparsifier();
     let p = Parameter::new(randn([2, 2], DType::F32, 1));
     sp.add_data("p", &p).unwrap();
-    sp.add_data_with("t", randn([1, 3], DType::F32, 2), &patch(9), true)
-        .unwrap();
+    sp.add_data_with(
+        "t",
+        randn([1, 3], DType::F32, 2),
+        AddOptions::patched(patch(9)),
+    )
+    .unwrap();
     let text = sp.to_string();
     assert!(text.starts_with("ImplementedSparsifier ("), "{text}");
     assert!(text.contains("\tData Group\n\t    name: p"));
@@ -662,8 +683,15 @@ fn masked_reads_after_a_squash_return_the_data_as_it_is() {
     sp.add_data("a", &a).unwrap();
     sp.add_data("b", &b).unwrap();
     sp.step().unwrap();
-    sp.squash_mask(Some(&["a"]), true).unwrap();
-    sp.squash_mask(Some(&["b"]), false).unwrap();
+    sp.squash_mask(Some(&["a"]), SquashOptions::default())
+        .unwrap();
+    sp.squash_mask(
+        Some(&["b"]),
+        SquashOptions {
+            leave_parametrized: false,
+        },
+    )
+    .unwrap();
     assert_eq!(sp.get_data("a", Version::Masked).unwrap(), a.snapshot());
     assert_eq!(sp.get_data("b", Version::Masked).unwrap(), b0);
     let view = sp.masked("b").unwrap();
@@ -680,7 +708,9 @@ fn squash_with_a_repeated_name_changes_nothing() {
     let a0 = a.snapshot();
     sp.add_data("a", &a).unwrap();
     sp.step().unwrap();
-    let err = sp.squash_mask(Some(&["a", "a"]), true).unwrap_err();
+    let err = sp
+        .squash_mask(Some(&["a", "a"]), SquashOptions::default())
+        .unwrap_err();
     assert!(matches!(err, Error::DuplicateName { .. }), "{err}");
     assert!(err.to_string().contains("\"a\""), "{err}");
     assert_eq!(a.snapshot(), a0);
@@ -713,7 +743,7 @@ fn data_that_changes_shape_behind_the_sparsifier_is_an_error_everywhere() {
         "a refused step changes no mask"
     );
     assert_eq!(sp.state("w").unwrap().step_count, 1);
-    names_w(sp.squash_mask(None, true).unwrap_err());
+    names_w(sp.squash_mask(None, SquashOptions::default()).unwrap_err());
     assert_eq!(p.snapshot(), replacement, "a refused squash writes nothing");
     names_w(sp.state_dict().unwrap_err());
     let path = dir.path().join("s.safetensors");
@@ -721,8 +751,15 @@ fn data_that_changes_shape_behind_the_sparsifier_is_an_error_everywhere() {
     assert!(!path.exists());
     // The original is still readable, and re-adding with a fresh mask recovers.
     assert_eq!(sp.get_data("w", Version::Original).unwrap(), replacement);
-    sp.add_data_with("w", &p, &TestPatch::default(), false)
-        .unwrap();
+    sp.add_data_with(
+        "w",
+        &p,
+        AddOptions {
+            reuse_mask: false,
+            ..AddOptions::default()
+        },
+    )
+    .unwrap();
     sp.step().unwrap();
     assert_eq!(sp.get_mask("w").unwrap().count_zeroed(), 3);
 }
@@ -739,11 +776,17 @@ fn a_hand_set_mask_of_another_shape_is_refused() {
     ));
     assert!(matches!(sp.step(), Err(Error::ShapeMismatch { .. })));
     assert!(matches!(
-        sp.squash_mask(None, true),
+        sp.squash_mask(None, SquashOptions::default()),
         Err(Error::ShapeMismatch { .. })
     ));
     // Squashing without applying the mask needs no fitting mask.
-    sp.squash_mask(None, false).unwrap();
+    sp.squash_mask(
+        None,
+        SquashOptions {
+            leave_parametrized: false,
+        },
+    )
+    .unwrap();
     assert_eq!(sp.get_data("w", Version::Masked).unwrap(), p.snapshot());
 }
 
@@ -825,14 +868,14 @@ fn an_implementer_that_supports_nd_gets_nd_data_with_its_shape() {
     sp.step().unwrap();
     assert_eq!(sp.get_mask("conv").unwrap().shape(), &[2, 3, 4]);
     sp.save_state(&path).unwrap();
-    sp.squash_mask(None, true).unwrap();
+    sp.squash_mask(None, SquashOptions::default()).unwrap();
     let squashed = conv.snapshot();
     assert_eq!(squashed.shape(), &[2, 3, 4]);
     assert_eq!(squashed.to_f64_vec()[0], 0.0);
     assert_eq!(squashed.to_f64_vec()[1..], original.to_f64_vec()[1..]);
 
     let mut back = DataSparsifier::new(AnyRank, TestConfig { test: 0 }).unwrap();
-    back.load_state(&path, true).unwrap();
+    back.load_state(&path, LoadOptions::default()).unwrap();
     assert_eq!(back.get_data("conv", Version::Original).unwrap(), original);
     assert_eq!(back.get_mask("conv").unwrap().count_zeroed(), 1);
     // The same data is refused by an implementer that does not support N-D.
@@ -840,7 +883,7 @@ fn an_implementer_that_supports_nd_gets_nd_data_with_its_shape() {
     assert!(matches!(err, Error::UnsupportedShape { .. }), "{err}");
     let mut two_d = sparsifier();
     assert!(matches!(
-        two_d.load_state(&path, true),
+        two_d.load_state(&path, LoadOptions::default()),
         Err(Error::InvalidState { .. }) | Err(Error::UnsupportedShape { .. })
     ));
 }

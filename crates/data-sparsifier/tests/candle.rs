@@ -9,7 +9,8 @@ use data_sparsifier::hooks::{Model, PostTrainingDataSparsity};
 use data_sparsifier::norm::{DataNormConfig, DataNormPatch, DataNormSparsifier};
 use data_sparsifier::random::randn;
 use data_sparsifier::{
-    BagMode, Bags, DType, DataKind, Error, ExternalTensor, Mask, Parameter, Tensor, Version,
+    embedding::BagMode, embedding::Bags, tensor::ExternalTensor, AddOptions, DType, DataKind,
+    Error, LoadOptions, Mask, Parameter, SquashOptions, Tensor, Version,
 };
 
 const CPU: Device = Device::Cpu;
@@ -52,7 +53,7 @@ fn squash_is_visible_through_the_models_own_weight_handles() {
     // Nothing is written before the squash.
     assert_eq!(flat_f32(lin.weight()), flat_f32(&before));
 
-    sp.squash_mask(None, true).unwrap();
+    sp.squash_mask(None, SquashOptions::default()).unwrap();
     let want: Vec<f32> = flat_f32(&before)
         .iter()
         .enumerate()
@@ -139,7 +140,7 @@ fn every_float_dtype_matches_the_native_sparsifier() {
             dc::from_candle(&masked).unwrap(),
             native.masked(&mask).unwrap()
         );
-        sp.squash_mask(None, true).unwrap();
+        sp.squash_mask(None, SquashOptions::default()).unwrap();
         assert_eq!(
             dc::from_candle(&ct).unwrap(),
             native.masked(&mask).unwrap(),
@@ -178,8 +179,7 @@ fn offset_and_strided_layouts() {
     sp.add_data_with(
         "tr",
         dc::tensor(&tr).unwrap(),
-        &DataNormPatch::new().block(1, 2),
-        true,
+        AddOptions::patched(DataNormPatch::new().block(1, 2)),
     )
     .unwrap();
     sp.step().unwrap();
@@ -188,7 +188,7 @@ fn offset_and_strided_layouts() {
         sp.get_mask("tr").unwrap().clone(),
     );
     let before = flat_f32(base.as_tensor());
-    sp.squash_mask(None, true).unwrap();
+    sp.squash_mask(None, SquashOptions::default()).unwrap();
     let after = flat_f32(base.as_tensor());
     // Expected: base with the two views' masks applied at their storage positions.
     let mut want = before.clone();
@@ -250,7 +250,7 @@ fn broadcast_views_are_refused() {
     sp.step().unwrap();
     let mask = sp.get_mask("b").unwrap().clone();
     assert_eq!(mask, native_mask(&native, &config));
-    sp.squash_mask(None, true).unwrap();
+    sp.squash_mask(None, SquashOptions::default()).unwrap();
     assert_eq!(
         dc::from_candle(&owned).unwrap(),
         native.masked(&mask).unwrap()
@@ -286,7 +286,7 @@ fn candle_embedding_weight_is_sparsified_in_place() {
     sp.add_data("emb", dc::embedding(&emb).unwrap()).unwrap();
     assert_eq!(sp.kind("emb").unwrap(), DataKind::Embedding);
     sp.step().unwrap();
-    sp.squash_mask(None, true).unwrap();
+    sp.squash_mask(None, SquashOptions::default()).unwrap();
     let mask = sp.get_mask("emb").unwrap();
     let ids = CTensor::new(&(0u32..20).collect::<Vec<_>>()[..], &CPU).unwrap();
     let out = emb.forward(&ids).unwrap();
@@ -312,7 +312,7 @@ fn load_state_writes_into_candle_storage() {
     sp.save_state(&path).unwrap();
     w.set(&CTensor::zeros((4, 4), CDType::F64, &CPU).unwrap())
         .unwrap();
-    sp.load_state(&path, true).unwrap();
+    sp.load_state(&path, LoadOptions::default()).unwrap();
     assert_eq!(flat_f32(w.as_tensor()), saved);
     // a wrong dtype or shape is refused
     let c = CandleTensor::new(w.as_tensor()).unwrap();
@@ -636,7 +636,7 @@ fn embedding_bag_trains_and_is_sparsified_in_place() {
     sp.add_data("bag", dc::embedding_bag(&bag).unwrap())
         .unwrap();
     sp.step().unwrap();
-    sp.squash_mask(None, true).unwrap();
+    sp.squash_mask(None, SquashOptions::default()).unwrap();
     let zero_rows = (0..30)
         .filter(|&r| {
             flat_f32(&bag.weight().i(r).unwrap())
@@ -691,7 +691,7 @@ fn gradual_pruning_trains_through_the_mask_then_squashes() {
     sp.step().unwrap();
     let mask = sp.get_mask("w").unwrap().clone();
     let masked_loss = loss(&mask).to_scalar::<f32>().unwrap();
-    sp.squash_mask(None, true).unwrap();
+    sp.squash_mask(None, SquashOptions::default()).unwrap();
     // 75% of the 16 blocks of 4 are zero in the Var itself; the plain forward equals the masked one.
     assert_eq!(
         flat_f32(w.as_tensor())

@@ -2,15 +2,15 @@
 //! PyTorch's `test_data_sparsifier.py` (§8.1) ported, configs, NaN policy, shapes, dtypes, and
 //! property tests against a naive oracle that sorts everything stably.
 
-use data_sparsifier::half::{bf16, f16};
+use data_sparsifier::dtype::{bf16, f16};
 use data_sparsifier::norm::{
     compute_mask, pruned_block_count, DataNorm, DataNormConfig, DataNormPatch, DataNormSparsifier,
     NanPolicy, Norm,
 };
 use data_sparsifier::random::randn;
 use data_sparsifier::{
-    BagMode, DType, DataSparsifier, Embedding, EmbeddingBag, Error, Mask, Parameter, Tensor,
-    UpdateMask, Version,
+    embedding::BagMode, AddOptions, DType, DataSparsifier, Embedding, EmbeddingBag, Error,
+    LoadOptions, Mask, Parameter, SquashOptions, Tensor, UpdateMask, Version,
 };
 use proptest::prelude::*;
 
@@ -342,10 +342,18 @@ impl Item {
     fn add(&self, sp: &mut DataNormSparsifier, name: &str, patch: Option<&DataNormPatch>) {
         let p = patch.cloned().unwrap_or_default();
         match self {
-            Item::Tensor(t) => sp.add_data_with(name, t.clone(), &p, true).map(|_| ()),
-            Item::Param(x) => sp.add_data_with(name, x, &p, true).map(|_| ()),
-            Item::Emb(x) => sp.add_data_with(name, x, &p, true).map(|_| ()),
-            Item::Bag(x) => sp.add_data_with(name, x, &p, true).map(|_| ()),
+            Item::Tensor(t) => sp
+                .add_data_with(name, t.clone(), AddOptions::patched(p.clone()))
+                .map(|_| ()),
+            Item::Param(x) => sp
+                .add_data_with(name, x, AddOptions::patched(p.clone()))
+                .map(|_| ()),
+            Item::Emb(x) => sp
+                .add_data_with(name, x, AddOptions::patched(p.clone()))
+                .map(|_| ()),
+            Item::Bag(x) => sp
+                .add_data_with(name, x, AddOptions::patched(p.clone()))
+                .map(|_| ()),
         }
         .unwrap();
     }
@@ -413,7 +421,7 @@ fn check_squash_mask(data_list: &[(&str, Item)], wc: &[(&str, Item, DataNormPatc
         assert!(sp.contains(n) && sp.is_parametrized(n).unwrap());
     }
     sp.step().unwrap();
-    sp.squash_mask(None, true).unwrap();
+    sp.squash_mask(None, SquashOptions::default()).unwrap();
     for n in &names {
         assert!(!sp.is_parametrized(n).unwrap());
         assert!(matches!(
@@ -472,13 +480,20 @@ fn check_state_dict(data_list: &[(&str, Item)], wc: &[(&str, Item, DataNormPatch
     let mut s2 = make(&data_list[..1], &[], norm);
     s1.step().unwrap();
     let squashed = wc[wc.len() - 1].0;
-    s1.squash_mask(Some(&[squashed]), false).unwrap();
+    s1.squash_mask(
+        Some(&[squashed]),
+        SquashOptions {
+            leave_parametrized: false,
+        },
+    )
+    .unwrap();
     let sd = s1.state_dict().unwrap();
     let n0 = data_list[0].0;
     assert_ne!(sd, s2.state_dict().unwrap());
     assert_ne!(s1.get_mask(n0).unwrap(), s2.get_mask(n0).unwrap());
 
-    s2.load_state_dict(sd.clone(), true).unwrap();
+    s2.load_state_dict(sd.clone(), LoadOptions::default())
+        .unwrap();
     assert_eq!(s2.len(), s1.len());
     assert_eq!(sd.entries.len(), s1.len());
     for e in &sd.entries {
@@ -506,7 +521,7 @@ fn check_state_dict(data_list: &[(&str, Item)], wc: &[(&str, Item, DataNormPatch
     let path = dir.path().join("norm.safetensors");
     s1.save_state(&path).unwrap();
     let mut s3 = make(&data_list[..1], &[], norm);
-    s3.load_state(&path, true).unwrap();
+    s3.load_state(&path, LoadOptions::default()).unwrap();
     assert_eq!(s3.state_dict().unwrap(), sd);
 }
 
@@ -590,10 +605,18 @@ fn check_sparsity_level(
                 idx += 1;
                 let p = patch(sl, b, z);
                 let r = match data {
-                    Item::Tensor(t) => sp.add_data_with(&name, t.clone(), &p, true).map(|_| ()),
-                    Item::Param(x) => sp.add_data_with(&name, x, &p, true).map(|_| ()),
-                    Item::Emb(x) => sp.add_data_with(&name, x, &p, true).map(|_| ()),
-                    Item::Bag(x) => sp.add_data_with(&name, x, &p, true).map(|_| ()),
+                    Item::Tensor(t) => sp
+                        .add_data_with(&name, t.clone(), AddOptions::patched(p.clone()))
+                        .map(|_| ()),
+                    Item::Param(x) => sp
+                        .add_data_with(&name, x, AddOptions::patched(p.clone()))
+                        .map(|_| ()),
+                    Item::Emb(x) => sp
+                        .add_data_with(&name, x, AddOptions::patched(p.clone()))
+                        .map(|_| ()),
+                    Item::Bag(x) => sp
+                        .add_data_with(&name, x, AddOptions::patched(p.clone()))
+                        .map(|_| ()),
                 };
                 if (0.0..=1.0).contains(&sl) {
                     r.unwrap();
@@ -618,7 +641,7 @@ fn check_sparsity_level(
     assert_eq!(added + rejected, 85);
     assert_eq!(rejected, 34);
     sp.step().unwrap();
-    sp.squash_mask(None, true).unwrap();
+    sp.squash_mask(None, SquashOptions::default()).unwrap();
 }
 
 fn check_memory_reference(
@@ -742,7 +765,7 @@ fn bad_configs_are_invalid_config_errors() {
             ..Default::default()
         };
         let r = sp
-            .add_data_with("w", t32(&[1.0; 8], &[2, 4]), &p, true)
+            .add_data_with("w", t32(&[1.0; 8], &[2, 4]), AddOptions::patched(p.clone()))
             .map(|_| ());
         assert!(matches!(r, Err(Error::InvalidConfig { .. })));
         assert!(!sp.contains("w"));
@@ -808,13 +831,12 @@ fn config_serde_and_patches() {
     assert_eq!(d, c);
     // Replacing keeps the old config and applies the new patch on top (norm is per data here).
     let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
-    sp.add_data_with("a", t32(&[1.0; 4], &[1, 4]), &p, true)
+    sp.add_data_with("a", t32(&[1.0; 4], &[1, 4]), AddOptions::patched(p.clone()))
         .unwrap();
     sp.add_data_with(
         "a",
         t32(&[2.0; 4], &[1, 4]),
-        &DataNormPatch::new().norm(Norm::L1),
-        true,
+        AddOptions::patched(DataNormPatch::new().norm(Norm::L1)),
     )
     .unwrap();
     assert_eq!(
@@ -1034,7 +1056,7 @@ fn empty_data_gives_an_empty_mask() {
         sp.add_data("e", t).unwrap();
         sp.step().unwrap();
         assert_eq!(sp.get_mask("e").unwrap().shape(), &shape[..]);
-        sp.squash_mask(None, true).unwrap();
+        sp.squash_mask(None, SquashOptions::default()).unwrap();
     }
 }
 
@@ -1049,7 +1071,7 @@ fn one_d_column_and_scalar_data() {
     sp.add_data("v", t32(&v, &[10])).unwrap();
     sp.step().unwrap();
     assert_eq!(sp.get_mask("v").unwrap().shape(), &[10]);
-    sp.squash_mask(None, true).unwrap();
+    sp.squash_mask(None, SquashOptions::default()).unwrap();
     // (n, 1) is n rows of one column: a (1,4) block is one cell, a (4,1) block spans 4 rows.
     let col = t32(&v, &[10, 1]);
     let m = mask_of(&col, &cfg(0.5, (4, 1), None, Norm::L1));
@@ -1135,7 +1157,7 @@ fn squash_writes_the_mask_into_shared_handles() {
     let mut sp = DataSparsifier::new(DataNorm::new(), cfg(0.5, (2, 2), None, Norm::L1)).unwrap();
     sp.add_data("w", &p).unwrap();
     sp.step().unwrap();
-    sp.squash_mask(None, true).unwrap();
+    sp.squash_mask(None, SquashOptions::default()).unwrap();
     let got = p.snapshot().to_f64_vec();
     let m = example_mask(Norm::L1, 4);
     for i in 0..15 {

@@ -10,7 +10,7 @@
 use data_sparsifier::norm::{DataNormConfig, DataNormPatch, DataNormSparsifier};
 use data_sparsifier::random::randn;
 use data_sparsifier::scheduler::{DataScheduler, Point, Schedule, SchedulerWarning, StepOutcome};
-use data_sparsifier::{DType, Embedding, Parameter};
+use data_sparsifier::{AddOptions, DType, Embedding, Parameter};
 
 /// `ImplementedDataScheduler`: halves every level after the first epoch.
 struct Implemented;
@@ -49,8 +49,7 @@ fn sparsifier() -> DataNormSparsifier {
     sp.add_data_with(
         "tensor2",
         randn([4, 4], DType::F32, 4),
-        &DataNormPatch::new().sparsity_level(0.3),
-        true,
+        AddOptions::patched(DataNormPatch::new().sparsity_level(0.3)),
     )
     .unwrap();
     sp

@@ -5,7 +5,10 @@ use data_sparsifier::scheduler::{
     DataScheduler, Lambda, LinearSchedule, Param, Point, Schedule, SchedulerWarning, StepOutcome,
     StepSchedule, ZhuGupta,
 };
-use data_sparsifier::{Config, DType, DataSparsifier, Error, Mask, Tensor, TensorView, UpdateMask};
+use data_sparsifier::{
+    AddOptions, Config, DType, DataSparsifier, Error, LoadOptions, Mask, Tensor, TensorView,
+    UpdateMask,
+};
 use serde::{Deserialize, Serialize};
 
 /// Zeroes the `round(level · n)` smallest-magnitude elements.
@@ -64,8 +67,12 @@ fn sparsifier() -> DataSparsifier<Magnitude> {
     let mut sp = DataSparsifier::new(Magnitude, Level { level: 0.2 }).unwrap();
     let t = |n: usize, seed| data_sparsifier::random::randn([n, n], DType::F32, seed);
     sp.add_data("a", t(4, 1)).unwrap();
-    sp.add_data_with("b", t(6, 2), &LevelPatch { level: Some(0.4) }, true)
-        .unwrap();
+    sp.add_data_with(
+        "b",
+        t(6, 2),
+        AddOptions::patched(LevelPatch { level: Some(0.4) }),
+    )
+    .unwrap();
     sp
 }
 
@@ -161,7 +168,8 @@ fn non_finite_values_are_errors_and_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.safetensors");
         s.save_state(&sp, &path).unwrap();
-        s.load_state(&mut sp, &path, true).unwrap();
+        s.load_state(&mut sp, &path, LoadOptions::default())
+            .unwrap();
         assert_eq!(s.state_dict(), before.1);
     }
 }
@@ -175,8 +183,7 @@ fn non_finite_base_values_are_refused() {
     sp.add_data_with(
         "zero",
         Tensor::zeros(DType::F32, [2, 2]),
-        &LevelPatch { level: Some(0.0) },
-        true,
+        AddOptions::patched(LevelPatch { level: Some(0.0) }),
     )
     .unwrap();
     let err = DataScheduler::new(&mut sp, INVERSE, StepSchedule::new(1, 1.0).unwrap()).unwrap_err();
@@ -211,7 +218,8 @@ fn state_that_json_cannot_hold_is_an_error_not_a_file_that_fails_to_load() {
     s.save_state(&sp, &path).unwrap();
     let mut sp2 = sparsifier();
     let mut s2 = DataScheduler::new(&mut sp2, LEVEL, StepSchedule::new(3, 1.0).unwrap()).unwrap();
-    s2.load_state(&mut sp2, &path, true).unwrap();
+    s2.load_state(&mut sp2, &path, LoadOptions::default())
+        .unwrap();
     assert_eq!(s2.state_dict(), s.state_dict());
 }
 
@@ -545,7 +553,8 @@ fn resume_from_file_continues_exactly() {
     let mut sp_b = DataSparsifier::new(Magnitude, Level { level: 0.2 }).unwrap();
     let mut s_b =
         DataScheduler::new(&mut sp_b, LEVEL, ZhuGupta::new(None, 0.1, 0, 1, 1).unwrap()).unwrap();
-    s_b.load_state(&mut sp_b, &path, true).unwrap();
+    s_b.load_state(&mut sp_b, &path, LoadOptions::default())
+        .unwrap();
     assert_eq!(s_b.schedule(), &zg);
     run(&mut sp_b, &mut s_b, 4..9);
 
@@ -575,7 +584,8 @@ fn counters_at_their_maximum_are_an_error_not_an_overflow() {
 
         let mut sp2 = sparsifier();
         let mut s2 = sched(&mut sp2);
-        s2.load_state(&mut sp2, &path, true).unwrap();
+        s2.load_state(&mut sp2, &path, LoadOptions::default())
+            .unwrap();
         sp2.step().unwrap();
         let before = (levels(&sp2), s2.state_dict());
         let err = s2.step(&mut sp2).unwrap_err();
@@ -607,7 +617,9 @@ fn load_state_without_scheduler_part_is_an_error_and_changes_nothing() {
         .unwrap();
     let mut s = DataScheduler::new(&mut sp2, LEVEL, StepSchedule::new(1, 1.0).unwrap()).unwrap();
     let before = (sp2.state_dict().unwrap(), s.state_dict());
-    assert!(s.load_state(&mut sp2, &path, true).is_err());
+    assert!(s
+        .load_state(&mut sp2, &path, LoadOptions::default())
+        .is_err());
     assert_eq!((sp2.state_dict().unwrap(), s.state_dict()), before);
 }
 

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use data_sparsifier::random::{randn, Rng};
 use data_sparsifier::state::FORMAT;
 use data_sparsifier::{
-    Config, DType, DataSparsifier, Error, Mask, Parameter, Result, StateDict, Tensor, TensorView,
-    UpdateMask, Version,
+    AddOptions, Config, DType, DataSparsifier, Error, LoadOptions, Mask, Parameter, Result,
+    SquashOptions, StateDict, Tensor, TensorView, UpdateMask, Version,
 };
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -76,10 +76,9 @@ fn populated(seed: u64) -> (DataSparsifier<Threshold>, Parameter) {
     sp.add_data_with(
         "half",
         randn([3, 5], DType::F16, seed + 1),
-        &Patch {
+        AddOptions::patched(Patch {
             threshold: Some(1.0),
-        },
-        true,
+        }),
     )
     .unwrap();
     sp.add_data("bf", randn([7], DType::BF16, seed + 2))
@@ -88,7 +87,8 @@ fn populated(seed: u64) -> (DataSparsifier<Threshold>, Parameter) {
         .unwrap();
     sp.add_data("empty", randn([0, 3], DType::F32, 0)).unwrap();
     sp.step().unwrap();
-    sp.squash_mask(Some(&["dbl"]), true).unwrap();
+    sp.squash_mask(Some(&["dbl"]), SquashOptions::default())
+        .unwrap();
     (sp, p)
 }
 
@@ -104,7 +104,7 @@ fn file_round_trip_is_exact() {
     sp.save_state_with_extra(&path, &extra).unwrap();
 
     let mut fresh = sparsifier();
-    let got_extra = fresh.load_state(&path, true).unwrap();
+    let got_extra = fresh.load_state(&path, LoadOptions::default()).unwrap();
     assert_eq!(got_extra, extra);
     assert_eq!(fresh.state_dict().unwrap(), sp.state_dict().unwrap());
     assert!(!fresh.is_parametrized("dbl").unwrap());
@@ -165,7 +165,9 @@ fn strict_replaces_and_non_strict_merges() {
     other
         .add_data("mine", randn([2, 2], DType::F32, 9))
         .unwrap();
-    other.load_state_dict(sd.clone(), false).unwrap();
+    other
+        .load_state_dict(sd.clone(), LoadOptions { strict: false })
+        .unwrap();
     assert_eq!(
         other.names().collect::<Vec<_>>(),
         vec!["mine", "param", "half", "bf", "dbl", "empty"]
@@ -175,7 +177,9 @@ fn strict_replaces_and_non_strict_merges() {
     strict
         .add_data("mine", randn([2, 2], DType::F32, 9))
         .unwrap();
-    strict.load_state_dict(sd.clone(), true).unwrap();
+    strict
+        .load_state_dict(sd.clone(), LoadOptions::default())
+        .unwrap();
     assert!(!strict.contains("mine"));
     assert_eq!(strict.len(), 5);
 
@@ -184,7 +188,9 @@ fn strict_replaces_and_non_strict_merges() {
     overlap
         .add_data("param", randn([1, 1], DType::F64, 9))
         .unwrap();
-    overlap.load_state_dict(sd, false).unwrap();
+    overlap
+        .load_state_dict(sd, LoadOptions { strict: false })
+        .unwrap();
     assert_eq!(
         overlap
             .get_data("param", Version::Original)
@@ -202,7 +208,9 @@ fn loading_restores_into_the_live_parameter() {
     let mut resumed = sparsifier();
     let model_param = Parameter::new(Tensor::zeros(DType::F32, [6, 4]));
     resumed.add_data("param", &model_param).unwrap();
-    resumed.load_state_dict(sd.clone(), true).unwrap();
+    resumed
+        .load_state_dict(sd.clone(), LoadOptions::default())
+        .unwrap();
     assert_eq!(model_param.snapshot(), sd.entries[0].data);
     assert!(resumed
         .data_handle("param")
@@ -222,7 +230,7 @@ fn invalid_states_change_nothing() {
         .add_data("keep", randn([2, 2], DType::F32, 1))
         .unwrap();
     assert!(matches!(
-        target.load_state_dict(sd, true),
+        target.load_state_dict(sd, LoadOptions::default()),
         Err(Error::InvalidConfig { .. })
     ));
     assert_eq!(target.names().collect::<Vec<_>>(), vec!["keep"]);
@@ -230,13 +238,13 @@ fn invalid_states_change_nothing() {
     let mut sd = sp.state_dict().unwrap();
     sd.entries[0].mask = Mask::ones([5]);
     assert!(matches!(
-        target.load_state_dict(sd, true),
+        target.load_state_dict(sd, LoadOptions::default()),
         Err(Error::ShapeMismatch { .. })
     ));
     let mut sd = sp.state_dict().unwrap();
     let dup = sd.entries[0].clone();
     sd.entries.push(dup);
-    assert!(target.load_state_dict(sd, true).is_err());
+    assert!(target.load_state_dict(sd, LoadOptions::default()).is_err());
     assert_eq!(target.len(), 1);
 }
 
@@ -352,20 +360,20 @@ proptest! {
             let dtype = DType::ALL[rng.below(4) as usize];
             let t = randn(shape.clone(), dtype, rng.next_u64());
             let patch = Patch { threshold: Some(rng.uniform() * 2.0) };
-            sp.add_data_with(&format!("t{i}"), t, &patch, true).unwrap();
+            sp.add_data_with(&format!("t{i}"), t, AddOptions::patched(patch.clone())).unwrap();
         }
         sp.step().unwrap();
         let names: Vec<String> = sp.names().map(String::from).collect();
         let to_squash: Vec<&str> = names.iter().enumerate()
             .filter(|(i, _)| (squash >> (i % 8)) & 1 == 1).map(|(_, n)| n.as_str()).collect();
-        sp.squash_mask(Some(&to_squash), true).unwrap();
+        sp.squash_mask(Some(&to_squash), SquashOptions::default()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.safetensors");
         sp.save_state(&path).unwrap();
         let loaded = StateDict::<Cfg, Steps>::load(&path).unwrap();
         prop_assert_eq!(&loaded, &sp.state_dict().unwrap());
         let mut back = sparsifier();
-        back.load_state_dict(loaded, true).unwrap();
+        back.load_state_dict(loaded, LoadOptions::default()).unwrap();
         prop_assert_eq!(back.state_dict().unwrap(), sp.state_dict().unwrap());
     }
 
@@ -410,8 +418,12 @@ fn data_norm_state_round_trips_with_norms_and_masks() {
         .block(2, 3)
         .zeros_per_block(6)
         .norm(Norm::L2);
-    s1.add_data_with("emb", randn([15, 3], DType::BF16, 3), &l2, true)
-        .unwrap();
+    s1.add_data_with(
+        "emb",
+        randn([15, 3], DType::BF16, 3),
+        AddOptions::patched(l2.clone()),
+    )
+    .unwrap();
     let mut s2 = DataNormSparsifier::data_norm(defaults)
         .unwrap()
         .with_data([("tensor1", randn([1, 10], DType::F32, 2))])
@@ -425,7 +437,7 @@ fn data_norm_state_round_trips_with_norms_and_masks() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("norm.safetensors");
     s1.save_state(&path).unwrap();
-    s2.load_state(&path, true).unwrap();
+    s2.load_state(&path, LoadOptions::default()).unwrap();
     assert_eq!(s2.len(), 3);
     for name in ["tensor1", "param", "emb"] {
         assert_eq!(s1.config(name).unwrap(), s2.config(name).unwrap());
@@ -459,7 +471,9 @@ fn non_strict_replaces_in_place_and_appends_new_names() {
     other
         .add_data("last", randn([2, 2], DType::F32, 3))
         .unwrap();
-    other.load_state_dict(sd.clone(), false).unwrap();
+    other
+        .load_state_dict(sd.clone(), LoadOptions { strict: false })
+        .unwrap();
     assert_eq!(
         other.names().collect::<Vec<_>>(),
         vec!["first", "half", "last", "param", "bf", "dbl", "empty"]
@@ -479,7 +493,9 @@ fn a_state_of_another_sparsifier_is_refused() {
     target
         .add_data("keep", randn([2, 2], DType::F32, 1))
         .unwrap();
-    let err = target.load_state_dict(sd, true).unwrap_err();
+    let err = target
+        .load_state_dict(sd, LoadOptions::default())
+        .unwrap_err();
     assert!(err.to_string().contains("DataNormSparsifier"), "{err}");
     assert_eq!(target.names().collect::<Vec<_>>(), vec!["keep"]);
 }
@@ -491,7 +507,9 @@ fn an_embedding_table_must_be_2d() {
     // "bf" is a 1-D tensor; claim it is an embedding.
     sd.entries[2].kind = data_sparsifier::DataKind::Embedding;
     let mut target = sparsifier();
-    let err = target.load_state_dict(sd, true).unwrap_err();
+    let err = target
+        .load_state_dict(sd, LoadOptions::default())
+        .unwrap_err();
     assert!(err.to_string().contains("\"bf\""), "{err}");
     assert!(target.is_empty());
 }
@@ -502,7 +520,7 @@ fn mask_update_enabled_is_restored() {
     sp.set_mask_update_enabled(false);
     let sd = sp.state_dict().unwrap();
     let mut target = sparsifier();
-    target.load_state_dict(sd, true).unwrap();
+    target.load_state_dict(sd, LoadOptions::default()).unwrap();
     assert!(!target.mask_update_enabled());
 }
 
@@ -531,13 +549,19 @@ fn an_entry_squashed_without_the_mask_saves_its_untouched_data() {
     sp.add_data("x", raw.clone()).unwrap();
     sp.step().unwrap();
     assert!(sp.get_mask("x").unwrap().count_zeroed() > 0);
-    sp.squash_mask(None, false).unwrap();
+    sp.squash_mask(
+        None,
+        SquashOptions {
+            leave_parametrized: false,
+        },
+    )
+    .unwrap();
     sp.save_state(&path).unwrap();
     let sd = StateDict::<Cfg, Steps>::load(&path).unwrap();
     assert_eq!(sd.entries[0].data, raw);
     assert!(!sd.entries[0].parametrized);
     let mut back = sparsifier();
-    back.load_state(&path, true).unwrap();
+    back.load_state(&path, LoadOptions::default()).unwrap();
     assert_eq!(back.get_data("x", Version::Masked).unwrap(), raw);
     assert!(back.get_data("x", Version::Original).is_err());
 }
@@ -548,7 +572,7 @@ struct Flaky {
     data: std::sync::Mutex<Tensor>,
     fail: bool,
 }
-impl data_sparsifier::ExternalTensor for Flaky {
+impl data_sparsifier::tensor::ExternalTensor for Flaky {
     fn shape(&self) -> Vec<usize> {
         self.data.lock().unwrap().shape().to_vec()
     }
@@ -591,7 +615,9 @@ fn a_failed_write_into_external_storage_leaves_the_sparsifier_as_it_was() {
         )
         .unwrap();
     let before = target.state_dict().unwrap();
-    let err = target.load_state_dict(sd, true).unwrap_err();
+    let err = target
+        .load_state_dict(sd, LoadOptions::default())
+        .unwrap_err();
     assert!(err.to_string().contains("\"half\""), "{err}");
     assert_eq!(target.state_dict().unwrap(), before);
     assert_eq!(native.snapshot(), Tensor::zeros(DType::F32, [6, 4]));

@@ -7,7 +7,9 @@
 use std::time::Instant;
 
 use data_sparsifier::random::Rng;
-use data_sparsifier::{with_dtype, Config, DType, DataSparsifier, Element, Parameter, Tensor};
+use data_sparsifier::{
+    with_dtype, Config, DType, DataSparsifier, Element, Parameter, SquashOptions, Tensor,
+};
 use serde::Serialize;
 
 use crate::alloc;
@@ -249,7 +251,8 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport> {
         let t0 = Instant::now();
         sp.step().map_err(lib)?;
         let t1 = Instant::now();
-        sp.squash_mask(None, true).map_err(lib)?;
+        sp.squash_mask(None, SquashOptions::default())
+            .map_err(lib)?;
         let t2 = Instant::now();
         peak_extra = peak_extra.max(alloc::peak().saturating_sub(base) as u64);
         sparsity = sp.get_mask("table").map_err(lib)?.sparsity();

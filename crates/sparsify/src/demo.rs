@@ -322,7 +322,7 @@ pub fn demo(opts: &DemoOptions, ui: Ui) -> Result<DemoReport> {
     ));
     let g0 = Instant::now();
     write_checkpoint(&input, opts.seed, opts.scale)?;
-    data_sparsifier::io::write_atomic(&config, CONFIG.as_bytes())
+    data_sparsifier::format::write_atomic(&config, CONFIG.as_bytes())
         .map_err(|e| CliError::lib(format!("writing {}", config.display()), e))?;
     let generate_seconds = g0.elapsed().as_secs_f64();
     ui.say(format!(

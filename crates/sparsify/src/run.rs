@@ -28,7 +28,7 @@ use std::time::Instant;
 use data_sparsifier::format::safetensors::{MaskSink, SquashedSink};
 use data_sparsifier::format::{CommitMode, Staged, TensorInfo, TensorSink};
 use data_sparsifier::rule::{Registry, Rule};
-use data_sparsifier::state::{EntryHeader, StateWriter};
+use data_sparsifier::state::{EntryHeader, StateHeader, StateWriter};
 use data_sparsifier::{validate_name, DataKind, Mask};
 use serde::Serialize;
 use serde_json::Value;
@@ -524,7 +524,13 @@ fn state_sink(path: &Path, ck: &Checkpoint, plan: &Plan, source: &str) -> Result
         .iter()
         .map(|&i| tensors[i].name.clone())
         .collect();
-    StateWriter::create(path, plan.rule.name(), true, &headers, &extra)
+    let header = StateHeader {
+        sparsifier: plan.rule.name(),
+        mask_update_enabled: true,
+        entries: &headers,
+        extra: &extra,
+    };
+    StateWriter::create(path, &header)
         .and_then(|w| w.offered_as(offered))
         .map_err(written(path))
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use assert_cmd::Command;
 use common::*;
 use data_sparsifier::norm::{pruned_block_count, DataNormSparsifier};
+use data_sparsifier::LoadOptions;
 use data_sparsifier::Mask;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
@@ -176,7 +177,7 @@ fn round_trip_run_then_inspect() {
 
     // The state reloads into DataNormSparsifier, with the original data and the masks.
     let mut sp = DataNormSparsifier::data_norm(Default::default()).unwrap();
-    let extra = sp.load_state(&state, true).unwrap();
+    let extra = sp.load_state(&state, LoadOptions::default()).unwrap();
     assert_eq!(extra["sparsify"]["names"]["z_emb"], "z.emb");
     assert_eq!(
         sp.names().collect::<Vec<_>>(),
@@ -297,7 +298,7 @@ fn named_nd_and_0d_tensors_are_sparsified_as_2d() {
     // The state holds the 2-D view each tensor was sparsified as (DataNormSparsifier takes at most
     // 2-D data) and records the real shapes.
     let mut sp = DataNormSparsifier::data_norm(Default::default()).unwrap();
-    let extra = sp.load_state(&state, true).unwrap();
+    let extra = sp.load_state(&state, LoadOptions::default()).unwrap();
     let data = |n: &str| sp.get_data(n, data_sparsifier::Version::Original).unwrap();
     assert_eq!(data("conv").shape(), &[6, 8]);
     assert_eq!(data("scale").shape(), &[] as &[usize]);
@@ -804,7 +805,7 @@ fn state_names_that_collide_and_directory_outputs_are_errors() {
         "-q",
     ]);
     let mut sp = DataNormSparsifier::data_norm(Default::default()).unwrap();
-    sp.load_state(&st, true).unwrap();
+    sp.load_state(&st, LoadOptions::default()).unwrap();
     assert_eq!(sp.names().collect::<Vec<_>>(), ["a_b"]);
     let e = fails(&["run", s(&input), "-o", s(dir.path()), "--force"]);
     assert!(e.contains("directory"), "{e}");
@@ -1120,7 +1121,7 @@ fn the_magnitude_rule_end_to_end() {
     let mut sp = registry
         .sparsifier("magnitude", &serde_json::json!({}))
         .unwrap();
-    sp.load_state(&state, true).unwrap();
+    sp.load_state(&state, LoadOptions::default()).unwrap();
     assert_eq!(sp.get_mask("z_emb").unwrap().to_dense_u8(), dense);
     assert_eq!(sp.config("z_emb").unwrap()["threshold"], 0.5);
     // Stepping the loaded sparsifier gives the same mask again.

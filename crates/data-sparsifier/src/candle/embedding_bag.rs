@@ -32,7 +32,7 @@ fn lookup_err(message: String) -> Error {
 /// ```
 /// use candle_core::{Device, Tensor, Var};
 /// use data_sparsifier::candle::EmbeddingBag;
-/// use data_sparsifier::{BagMode, Bags};
+/// use data_sparsifier::{embedding::BagMode, embedding::Bags};
 ///
 /// let w = Var::from_vec(vec![1f32, 1., 2., 2., 4., 4.], (3, 2), &Device::Cpu).unwrap();
 /// let bag = EmbeddingBag::new(w.as_tensor().clone(), BagMode::Mean).unwrap();

@@ -29,6 +29,7 @@
 //! device is an [`Error::External`] saying so (move it with `to_device(&Device::Cpu)`).
 //!
 //! ```
+//! use data_sparsifier::SquashOptions;
 //! use candle_core::{DType, Device, Var};
 //! use data_sparsifier::norm::{DataNormConfig, DataNormSparsifier};
 //!
@@ -36,7 +37,7 @@
 //! let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
 //! sp.add_data("w", data_sparsifier::candle::var(&w).unwrap()).unwrap();
 //! sp.step().unwrap();
-//! sp.squash_mask(None, true).unwrap();
+//! sp.squash_mask(None, SquashOptions::default()).unwrap();
 //! // The Var itself now holds the sparse weights: half of the (1, 4) blocks are zero.
 //! let zeros = w.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().filter(|x| **x == 0.0).count();
 //! assert_eq!(zeros, 32);
@@ -64,9 +65,9 @@ const FRAMEWORK: &str = "candle";
 
 impl From<candle_core::Error> for Error {
     fn from(e: candle_core::Error) -> Self {
-        Error::External {
+        Error::Foreign {
             framework: FRAMEWORK,
-            message: e.to_string(),
+            source: Box::new(e),
         }
     }
 }

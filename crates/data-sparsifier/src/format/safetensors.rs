@@ -410,7 +410,9 @@ impl SafetensorsWriter {
         if let Some(meta) = metadata {
             out.push_str("\"__metadata__\":");
             out.push_str(
-                &serde_json::to_string(meta).map_err(|e| Error::invalid_state(e.to_string()))?,
+                &serde_json::to_string(meta).map_err(|e| {
+                    Error::invalid_state_from("cannot encode the metadata as JSON", e)
+                })?,
             );
             first = false;
         }
@@ -434,13 +436,13 @@ impl SafetensorsWriter {
                 out.push(',');
             }
             first = false;
-            out.push_str(
-                &serde_json::to_string(&t.name).map_err(|e| Error::invalid_state(e.to_string()))?,
-            );
+            out.push_str(&serde_json::to_string(&t.name).map_err(|e| {
+                Error::invalid_state_from("cannot encode a tensor name as JSON", e)
+            })?);
             out.push(':');
-            out.push_str(
-                &serde_json::to_string(&info).map_err(|e| Error::invalid_state(e.to_string()))?,
-            );
+            out.push_str(&serde_json::to_string(&info).map_err(|e| {
+                Error::invalid_state_from("cannot encode a tensor header as JSON", e)
+            })?);
         }
         out.push('}');
         let mut bytes = out.into_bytes();
@@ -578,7 +580,7 @@ impl TensorSink for SquashedSink {
             for start in (0..n).step_by(SQUASH_CHUNK) {
                 let len = (n - start).min(SQUASH_CHUNK);
                 mask.apply_into_at(start, &src[start..start + len], &mut dst[..len])
-                    .map_err(|e| e.for_data(name))?;
+                    .map_err(|e| e.with_data(name))?;
                 w.write(bytemuck::cast_slice(&dst[..len]))?;
             }
         });

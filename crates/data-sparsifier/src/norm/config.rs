@@ -234,7 +234,7 @@ impl DataNormConfig {
     /// when NaN blocks rank last).
     ///
     /// ```
-    /// use data_sparsifier::{DataNormConfig, NanPolicy};
+    /// use data_sparsifier::{DataNormConfig, norm::NanPolicy};
     /// assert_eq!(DataNormConfig::default().describe(), "sl 0.5 1x4 zpb 4 L1");
     /// let c = DataNormConfig { sparsity_level: 0.125, nan_policy: NanPolicy::RankLast, ..Default::default() };
     /// assert_eq!(c.describe(), "sl 0.125 1x4 zpb 4 L1 nan:rank_last");

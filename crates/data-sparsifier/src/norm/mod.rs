@@ -34,14 +34,14 @@
 //!
 //! ```
 //! use data_sparsifier::norm::{DataNormConfig, DataNormPatch, DataNormSparsifier};
-//! use data_sparsifier::{Tensor, Version};
+//! use data_sparsifier::{AddOptions, Tensor, Version};
 //!
 //! let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
 //! let data = Tensor::from_vec(vec![0.1f32, -0.2, 0.1, 0.3, 5.0, 6.0, -7.0, 8.0], [1, 8]).unwrap();
 //! sp.add_data("row", data).unwrap();
 //! // 2:4 sparsity on another tensor.
 //! let t = Tensor::from_vec(vec![1.0f32, -4.0, 3.0, 2.0], [1, 4]).unwrap();
-//! sp.add_data_with("nm", t, &DataNormPatch::new().sparsity_level(1.0).zeros_per_block(2), true).unwrap();
+//! sp.add_data_with("nm", t, AddOptions::patched(DataNormPatch::new().sparsity_level(1.0).zeros_per_block(2))).unwrap();
 //! sp.step().unwrap();
 //! // 2 blocks of 4 at level 0.5: the block with the smaller mean |x| is zeroed.
 //! assert_eq!(sp.get_mask("row").unwrap().to_dense_u8(), vec![0, 0, 0, 0, 1, 1, 1, 1]);

@@ -51,6 +51,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+pub use crate::magnitude::{Magnitude, MagnitudeConfig};
 pub use schema::{merge, Field, FieldKind, Schema};
 
 use crate::error::{Error, Result};
@@ -162,7 +163,7 @@ impl<U: UpdateMask> TypedRule<U> {
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Value> {
-    serde_json::to_value(v).map_err(|e| Error::invalid_state(format!("cannot encode as JSON: {e}")))
+    serde_json::to_value(v).map_err(|e| Error::invalid_state_from("cannot encode as JSON", e))
 }
 
 impl<U: UpdateMask> Rule for TypedRule<U> {

@@ -81,7 +81,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::norm::DataNormConfig;
-use crate::sparsifier::{Config, DataSparsifier, UpdateMask};
+use crate::sparsifier::{Config, DataSparsifier, LoadOptions, UpdateMask};
 use crate::state::SparsifierState;
 
 pub use schedules::{Lambda, LinearSchedule, Point, Schedule, StepSchedule, ZhuGupta};
@@ -461,7 +461,7 @@ impl<C: Config, S: Schedule> DataScheduler<C, S> {
         check_finite(&self.base, self.param.name, unsaveable)?;
         check_finite(&self.last, self.param.name, unsaveable)?;
         serde_json::to_value(self.state_dict())
-            .map_err(|e| Error::invalid_state(format!("cannot serialize the scheduler state: {e}")))
+            .map_err(|e| Error::invalid_state_from("cannot serialize the scheduler state", e))
     }
 
     /// Puts the state into an `extra` map under [`STATE_KEY`]. On error (see
@@ -498,7 +498,7 @@ impl<C: Config, S: Schedule> DataScheduler<C, S> {
         &mut self,
         sparsifier: &mut DataSparsifier<U>,
         path: impl AsRef<Path>,
-        strict: bool,
+        options: LoadOptions,
     ) -> Result<()>
     where
         U: UpdateMask<Config = C>,
@@ -506,7 +506,7 @@ impl<C: Config, S: Schedule> DataScheduler<C, S> {
         let mut sd = SparsifierState::<U>::load(path)?;
         let state = parse_state(&sd.extra)?;
         sd.extra.clear();
-        self.load_both(sparsifier, sd, state, strict)
+        self.load_both(sparsifier, sd, state, options)
     }
 
     /// Loads a sparsifier state and a scheduler state together; a failure changes neither.
@@ -515,7 +515,7 @@ impl<C: Config, S: Schedule> DataScheduler<C, S> {
         sparsifier: &mut DataSparsifier<U>,
         sd: SparsifierState<U>,
         state: SchedulerState,
-        strict: bool,
+        options: LoadOptions,
     ) -> Result<()>
     where
         U: UpdateMask<Config = C>,
@@ -523,7 +523,7 @@ impl<C: Config, S: Schedule> DataScheduler<C, S> {
         self.check_state(&state)?;
         let previous = self.schedule.state();
         self.schedule.load_state(&state.schedule_state)?;
-        if let Err(e) = sparsifier.load_state_dict(sd, strict) {
+        if let Err(e) = sparsifier.load_state_dict(sd, options) {
             // Put the schedule back; it loaded from its own state a moment ago, so this succeeds.
             let _ = self.schedule.load_state(&previous);
             return Err(e);
@@ -543,8 +543,7 @@ pub fn parse_state(extra: &BTreeMap<String, serde_json::Value>) -> Result<Schedu
             "no {STATE_KEY:?} entry in the saved state's extra part: it was saved without a scheduler"
         ))
     })?;
-    serde_json::from_value(v.clone())
-        .map_err(|e| Error::invalid_state(format!("scheduler state: {e}")))
+    serde_json::from_value(v.clone()).map_err(|e| Error::invalid_state_from("scheduler state", e))
 }
 
 /// An [`Error::InvalidConfig`] for the first non-finite value.

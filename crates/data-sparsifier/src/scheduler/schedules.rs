@@ -108,7 +108,7 @@ macro_rules! serde_state {
         }
         fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
             let loaded: Self = serde_json::from_value(state.clone()).map_err(|e| {
-                Error::invalid_state(format!("{} schedule state: {e}", self.name()))
+                Error::invalid_state_from(format!("{} schedule state", self.name()), e)
             })?;
             loaded.validate()?;
             *self = loaded;

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use data_sparsifier::dtype::{bf16, f16};
 use data_sparsifier::format::safetensors::SafetensorsWriter;
 use data_sparsifier::format::{FileDType, TensorInfo};
-use data_sparsifier::half::{bf16, f16};
 use data_sparsifier::random::Rng;
 use safetensors::Dtype;
 
