@@ -5,6 +5,7 @@
 //! PyTorch-shaped API is the thin Python layer in `python/data_sparsifier/`.
 
 mod errors;
+mod json;
 mod rule;
 mod schedule;
 mod sparsifier;

@@ -1,100 +1,122 @@
 //! The `_native.Sparsifier` class: the library's [`DataSparsifier`] holding Python arrays, with
-//! either the DataNorm kernel or a Python `update_mask` as its rule. The Python layer
-//! (`data_sparsifier/base_data_sparsifier.py`) gives it PyTorch's API.
+//! either a rule from the library's [`Registry`] (DataNorm is its `"datanorm"` entry; any rule
+//! registered in Rust is reachable by its kind) or a Python `update_mask` as its rule. The Python
+//! layer (`data_sparsifier/base_data_sparsifier.py`) gives it PyTorch's API.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use data_sparsifier::rule::{merge, DynSparsifier};
+use data_sparsifier::Rule;
 use data_sparsifier::{
-    norm::NanPolicy, norm::Norm, AddOptions, Config, Data, DataKind, DataNorm, DataNormConfig,
-    DataNormPatch, DataSparsifier, EntryState, LoadOptions, Mask, SquashOptions, StateDict,
-    UpdateMask, Version,
+    AddOptions, Data, DataKind, DataSparsifier, EntryState, LoadOptions, Mask, Registry,
+    SquashOptions, StateDict, UpdateMask, Version,
 };
 use numpy::{IntoPyArray, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyKeyError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::PyDict;
+use serde_json::Value;
 
 use crate::errors::{to_py, IntoPyResult};
+use crate::json;
 use crate::rule::{PyConfig, PyRule};
 use crate::store::{tensor_from_py, tensor_to_numpy, ArrayStore};
 
-/// The two rules a Python sparsifier can have.
+/// The two kinds of rule a Python sparsifier can have.
 enum Inner {
-    Norm(DataSparsifier<DataNorm>),
+    /// A rule of the library's registry, with JSON configs.
+    Rule(RuleSparsifier),
+    /// A Python `update_mask`.
     Py(DataSparsifier<PyRule>),
+}
+
+/// A registry rule's sparsifier and how Python sees its configs.
+struct RuleSparsifier {
+    sp: DynSparsifier,
+    /// Config keys the Python class takes as constructor arguments, not per-data config (DataNorm's
+    /// `norm` and `nan_policy`): hidden from config dicts and refused as config keys.
+    fixed: Vec<String>,
+}
+
+impl RuleSparsifier {
+    fn rule(&self) -> &dyn Rule {
+        &**self.sp.updater()
+    }
+
+    /// The config keys Python may set.
+    fn keys(&self) -> Vec<&str> {
+        self.rule()
+            .schema()
+            .keys()
+            .filter(|k| !self.fixed.iter().any(|f| f == k))
+            .collect()
+    }
+
+    /// A JSON patch from PyTorch-style keyword arguments; unknown keys are a `TypeError`, as a
+    /// Python function's unknown keyword is.
+    fn patch(&self, config: &Bound<'_, PyDict>) -> PyResult<Value> {
+        let open = self.rule().schema().is_open();
+        let keys = self.keys();
+        for k in config.keys() {
+            let key: String = k.extract()?;
+            if !open && !keys.contains(&key.as_str()) {
+                let fixed = if self.fixed.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({} are constructor arguments)", self.fixed.join(", "))
+                };
+                return Err(PyTypeError::new_err(format!(
+                    "{} got an unknown config key {key:?}; its keys are {}{fixed}",
+                    self.rule().name(),
+                    keys.join(", ")
+                )));
+            }
+        }
+        json::dict_to_json(config, "config")
+    }
+
+    /// A config as a new dict: canonical where it is valid (numbers as the rule stores them), the
+    /// constructor arguments left out.
+    fn dict<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+        config: &Value,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let config = self
+            .rule()
+            .canonical(name, config)
+            .unwrap_or_else(|_| config.clone());
+        let d = PyDict::new(py);
+        if let Value::Object(m) = &config {
+            // The schema's order first (PyTorch's key order for DataNorm), then any other keys.
+            let keys = self.keys();
+            let rest = m.keys().filter(|k| !keys.contains(&k.as_str()));
+            for k in keys.iter().copied().chain(rest.map(String::as_str)) {
+                if let (Some(v), false) = (m.get(k), self.fixed.iter().any(|f| f == k)) {
+                    d.set_item(k, json::to_py(py, v)?)?;
+                }
+            }
+        }
+        Ok(d)
+    }
 }
 
 /// Runs `$body` with `$sp` bound to the inner sparsifier, whichever rule it has.
 macro_rules! with_sp {
     ($inner:expr, $sp:ident => $body:expr) => {
         match $inner {
-            Inner::Norm($sp) => $body,
+            Inner::Rule(RuleSparsifier { sp: $sp, .. }) => $body,
             Inner::Py($sp) => $body,
         }
     };
 }
 
-/// The keys of a DataNorm config as PyTorch spells them.
-const NORM_KEYS: &str = "sparsity_level, sparse_block_shape, zeros_per_block";
-
-fn non_negative(key: &str, v: i64) -> PyResult<usize> {
-    usize::try_from(v).map_err(|_| {
-        crate::errors::to_py(data_sparsifier::Error::invalid_config(
-            "<config>",
-            match key {
-                "zeros_per_block" => "zeros_per_block",
-                _ => "sparse_block_shape",
-            },
-            v,
-            "expected a non-negative integer",
-        ))
-    })
-}
-
-fn unknown_key(key: &str) -> PyErr {
-    PyTypeError::new_err(format!(
-        "DataNormSparsifier got an unknown config key {key:?}; its keys are {NORM_KEYS} (the \
-         norm is a constructor argument)"
-    ))
-}
-
-/// A DataNorm patch from PyTorch-style keyword arguments.
-fn norm_patch(config: &Bound<'_, PyDict>) -> PyResult<DataNormPatch> {
-    let mut p = DataNormPatch::default();
-    for (k, v) in config.iter() {
-        let key: String = k.extract()?;
-        match key.as_str() {
-            "sparsity_level" => p.sparsity_level = Some(v.extract::<f64>()?),
-            "sparse_block_shape" => {
-                let (h, w): (i64, i64) = v.extract()?;
-                p.sparse_block_shape = Some((
-                    non_negative("sparse_block_shape", h)?,
-                    non_negative("sparse_block_shape", w)?,
-                ));
-            }
-            "zeros_per_block" => {
-                p.zeros_per_block = Some(non_negative("zeros_per_block", v.extract::<i64>()?)?)
-            }
-            _ => return Err(unknown_key(&key)),
-        }
-    }
-    Ok(p)
-}
-
-fn norm_dict<'py>(py: Python<'py>, c: &DataNormConfig) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("sparsity_level", c.sparsity_level)?;
-    let (h, w) = c.sparse_block_shape;
-    d.set_item("sparse_block_shape", PyTuple::new(py, [h, w])?)?;
-    d.set_item("zeros_per_block", c.zeros_per_block_effective())?;
-    Ok(d)
-}
-
 /// The library's `load_state_dict` on `entries`, keeping the sparsifier's kind and flags.
-fn load_entries<U: UpdateMask<State = ()>>(
+fn load_entries<U: UpdateMask>(
     sp: &mut DataSparsifier<U>,
-    entries: Vec<EntryState<U::Config, ()>>,
+    entries: Vec<EntryState<U::Config, U::State>>,
     strict: bool,
 ) -> PyResult<()> {
     let state = StateDict {
@@ -124,6 +146,20 @@ pub(crate) struct PySparsifier {
 }
 
 impl PySparsifier {
+    /// A sparsifier over the registry's rule `kind`, its defaults the rule's own overlaid with
+    /// `defaults`; `fixed` keys are constructor arguments (see [`RuleSparsifier::fixed`]).
+    fn build(kind: &str, defaults: &Bound<'_, PyDict>, fixed: Vec<String>) -> PyResult<Self> {
+        let registry = Registry::builtin();
+        let rule = registry.create(kind).py()?;
+        let mut config = rule.defaults();
+        merge(&mut config, &json::dict_to_json(defaults, "defaults")?);
+        let sp = DataSparsifier::new(rule, config).py()?;
+        Ok(PySparsifier {
+            inner: Inner::Rule(RuleSparsifier { sp, fixed }),
+            objects: HashMap::new(),
+        })
+    }
+
     fn object(&self, py: Python<'_>, name: &str) -> PyResult<Py<PyAny>> {
         // The library's error for an unknown name.
         with_sp!(&self.inner, sp => sp.kind(name).py())?;
@@ -157,9 +193,9 @@ impl PySparsifier {
         // kinds. The Python type is the object's own.
         let data = Data::External(DataKind::Tensor, Arc::new(store));
         match &mut self.inner {
-            Inner::Norm(sp) => {
-                let patch = norm_patch(config)?;
-                sp.add_data_with(name, data, AddOptions { patch, reuse_mask })
+            Inner::Rule(r) => {
+                let patch = r.patch(config)?;
+                r.sp.add_data_with(name, data, AddOptions { patch, reuse_mask })
                     .py()?;
             }
             Inner::Py(sp) => {
@@ -175,33 +211,37 @@ impl PySparsifier {
 
 #[pymethods]
 impl PySparsifier {
-    /// A DataNorm sparsifier (PyTorch's `DataNormSparsifier`).
+    /// A DataNorm sparsifier (PyTorch's `DataNormSparsifier`): the registry's `"datanorm"` rule,
+    /// with `norm` and `nan_policy` fixed for every data.
     #[staticmethod]
     #[pyo3(signature = (sparsity_level, sparse_block_shape, zeros_per_block, norm, nan_policy))]
     fn data_norm(
-        sparsity_level: f64,
-        sparse_block_shape: (i64, i64),
-        zeros_per_block: i64,
+        py: Python<'_>,
+        sparsity_level: &Bound<'_, PyAny>,
+        sparse_block_shape: &Bound<'_, PyAny>,
+        zeros_per_block: &Bound<'_, PyAny>,
         norm: &str,
         nan_policy: &str,
     ) -> PyResult<Self> {
-        let norm: Norm = norm.parse().py()?;
-        let nan_policy: NanPolicy = nan_policy.parse().py()?;
-        let (h, w) = sparse_block_shape;
-        let config = DataNormConfig {
-            sparsity_level,
-            sparse_block_shape: (
-                non_negative("sparse_block_shape", h)?,
-                non_negative("sparse_block_shape", w)?,
-            ),
-            zeros_per_block: Some(non_negative("zeros_per_block", zeros_per_block)?),
-            norm,
-            nan_policy,
-        };
-        Ok(PySparsifier {
-            inner: Inner::Norm(DataSparsifier::new(DataNorm::new(), config).py()?),
-            objects: HashMap::new(),
-        })
+        let defaults = PyDict::new(py);
+        defaults.set_item("sparsity_level", sparsity_level)?;
+        defaults.set_item("sparse_block_shape", sparse_block_shape)?;
+        defaults.set_item("zeros_per_block", zeros_per_block)?;
+        defaults.set_item("norm", norm)?;
+        defaults.set_item("nan_policy", nan_policy)?;
+        Self::build(
+            "datanorm",
+            &defaults,
+            vec!["norm".into(), "nan_policy".into()],
+        )
+    }
+
+    /// A sparsifier over the rule of kind `kind` in the library's registry (`"datanorm"`,
+    /// `"magnitude"`, or one registered in Rust), its defaults from `defaults` (the rule's own
+    /// for keys not given).
+    #[staticmethod]
+    fn rule(kind: &str, defaults: &Bound<'_, PyDict>) -> PyResult<Self> {
+        Self::build(kind, defaults, Vec::new())
     }
 
     /// A sparsifier whose rule is `owner().update_mask` (owner: a weak reference).
@@ -212,6 +252,12 @@ impl PySparsifier {
             inner: Inner::Py(DataSparsifier::new(PyRule::new(owner), defaults).py()?),
             objects: HashMap::new(),
         })
+    }
+
+    /// The registry kinds (`Sparsifier.rule` takes any of them).
+    #[staticmethod]
+    fn kinds() -> Vec<String> {
+        Registry::builtin().kinds().map(String::from).collect()
     }
 
     /// Adds or replaces `name` (PyTorch's `add_data` semantics, from the library).
@@ -230,7 +276,7 @@ impl PySparsifier {
     /// Recomputes every mask. The GIL is released while the kernel reads each entry.
     fn step(&mut self) -> PyResult<()> {
         match &mut self.inner {
-            Inner::Norm(sp) => sp.step().py(),
+            Inner::Rule(r) => r.sp.step().py(),
             Inner::Py(sp) => {
                 let r = sp.step();
                 let failure = sp.updater().failure.lock().ok().and_then(|mut f| f.take());
@@ -256,26 +302,26 @@ impl PySparsifier {
     /// The config of `name` as a new dict.
     fn config<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
         match &self.inner {
-            Inner::Norm(sp) => norm_dict(py, sp.config(name).py()?),
+            Inner::Rule(r) => r.dict(py, name, r.sp.config(name).py()?),
             Inner::Py(sp) => sp.config(name).py()?.to_dict(py),
         }
     }
     /// The default config as a new dict.
     fn defaults<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         match &self.inner {
-            Inner::Norm(sp) => norm_dict(py, sp.defaults()),
+            Inner::Rule(r) => r.dict(py, "defaults", r.sp.defaults()),
             Inner::Py(sp) => sp.defaults().to_dict(py),
         }
     }
-    /// Sets one config key of `name` (what a data scheduler writes). DataNorm values are checked
-    /// at the next step, as the library does.
+    /// Sets one config key of `name` (what a data scheduler writes). A registry rule's values are
+    /// checked at the next step, as the library does.
     fn set_config(&mut self, name: &str, key: &str, value: &Bound<'_, PyAny>) -> PyResult<()> {
         match &mut self.inner {
-            Inner::Norm(sp) => {
+            Inner::Rule(r) => {
                 let d = PyDict::new(value.py());
                 d.set_item(key, value)?;
-                let patch = norm_patch(&d)?;
-                sp.config_mut(name).py()?.apply(&patch);
+                let patch = r.patch(&d)?;
+                merge(r.sp.config_mut(name).py()?, &patch);
             }
             Inner::Py(sp) => sp
                 .config_mut(name)
@@ -284,11 +330,14 @@ impl PySparsifier {
         }
         Ok(())
     }
-    /// Removes one config key of `name` (Python rules only; DataNorm keys cannot be removed).
+    /// Removes one config key of `name` (Python rules only; a registry rule's keys cannot be
+    /// removed).
     fn del_config(&mut self, name: &str, key: &str) -> PyResult<()> {
         match &mut self.inner {
-            Inner::Norm(_) => Err(PyTypeError::new_err(format!(
-                "DataNormSparsifier config keys cannot be deleted ({NORM_KEYS} are all required)"
+            Inner::Rule(r) => Err(PyTypeError::new_err(format!(
+                "{} config keys cannot be deleted ({} are all required)",
+                r.rule().name(),
+                r.keys().join(", ")
             ))),
             Inner::Py(sp) => {
                 if sp.config_mut(name).py()?.remove(key) {
@@ -389,14 +438,14 @@ impl PySparsifier {
         strict: bool,
         fresh: Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        fn entry<C>(
+        fn entry<C, S: Default>(
             py: Python<'_>,
             name: &str,
             data: &Bound<'_, PyAny>,
             mask: &PyReadonlyArrayDyn<'_, u8>,
             config: C,
             parametrized: bool,
-        ) -> PyResult<EntryState<C, ()>> {
+        ) -> PyResult<EntryState<C, S>> {
             let data = tensor_from_py(py, data, name)?;
             let mask = Mask::from_dense_u8(mask.shape().to_vec(), mask.as_slice()?).py()?;
             Ok(EntryState {
@@ -405,20 +454,20 @@ impl PySparsifier {
                 data,
                 mask,
                 config,
-                state: (),
+                state: S::default(),
                 parametrized,
             })
         }
         let names: Vec<String> = entries.iter().map(|e| e.0.clone()).collect();
         match &mut self.inner {
-            Inner::Norm(sp) => {
+            Inner::Rule(r) => {
                 let mut out = Vec::new();
                 for (name, data, mask, config, parametrized) in &entries {
-                    let mut c = sp.defaults().clone();
-                    c.apply(&norm_patch(config)?);
+                    let mut c = r.sp.defaults().clone();
+                    merge(&mut c, &r.patch(config)?);
                     out.push(entry(py, name, data, mask, c, *parametrized)?);
                 }
-                load_entries(sp, out, strict)?;
+                load_entries(&mut r.sp, out, strict)?;
             }
             Inner::Py(sp) => {
                 let mut out = Vec::new();

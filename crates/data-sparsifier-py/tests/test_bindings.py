@@ -236,3 +236,19 @@ def test_gil_released_during_step():
 def test_package_exports():
     assert data_sparsifier.SUPPORTED_TYPES == {torch.Tensor, nn.Parameter, nn.Embedding, nn.EmbeddingBag}
     assert data_sparsifier.EMBEDDING_TYPES == {nn.Embedding, nn.EmbeddingBag}
+
+
+def test_registry_rule_by_kind():
+    # Any rule registered in the Rust library is reachable by its kind, configs as dicts.
+    from data_sparsifier import _native
+
+    assert {"datanorm", "magnitude"} <= set(_native.Sparsifier.kinds())
+    sp = _native.Sparsifier.rule("magnitude", {"threshold": 0.5})
+    sp.add_data("x", np.array([0.1, -0.7, 0.4, 2.0], dtype=np.float32), {}, True)
+    sp.step()
+    assert sp.mask_u8("x").tolist() == [0, 1, 0, 1]
+    assert sp.config("x")["threshold"] == 0.5
+    with pytest.raises(TypeError, match="unknown config key"):
+        sp.add_data("y", np.zeros(4, dtype=np.float32), {"sparsity_level": 0.5}, True)
+    with pytest.raises(ValueError, match="unknown rule"):
+        _native.Sparsifier.rule("nope", {})
