@@ -176,37 +176,6 @@ impl PySparsifier {
         }
         self.objects.insert(name.to_string(), obj);
     }
-    /// Holds `obj` under `name` through the ExternalTensor seam.
-    fn add(
-        &mut self,
-        py: Python<'_>,
-        name: &str,
-        obj: &Bound<'_, PyAny>,
-        config: &Bound<'_, PyDict>,
-        reuse_mask: bool,
-    ) -> PyResult<()> {
-        // The library checks the name first; do the same before looking at the data.
-        data_sparsifier::validate_name(name).py()?;
-        let store = ArrayStore::new(py, obj, name)?;
-        // Every Python array enters as one kind: PyTorch lets a name change type on replace
-        // (an embedding's weight replaced by a plain tensor), which the library refuses between
-        // kinds. The Python type is the object's own.
-        let data = Data::External(DataKind::Tensor, Arc::new(store));
-        match &mut self.inner {
-            Inner::Rule(r) => {
-                let patch = r.patch(config)?;
-                r.sp.add_data_with(name, data, AddOptions { patch, reuse_mask })
-                    .py()?;
-            }
-            Inner::Py(sp) => {
-                let patch = PyConfig::from_dict(config)?;
-                sp.add_data_with(name, data, AddOptions { patch, reuse_mask })
-                    .py()?;
-            }
-        }
-        self.remember(py, name, obj.clone().unbind());
-        Ok(())
-    }
 }
 
 #[pymethods]
@@ -260,7 +229,8 @@ impl PySparsifier {
         Registry::builtin().kinds().map(String::from).collect()
     }
 
-    /// Adds or replaces `name` (PyTorch's `add_data` semantics, from the library).
+    /// Adds or replaces `name` (PyTorch's `add_data` semantics, from the library), holding `data`
+    /// (the caller's object) through the ExternalTensor seam.
     #[pyo3(signature = (name, data, config, reuse_mask=true))]
     fn add_data(
         &mut self,
@@ -270,7 +240,27 @@ impl PySparsifier {
         config: &Bound<'_, PyDict>,
         reuse_mask: bool,
     ) -> PyResult<()> {
-        self.add(py, name, data, config, reuse_mask)
+        // The library checks the name first; do the same before looking at the data.
+        data_sparsifier::validate_name(name).py()?;
+        let store = ArrayStore::new(py, data, name)?;
+        // Every Python array enters as one kind: PyTorch lets a name change type on replace
+        // (an embedding's weight replaced by a plain tensor), which the library refuses between
+        // kinds. The Python type is the object's own.
+        let held = Data::External(DataKind::Tensor, Arc::new(store));
+        match &mut self.inner {
+            Inner::Rule(r) => {
+                let patch = r.patch(config)?;
+                r.sp.add_data_with(name, held, AddOptions { patch, reuse_mask })
+                    .py()?;
+            }
+            Inner::Py(sp) => {
+                let patch = PyConfig::from_dict(config)?;
+                sp.add_data_with(name, held, AddOptions { patch, reuse_mask })
+                    .py()?;
+            }
+        }
+        self.remember(py, name, data.clone().unbind());
+        Ok(())
     }
 
     /// Recomputes every mask. The GIL is released while the kernel reads each entry.
@@ -496,7 +486,7 @@ impl PySparsifier {
             let obj = fresh.call1((name.as_str(), arr, dtype))?;
             if self.is_parametrized(&name)? {
                 // A replace that keeps the loaded mask and config: only the storage changes.
-                self.add(py, &name, &obj, &PyDict::new(py), true)?;
+                self.add_data(py, &name, &obj, &PyDict::new(py), true)?;
             } else {
                 // A squashed entry cannot be replaced; it stays in the library's storage and is
                 // read back as a copy.

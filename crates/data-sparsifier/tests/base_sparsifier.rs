@@ -10,6 +10,11 @@ use data_sparsifier::{
 };
 use serde::{Deserialize, Serialize};
 
+/// A squash that drops the mask without writing `mask · data` (PyTorch's `leave_parametrized=False`).
+const DROP_MASK: SquashOptions = SquashOptions {
+    leave_parametrized: false,
+};
+
 /// PyTorch's `ImplementedSparsifier`: zeroes the first row (or first element of 1-D data) and counts
 /// steps in its per-name state.
 struct Implemented;
@@ -448,13 +453,7 @@ fn squash_some_names_and_leave_parametrized_false() {
     sp.step().unwrap();
     sp.squash_mask(Some(&["a"]), SquashOptions::default())
         .unwrap();
-    sp.squash_mask(
-        Some(&["b"]),
-        SquashOptions {
-            leave_parametrized: false,
-        },
-    )
-    .unwrap();
+    sp.squash_mask(Some(&["b"]), DROP_MASK).unwrap();
     assert_eq!(a.snapshot(), a0.masked(sp.get_mask("a").unwrap()).unwrap());
     assert_eq!(
         b.snapshot(),
@@ -685,13 +684,7 @@ fn masked_reads_after_a_squash_return_the_data_as_it_is() {
     sp.step().unwrap();
     sp.squash_mask(Some(&["a"]), SquashOptions::default())
         .unwrap();
-    sp.squash_mask(
-        Some(&["b"]),
-        SquashOptions {
-            leave_parametrized: false,
-        },
-    )
-    .unwrap();
+    sp.squash_mask(Some(&["b"]), DROP_MASK).unwrap();
     assert_eq!(sp.get_data("a", Version::Masked).unwrap(), a.snapshot());
     assert_eq!(sp.get_data("b", Version::Masked).unwrap(), b0);
     let view = sp.masked("b").unwrap();
@@ -780,13 +773,7 @@ fn a_hand_set_mask_of_another_shape_is_refused() {
         Err(Error::ShapeMismatch { .. })
     ));
     // Squashing without applying the mask needs no fitting mask.
-    sp.squash_mask(
-        None,
-        SquashOptions {
-            leave_parametrized: false,
-        },
-    )
-    .unwrap();
+    sp.squash_mask(None, DROP_MASK).unwrap();
     assert_eq!(sp.get_data("w", Version::Masked).unwrap(), p.snapshot());
 }
 
