@@ -73,7 +73,10 @@ impl RuleSparsifier {
                 )));
             }
         }
-        json::dict_to_json(config, "config")
+        Ok(canonical_choices(
+            self.rule(),
+            json::dict_to_json(config, "config")?,
+        ))
     }
 
     /// A config as a new dict: canonical where it is valid (numbers as the rule stores them), the
@@ -101,6 +104,20 @@ impl RuleSparsifier {
         }
         Ok(d)
     }
+}
+
+/// `patch` with each value the schema can read in its canonical spelling (`"L1"` for `"l1"`,
+/// `"rank_last"` for `"rank-last"`), as the CLI reads its flags; other values are left for the
+/// rule's validation to report.
+fn canonical_choices(rule: &dyn Rule, mut patch: Value) -> Value {
+    if let Value::Object(m) = &mut patch {
+        for (k, v) in m.iter_mut() {
+            if let Some(Ok(c)) = rule.schema().field(k).map(|f| f.check_type(v)) {
+                *v = c;
+            }
+        }
+    }
+    patch
 }
 
 /// Runs `$body` with `$sp` bound to the inner sparsifier, whichever rule it has.
@@ -152,7 +169,8 @@ impl PySparsifier {
         let registry = Registry::builtin();
         let rule = registry.create(kind).py()?;
         let mut config = rule.defaults();
-        merge(&mut config, &json::dict_to_json(defaults, "defaults")?);
+        let patch = json::dict_to_json(defaults, "defaults")?;
+        merge(&mut config, &canonical_choices(&*rule, patch));
         let sp = DataSparsifier::new(rule, config).py()?;
         Ok(PySparsifier {
             inner: Inner::Rule(RuleSparsifier { sp, fixed }),
