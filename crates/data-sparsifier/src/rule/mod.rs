@@ -317,7 +317,7 @@ impl Registry {
         Self::default()
     }
     /// The built-in rules: `datanorm` ([`DataNorm`](crate::DataNorm), the default) and
-    /// `magnitude` ([`Magnitude`](crate::magnitude::Magnitude)).
+    /// `magnitude` ([`Magnitude`]).
     pub fn builtin() -> Self {
         let mut r = Registry::new();
         r.add(crate::norm::rule);
