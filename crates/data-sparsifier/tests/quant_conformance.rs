@@ -11,102 +11,16 @@
 //!   the case's weights: its masks are tie-equivalent to PyTorch's, and where the mask is PyTorch's
 //!   its tables equal PyTorch's bit for bit.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
 use data_sparsifier::norm::{pruned_block_count, DataNormSparsifier, Norm};
 use data_sparsifier::quant::{
     post_training_sparse_quantize, EmbeddingModule, QuantizedEmbeddingBag, QuantizedModule,
     QuantizedTable, SparseQuantizeOptions,
 };
 use data_sparsifier::{BagMode, Bags, DataNormConfig, Embedding, EmbeddingBag, Tensor};
-use safetensors::SafeTensors;
 
 mod common;
-use common::golden::{config_from_meta, tie_equivalent, Case};
-
-fn quant_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/conformance/quant")
-}
-
-/// One table (`emb` or `bag`) of a golden case.
-struct Table {
-    weight: Tensor,
-    mask: Option<Vec<u8>>,
-    qweight: Vec<u8>,
-    scales: Vec<f64>,
-    zero_points: Vec<f64>,
-    dequant: Vec<f32>,
-}
-
-struct QuantCase {
-    file: String,
-    meta: HashMap<String, String>,
-    config: DataNormConfig,
-    sparsify_first: bool,
-    emb: Table,
-    bag: Table,
-    indices: Vec<i64>,
-    offsets: Vec<i64>,
-    forward: Vec<f32>,
-}
-
-fn le_vec<T: Copy>(bytes: &[u8], size: usize, f: impl Fn(&[u8]) -> T) -> Vec<T> {
-    bytes.chunks_exact(size).map(f).collect()
-}
-
-fn load(path: &Path) -> QuantCase {
-    let file = path.file_name().unwrap().to_string_lossy().into_owned();
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{file}: {e}"));
-    let (_, md) = SafeTensors::read_metadata(&bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
-    let meta = md.metadata().clone().expect("metadata");
-    let st = SafeTensors::deserialize(&bytes).unwrap_or_else(|e| panic!("{file}: {e}"));
-    let raw = |n: &str| {
-        st.tensor(n)
-            .unwrap_or_else(|e| panic!("{file}: {n}: {e}"))
-            .data()
-            .to_vec()
-    };
-    let f32s = |n: &str| le_vec(&raw(n), 4, |b| f32::from_le_bytes(b.try_into().unwrap()));
-    let f64s = |n: &str| le_vec(&raw(n), 8, |b| f64::from_le_bytes(b.try_into().unwrap()));
-    let i64s = |n: &str| le_vec(&raw(n), 8, |b| i64::from_le_bytes(b.try_into().unwrap()));
-    let sparsify_first = meta["sparsify_first"] == "true";
-    let table = |t: &str| {
-        let w = st.tensor(&format!("{t}.weight")).unwrap();
-        Table {
-            weight: Tensor::from_vec(f32s(&format!("{t}.weight")), w.shape().to_vec()).unwrap(),
-            mask: sparsify_first.then(|| raw(&format!("{t}.mask"))),
-            qweight: raw(&format!("{t}.qweight")),
-            scales: f64s(&format!("{t}.scales")),
-            zero_points: f64s(&format!("{t}.zero_points")),
-            dequant: f32s(&format!("{t}.dequant")),
-        }
-    };
-    QuantCase {
-        config: config_from_meta(&file, &meta),
-        sparsify_first,
-        emb: table("emb"),
-        bag: table("bag"),
-        indices: i64s("bag.indices"),
-        offsets: i64s("bag.offsets"),
-        forward: f32s("bag.forward"),
-        meta,
-        file,
-    }
-}
-
-fn case_paths() -> Vec<PathBuf> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(quant_dir())
-        .expect("quant case directory")
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            let n = p.file_name().unwrap().to_string_lossy();
-            n.starts_with("quant_") && n.ends_with(".safetensors")
-        })
-        .collect();
-    paths.sort();
-    paths
-}
+use common::golden::{tie_equivalent, Case};
+use common::quant::{case_paths, load, quant_dir, QuantCase, Table};
 
 fn bits32(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
