@@ -14,12 +14,9 @@ use data_sparsifier::{
 };
 use proptest::prelude::*;
 
+/// Every codec (a new one joins these properties by joining `RowCodec::ALL`).
 fn codec() -> impl Strategy<Value = RowCodec> {
-    prop_oneof![
-        Just(RowCodec::Int8),
-        Just(RowCodec::Int4),
-        Just(RowCodec::Int2)
-    ]
+    prop::sample::select(RowCodec::ALL.to_vec())
 }
 
 /// Finite f32 values of mixed magnitude, inside the f16 range so int4 / int2 can encode them.
