@@ -460,27 +460,7 @@ impl EmbeddingBag {
         // One read guard for the dimensions and the rows: another holder may replace the table.
         let w = self.weight.read();
         let (n, d) = table_dims("EmbeddingBag", w.shape())?;
-        if let Some(psw) = per_sample_weights {
-            if self.mode != BagMode::Sum {
-                return Err(Error::InvalidLookup {
-                    module: "EmbeddingBag",
-                    message: format!(
-                        "per_sample_weights are only supported in sum mode, not {:?}",
-                        self.mode
-                    ),
-                });
-            }
-            if psw.len() != indices.len() {
-                return Err(Error::InvalidLookup {
-                    module: "EmbeddingBag",
-                    message: format!(
-                        "per_sample_weights has {} entries for {} indices",
-                        psw.len(),
-                        indices.len()
-                    ),
-                });
-            }
-        }
+        check_per_sample_weights("EmbeddingBag", self.mode, per_sample_weights, indices.len())?;
         let rows: Vec<usize> = indices
             .iter()
             .enumerate()
@@ -493,6 +473,34 @@ impl EmbeddingBag {
             Tensor::from_vec(out, [ranges.len(), d])
         })
     }
+}
+
+/// `per_sample_weights` are only for sum mode and need one weight per index (shared with the
+/// quantized `EmbeddingBag`).
+pub(crate) fn check_per_sample_weights(
+    module: &'static str,
+    mode: BagMode,
+    per_sample_weights: Option<&[f64]>,
+    n_indices: usize,
+) -> Result<()> {
+    if let Some(psw) = per_sample_weights {
+        if mode != BagMode::Sum {
+            return Err(Error::InvalidLookup {
+                module,
+                message: format!("per_sample_weights are only supported in sum mode, not {mode:?}"),
+            });
+        }
+        if psw.len() != n_indices {
+            return Err(Error::InvalidLookup {
+                module,
+                message: format!(
+                    "per_sample_weights has {} entries for {n_indices} indices",
+                    psw.len()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn reduce_bags<T: Element + TypedStorage>(

@@ -28,6 +28,7 @@
 //! | [`state`] | the state file itself: [`state::StateWriter`] (its one writer), [`state::write_state_file`] |
 //! | [`scheduler`] | the data scheduler and its schedules |
 //! | [`hooks`] | training-loop hooks (PyTorch's `lightning` callbacks) |
+//! | [`quant`] | quantized tables: PyTorch's `post_training_sparse_quantize` exactly ([`quant::post_training_sparse_quantize`]), and our rowwise int8/int4/int2 codecs over the kept cells ([`quant::RowCodec`]) |
 //! | [`random`] | a seeded generator for examples, tests and benchmarks |
 //! | `candle` | candle models, zero-copy (feature `candle`) |
 //!
@@ -70,6 +71,7 @@ mod io;
 mod magnitude;
 mod mask;
 pub mod norm;
+pub mod quant;
 pub mod random;
 pub mod rule;
 pub mod scheduler;

@@ -764,3 +764,36 @@ fn candle_loads_files_written_by_the_streaming_writer() {
     let mask: Vec<u8> = loaded["mask"].flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(mask, vec![1, 0, 0, 1]);
 }
+
+#[test]
+fn post_training_sparse_quantize_over_candle_modules() {
+    use data_sparsifier::quant::{
+        post_training_sparse_quantize, EmbeddingModule, QuantizedModule, QuantizedTable,
+        SparseQuantizeOptions,
+    };
+    let emb_w = Var::randn(0f32, 1.0, (6, 8), &CPU).unwrap();
+    let bag_w = Var::randn(0f32, 1.0, (5, 8), &CPU).unwrap();
+    let emb = candle_nn::Embedding::new(emb_w.as_tensor().clone(), 8);
+    let bag = EmbeddingBag::new(bag_w.as_tensor().clone(), BagMode::Mean)
+        .unwrap()
+        .with_padding_idx(0)
+        .unwrap();
+    let model: Vec<(&str, EmbeddingModule)> = vec![("emb", emb.into()), ("tower.bag", bag.into())];
+    let mut sp = DataNormSparsifier::data_norm(cfg()).unwrap();
+    let out =
+        post_training_sparse_quantize(&model, &mut sp, &SparseQuantizeOptions::default()).unwrap();
+    assert_eq!(out[1].0, "tower_bag");
+    // The candle weights were squashed in place; the quantized tables are those of the squashed
+    // weights, and the bag keeps its mode and padding row.
+    let squashed = flat_f32(emb_w.as_tensor());
+    assert_eq!(squashed.iter().filter(|x| **x == 0.0).count(), 24);
+    let want =
+        QuantizedTable::quantize("emb", &Tensor::from_vec(squashed, [6, 8]).unwrap()).unwrap();
+    assert_eq!(out[0].1.table(), &want);
+    match &out[1].1 {
+        QuantizedModule::EmbeddingBag(b) => {
+            assert_eq!((b.mode(), b.padding_idx()), (BagMode::Mean, Some(0)))
+        }
+        other => panic!("{other:?}"),
+    }
+}
