@@ -25,6 +25,7 @@
 //! | rules chosen at run time: [`Rule`], its config schema, the [`Registry`] | [`rule`] |
 //! | the magnitude rule (zero `|x| < threshold`) | [`magnitude`] |
 //! | the storage seam (`TensorSource`, `TensorSink`) and the safetensors format | [`format`] |
+//! | compact tables (kept blocks, block mask, row remap) and lookups over them | [`compact`] |
 //!
 //! An implementer writes only [`UpdateMask::update_mask`]; the container does the housekeeping:
 //! per-name configs, replacing data, stepping, squashing, and saving state. See [`DataSparsifier`]
@@ -49,6 +50,7 @@
 
 #[cfg(feature = "candle")]
 pub mod candle;
+pub mod compact;
 pub mod data;
 pub mod dtype;
 pub mod embedding;
