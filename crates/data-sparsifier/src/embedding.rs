@@ -508,24 +508,7 @@ pub(crate) fn bag_forward<T: Element + TypedStorage, R: RowSource<T>>(
     bags: Bags<'_>,
     per_sample_weights: Option<&[f64]>,
 ) -> Result<Tensor> {
-    if let Some(psw) = per_sample_weights {
-        if mode != BagMode::Sum {
-            return Err(Error::InvalidLookup {
-                module: "EmbeddingBag",
-                message: format!("per_sample_weights are only supported in sum mode, not {mode:?}"),
-            });
-        }
-        if psw.len() != indices.len() {
-            return Err(Error::InvalidLookup {
-                module: "EmbeddingBag",
-                message: format!(
-                    "per_sample_weights has {} entries for {} indices",
-                    psw.len(),
-                    indices.len()
-                ),
-            });
-        }
-    }
+    check_per_sample_weights("EmbeddingBag", mode, per_sample_weights, indices.len())?;
     let rows: Vec<usize> = indices
         .iter()
         .enumerate()
@@ -534,6 +517,34 @@ pub(crate) fn bag_forward<T: Element + TypedStorage, R: RowSource<T>>(
     let ranges = bag_ranges(indices.len(), bags)?;
     let out = reduce_bags::<T, R>(src, d, &rows, &ranges, mode, padding, per_sample_weights);
     Tensor::from_vec(out, [ranges.len(), d])
+}
+
+/// `per_sample_weights` are only for sum mode and need one weight per index (shared with the
+/// quantized `EmbeddingBag`).
+pub(crate) fn check_per_sample_weights(
+    module: &'static str,
+    mode: BagMode,
+    per_sample_weights: Option<&[f64]>,
+    n_indices: usize,
+) -> Result<()> {
+    if let Some(psw) = per_sample_weights {
+        if mode != BagMode::Sum {
+            return Err(Error::InvalidLookup {
+                module,
+                message: format!("per_sample_weights are only supported in sum mode, not {mode:?}"),
+            });
+        }
+        if psw.len() != n_indices {
+            return Err(Error::InvalidLookup {
+                module,
+                message: format!(
+                    "per_sample_weights has {} entries for {n_indices} indices",
+                    psw.len()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn reduce_bags<T: Element + TypedStorage, R: RowSource<T>>(

@@ -267,6 +267,11 @@ pub enum Error {
         /// The implementer's message.
         message: String,
     },
+
+    /// Quantizing a table failed (a non-finite value, a value beyond the codec's range, a buffer
+    /// of the wrong size, a module that is not an embedding): see [`crate::quant::QuantError`].
+    #[error(transparent)]
+    Quant(#[from] crate::quant::QuantError),
 }
 
 impl Error {

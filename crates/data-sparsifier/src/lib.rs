@@ -26,6 +26,7 @@
 //! | the magnitude rule (zero `|x| < threshold`) | [`magnitude`] |
 //! | the storage seam (`TensorSource`, `TensorSink`) and the safetensors format | [`format`] |
 //! | compact tables (kept blocks, block mask, row remap) and lookups over them | [`compact`] |
+//! | quantized tables: PyTorch's `post_training_sparse_quantize` exactly, and our rowwise int8/int4/int2 codecs over the kept cells | [`quant`] |
 //!
 //! An implementer writes only [`UpdateMask::update_mask`]; the container does the housekeeping:
 //! per-name configs, replacing data, stepping, squashing, and saving state. See [`DataSparsifier`]
@@ -62,6 +63,7 @@ pub mod io;
 pub mod magnitude;
 pub mod mask;
 pub mod norm;
+pub mod quant;
 pub mod random;
 pub mod rule;
 pub mod scheduler;

@@ -46,17 +46,7 @@ pub fn load(path: &Path) -> Case {
             .unwrap_or_else(|| panic!("{file}: metadata key {k} missing"))
             .clone()
     };
-    let block: Vec<usize> = get("sparse_block_shape")
-        .split(',')
-        .map(|s| s.trim().parse().unwrap())
-        .collect();
-    let config = DataNormConfig {
-        sparsity_level: get("sparsity_level").parse().unwrap(),
-        sparse_block_shape: (block[0], block[1]),
-        zeros_per_block: Some(get("zeros_per_block").parse().unwrap()),
-        norm: get("norm").parse().unwrap(),
-        ..Default::default()
-    };
+    let config = config_from_meta(&file, &meta);
     let exact = match get("exact").as_str() {
         "true" => true,
         "false" => false,
@@ -69,6 +59,27 @@ pub fn load(path: &Path) -> Case {
         config,
         exact,
         meta,
+    }
+}
+
+/// The `DataNormConfig` of a golden case's `__metadata__` (`sparsity_level`, `sparse_block_shape`
+/// as `"h,w"`, `zeros_per_block`, `norm`): shared by the data_norm and the quant cases.
+pub fn config_from_meta(file: &str, meta: &HashMap<String, String>) -> DataNormConfig {
+    let get = |k: &str| {
+        meta.get(k)
+            .unwrap_or_else(|| panic!("{file}: metadata key {k} missing"))
+            .clone()
+    };
+    let block: Vec<usize> = get("sparse_block_shape")
+        .split(',')
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    DataNormConfig {
+        sparsity_level: get("sparsity_level").parse().unwrap(),
+        sparse_block_shape: (block[0], block[1]),
+        zeros_per_block: Some(get("zeros_per_block").parse().unwrap()),
+        norm: get("norm").parse().unwrap(),
+        ..Default::default()
     }
 }
 
