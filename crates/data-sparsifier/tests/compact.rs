@@ -4,7 +4,7 @@
 
 use data_sparsifier::compact::{
     expand, CompactEmbedding, CompactEmbeddingBag, CompactFile, CompactOptions, CompactSink,
-    CompactTable, RemapPolicy, METADATA_KEY,
+    CompactTable, Encoding, RemapPolicy, METADATA_KEY,
 };
 use data_sparsifier::format::safetensors::SafetensorsSource;
 use data_sparsifier::format::{CommitMode, FileDType, TensorInfo, TensorSink, TensorSource};
@@ -342,4 +342,112 @@ fn block_width_is_chosen_from_the_mask() {
         ..Default::default()
     };
     assert!(CompactTable::encode(w.view(), &m, &opts).is_err());
+}
+
+fn quantized() -> impl Strategy<Value = Encoding> {
+    prop::sample::select(vec![Encoding::Int8, Encoding::Int4])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn quantized_tables_expand_within_half_a_step_and_look_up_as_expanded(
+        rows in 1usize..30, cols in 1usize..20, bc in 1usize..9, level in 0.0f64..1.0,
+        cellwise in any::<bool>(), dt in dtype(), enc in quantized(), policy in remap(),
+        idx in prop::collection::vec(0usize..1000, 0..30), seed in any::<u64>(),
+    ) {
+        let w = table(rows, cols, dt, seed);
+        let m = block_mask(rows, cols, 1, bc, level, cellwise, seed);
+        let opts = CompactOptions { encoding: Some(enc), remap: policy, ..Default::default() };
+        let (dir, path) = via_file(&w, &m, opts);
+        let src = SafetensorsSource::read(&path).unwrap();
+        let file = CompactFile::read(&src, "c").unwrap();
+        let t = file.table("emb.w").unwrap();
+        prop_assert!(t.is_zero_copy());
+        let back = t.to_tensor().unwrap();
+        prop_assert_eq!(back.dtype(), dt);
+        let (want, got) = (squashed(&w, &m).to_f64_vec(), back.to_f64_vec());
+        let params = t.params().unwrap();
+        for r in 0..rows {
+            // The row's step: its stored row's scale (a pruned row has none).
+            let step = t.stored_row_of(r).map_or(0.0, |s| f64::from(params[s].scale));
+            for c in 0..cols {
+                let i = r * cols + c;
+                if !m.get(i) {
+                    prop_assert_eq!(got[i].to_bits(), 0.0f64.to_bits(), "pruned cell {} not exactly 0", i);
+                } else {
+                    let tol = step / 2.0 + want[i].abs().max(got[i].abs()) * dtype_eps(dt) + 1e-6;
+                    prop_assert!((got[i] - want[i]).abs() <= tol, "cell {}: {} vs {} (step {})", i, got[i], want[i], step);
+                }
+            }
+        }
+        // Through expand, and lookups over the compact table equal lookups over the expanded one.
+        let dense = dir.path().join("d.safetensors");
+        expand(&file, &dense).unwrap().commit(CommitMode::NoClobber).unwrap();
+        let d = SafetensorsSource::read(&dense).unwrap();
+        prop_assert_eq!(d.bytes(1), back.as_bytes());
+        let indices: Vec<i64> = idx.iter().map(|&i| (i % rows) as i64).collect();
+        let bags = Bags::Fixed { bag_size: 1 };
+        for mode in [BagMode::Sum, BagMode::Mean, BagMode::Max] {
+            let a = CompactEmbeddingBag::new(t, mode, None).unwrap().forward(&indices, bags, None).unwrap();
+            let b = EmbeddingBag::from_weight(back.clone(), mode).unwrap().forward(&indices, bags, None).unwrap();
+            prop_assert_eq!(bits(&a), bits(&b));
+        }
+    }
+}
+
+/// Relative rounding of a dtype (the expanded values are rounded to the table's dtype).
+fn dtype_eps(d: DType) -> f64 {
+    match d {
+        DType::F32 => f32::EPSILON as f64,
+        DType::F64 => f32::EPSILON as f64,
+        DType::F16 => 1.0 / 1024.0,
+        DType::BF16 => 1.0 / 128.0,
+    }
+}
+
+#[test]
+fn quantized_sizes_and_bad_params() {
+    // int8 at level 0.8, (1, 4) blocks: codes, f32 params, mask.
+    let w = table(256, 64, DType::F32, 5);
+    let m = block_mask(256, 64, 1, 4, 0.8, false, 5);
+    for (enc, per_row) in [(Encoding::Int8, 8), (Encoding::Int4, 4)] {
+        let opts = CompactOptions {
+            encoding: Some(enc),
+            ..Default::default()
+        };
+        let t = CompactTable::encode(w.view(), &m, &opts).unwrap();
+        assert_eq!(t.info().block_width, 4);
+        assert_eq!(t.params().unwrap().len(), t.info().stored_rows);
+        assert!(t.stored_bytes() >= t.info().stored_rows * per_row);
+    }
+    // NaN data cannot be quantized: a typed error.
+    let nan = Tensor::from_vec(vec![f32::NAN, 1.0], [1, 2]).unwrap();
+    let opts = CompactOptions {
+        encoding: Some(Encoding::Int8),
+        ..Default::default()
+    };
+    assert!(matches!(
+        CompactTable::encode(nan.view(), &Mask::ones([1, 2]), &opts),
+        Err(Error::Quant(_))
+    ));
+    // A NaN or negative scale in the file is refused.
+    let (_dir, path) = via_file(&w, &m, opts);
+    let src = SafetensorsSource::read(&path).unwrap();
+    let p = src
+        .tensors()
+        .iter()
+        .position(|t| t.name == "emb.w@params")
+        .unwrap();
+    let at = src.range(p).start;
+    for bad in [f32::NAN, -1.0, f32::INFINITY] {
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[at..at + 4].copy_from_slice(&bad.to_le_bytes());
+        let e = read_err(bytes);
+        assert!(
+            matches!(e, Error::InvalidCompact { .. }) && e.to_string().contains("scale"),
+            "{e}"
+        );
+    }
 }

@@ -270,6 +270,10 @@ pub struct RunArgs {
     /// remap; see docs/compact-format.md; `sparsify expand` makes it dense again).
     #[arg(long, value_enum, default_value_t)]
     pub format: OutputFormat,
+    /// With --format compact: store the kept values as rowwise int8 (f32 scale and bias per row)
+    /// or int4 (f16 scale and bias) codes over the kept cells; pruned cells stay exactly 0.
+    #[arg(long, value_enum, value_name = "CODE")]
+    pub quantize: Option<Quantize>,
     /// Overwrite existing output files.
     #[arg(long)]
     pub force: bool,
@@ -289,6 +293,24 @@ pub enum OutputFormat {
     Dense,
     /// A compact safetensors file: each sparsified table's kept blocks only.
     Compact,
+}
+
+/// `--quantize`: the rowwise codes of a compact output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Quantize {
+    /// 8-bit codes, f32 scale and bias per row.
+    Int8,
+    /// 4-bit codes, f16 scale and bias per row.
+    Int4,
+}
+
+impl From<Quantize> for data_sparsifier::compact::Encoding {
+    fn from(q: Quantize) -> Self {
+        match q {
+            Quantize::Int8 => data_sparsifier::compact::Encoding::Int8,
+            Quantize::Int4 => data_sparsifier::compact::Encoding::Int4,
+        }
+    }
 }
 
 /// `sparsify expand`.

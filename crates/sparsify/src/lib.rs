@@ -147,6 +147,7 @@ pub fn execute(cli: Cli) -> Result<()> {
                 masks: a.masks,
                 state: a.state,
                 format: a.format,
+                quantize: a.quantize.map(Into::into),
                 force: a.force,
             };
             let r = run::run(&opts, Ui { quiet: a.quiet })?;

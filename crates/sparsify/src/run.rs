@@ -64,6 +64,8 @@ pub struct RunOptions {
     pub state: Option<PathBuf>,
     /// `--format`: dense or compact output.
     pub format: OutputFormat,
+    /// `--quantize`: the encoding of a compact output's tables (`None`: their own dtype).
+    pub quantize: Option<Encoding>,
     /// Overwrite existing outputs.
     pub force: bool,
 }
@@ -485,7 +487,7 @@ fn open_sinks(opts: &RunOptions, ck: &Checkpoint, plan: &Plan, source: &str) -> 
                 .iter()
                 .map(|&i| {
                     let t = &tensors[i];
-                    let e = t.dtype.float().map(Encoding::for_dtype);
+                    let e = opts.quantize.or(t.dtype.float().map(Encoding::for_dtype));
                     (
                         t.name.as_str(),
                         e.map_or_else(|| "none".into(), |e| e.to_string()),
@@ -517,7 +519,10 @@ fn open_sinks(opts: &RunOptions, ck: &Checkpoint, plan: &Plan, source: &str) -> 
                 &opts.output,
                 tensors,
                 Some(&metadata),
-                CompactOptions::default(),
+                CompactOptions {
+                    encoding: opts.quantize,
+                    ..Default::default()
+                },
             )
             .map_err(written(&opts.output))?,
         ),
@@ -716,6 +721,11 @@ pub fn run(opts: &RunOptions, ui: Ui) -> Result<RunReport> {
     let started = Instant::now();
     let alloc_base = crate::alloc::reset_peak();
     check_paths(opts)?;
+    if let (Some(q), OutputFormat::Dense) = (opts.quantize, opts.format) {
+        return Err(CliError::Usage(format!(
+            "--quantize {q} needs --format compact (a dense output stores the values as they are)"
+        )));
+    }
     let ck = Checkpoint::open(&opts.input)?;
     let source = opts.input.display().to_string();
     let plan = plan(opts, &ck, &source)?;

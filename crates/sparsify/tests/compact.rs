@@ -178,3 +178,97 @@ fn bad_compact_input_is_one_line_status_2_and_no_output() {
     std::fs::write(&bad, &bytes[..bytes.len() - 3]).unwrap();
     fails(&["expand", s(&bad), "-o", s(&out)], &out);
 }
+
+#[test]
+fn quantize_writes_int8_and_int4_tables_that_expand_and_inspect() {
+    let (dir, input) = setup();
+    for code in ["int8", "int4"] {
+        let compact = dir.path().join(format!("{code}.safetensors"));
+        let expanded = dir.path().join(format!("{code}.dense.safetensors"));
+        ok(&[
+            "run",
+            s(&input),
+            "-o",
+            s(&compact),
+            "--format",
+            "compact",
+            "--quantize",
+            code,
+            "--sparsity-level",
+            "0.8",
+            "--block",
+            "1x4",
+            "-q",
+        ]);
+        ok(&["expand", s(&compact), "-o", s(&expanded), "-q"]);
+        let json: Value =
+            serde_json::from_str(&ok(&["inspect", s(&compact), "--report", "json"])).unwrap();
+        let emb = json["compact"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "z.emb")
+            .unwrap()
+            .clone();
+        assert_eq!(emb["encoding"], code);
+        let ratio = emb["ratio"].as_f64().unwrap();
+        // 16 columns: the per-row parameters weigh more than on 64 (see examples/compact_sizes.rs).
+        assert!(ratio < if code == "int8" { 0.19 } else { 0.11 }, "{emb}");
+        let (_, meta) = header(&std::fs::read(&compact).unwrap());
+        let ours: Value = serde_json::from_str(&meta["sparsify"]).unwrap();
+        assert_eq!(ours["encodings"]["m.table"], code);
+        // The expanded file has the input's tensors, dtypes and shapes; pruned cells exactly 0.
+        let dense = tensors(&expanded);
+        let names: Vec<_> = dense
+            .iter()
+            .map(|t| (t.0.clone(), t.1.clone(), t.2.clone()))
+            .collect();
+        let want: Vec<_> = tensors(&input)
+            .iter()
+            .map(|t| (t.0.clone(), t.1.clone(), t.2.clone()))
+            .collect();
+        assert_eq!(names, want);
+    }
+}
+
+#[test]
+fn quantize_needs_compact_and_float_tensors() {
+    let (dir, input) = setup();
+    let out = dir.path().join("out.safetensors");
+    let e = fails(
+        &["run", s(&input), "-o", s(&out), "--quantize", "int8"],
+        &out,
+    );
+    assert!(e.contains("--format compact"), "{e}");
+    // An integer tensor selected for quantizing.
+    let e = fails(
+        &[
+            "run",
+            s(&input),
+            "-o",
+            s(&out),
+            "--format",
+            "compact",
+            "--quantize",
+            "int4",
+            "--tensors",
+            "ids",
+        ],
+        &out,
+    );
+    assert!(e.contains("ids") && e.contains("floating point"), "{e}");
+    let e = fails(
+        &[
+            "run",
+            s(&input),
+            "-o",
+            s(&out),
+            "--format",
+            "compact",
+            "--quantize",
+            "int3",
+        ],
+        &out,
+    );
+    assert!(e.contains("int3"), "{e}");
+}

@@ -19,7 +19,7 @@ use crate::tensor::TensorView;
 /// What the sink holds until [`TensorSink::finish`]: the header needs every size first.
 enum Pending {
     Raw(TensorInfo, Vec<u8>),
-    Table(String, CompactTable<'static>),
+    Table(String, Box<CompactTable<'static>>),
 }
 
 /// The tensors of one pending entry as stored: (info, bytes).
@@ -43,11 +43,17 @@ fn parts(p: &Pending) -> Vec<(TensorInfo, std::borrow::Cow<'_, [u8]>)> {
                     Cow::Borrowed(r),
                 ));
             }
+            if let (Some(b), Some(d)) = (t.params_bytes(), i.encoding.params_dtype()) {
+                out.push((
+                    TensorInfo::new(format!("{name}{PARAMS_SUFFIX}"), d, [i.stored_rows, 2]),
+                    Cow::Owned(b),
+                ));
+            }
             out.push((
                 TensorInfo::new(
                     format!("{name}{VALUES_SUFFIX}"),
                     i.encoding.values_dtype(),
-                    [i.values],
+                    [t.values_bytes().len() / i.encoding.values_dtype().size_in_bytes()],
                 ),
                 Cow::Borrowed(t.values_bytes()),
             ));
@@ -141,7 +147,7 @@ impl TensorSink for CompactSink {
     fn write_masked(&mut self, name: &str, data: TensorView<'_>, mask: &Mask) -> Result<()> {
         self.take(name)?;
         let t = CompactTable::encode(data, mask, &self.opts).map_err(|e| e.for_data(name))?;
-        self.pending.push(Pending::Table(name.to_string(), t));
+        self.pending.push(Pending::Table(name.to_string(), Box::new(t)));
         Ok(())
     }
     fn finish(self: Box<Self>) -> Result<Staged> {
@@ -250,16 +256,7 @@ impl<'a, S: TensorSource + ?Sized> CompactFile<'a, S> {
                 let values = take(&part(VALUES_SUFFIX))
                     .ok_or_else(|| bad(n, format!("{} is missing", part(VALUES_SUFFIX))))?;
                 let remap = take(&part(REMAP_SUFFIX));
-                if take(&part(PARAMS_SUFFIX)).is_some() {
-                    return Err(bad(
-                        n,
-                        format!(
-                            "{} is stored, but encoding {} has no parameters",
-                            part(PARAMS_SUFFIX),
-                            info.encoding
-                        ),
-                    ));
-                }
+                let params = take(&part(PARAMS_SUFFIX));
                 let ts = source.tensors();
                 if ts[blocks].dtype != FileDType::U8 {
                     return Err(bad(
@@ -279,6 +276,7 @@ impl<'a, S: TensorSource + ?Sized> CompactFile<'a, S> {
                     source.bytes(blocks),
                     remap.map(|r| source.bytes(r)),
                     (ts[values].dtype, source.bytes(values)),
+                    params.map(|p| (ts[p].dtype, source.bytes(p))),
                 )
                 .map_err(with_source)?;
                 entries.push((n.clone(), Entry::Table(tables.len())));

@@ -12,15 +12,14 @@ use crate::error::Result;
 use crate::tensor::{Tensor, TypedStorage};
 
 /// A compact table's rows, decoded one at a time.
-struct CompactRows<'t, 'a, T> {
+struct CompactRows<'t, 'a> {
     table: &'t CompactTable<'a>,
-    values: &'t [T],
 }
 
-impl<T: Element + TypedStorage> RowSource<T> for CompactRows<'_, '_, T> {
+impl<T: Element + TypedStorage> RowSource<T> for CompactRows<'_, '_> {
     #[inline]
     fn row<'s>(&'s self, r: usize, scratch: &'s mut [T]) -> &'s [T] {
-        self.table.decode_row(self.values, r, scratch);
+        self.table.decode_row(r, scratch);
         scratch
     }
 }
@@ -64,7 +63,7 @@ impl<'t, 'a> CompactEmbedding<'t, 'a> {
     pub fn forward(&self, indices: &[i64]) -> Result<Tensor> {
         let (n, d) = (self.table.info().rows, self.table.info().cols);
         crate::with_dtype!(self.table.dtype(), T => {
-            let src = CompactRows { table: self.table, values: self.table.float_values::<T>() };
+            let src = CompactRows { table: self.table };
             lookup_rows::<T, _>("Embedding", &src, n, d, indices)
         })
     }
@@ -128,7 +127,7 @@ impl<'t, 'a> CompactEmbeddingBag<'t, 'a> {
     ) -> Result<Tensor> {
         let (n, d) = (self.table.info().rows, self.table.info().cols);
         crate::with_dtype!(self.table.dtype(), T => {
-            let src = CompactRows { table: self.table, values: self.table.float_values::<T>() };
+            let src = CompactRows { table: self.table };
             bag_forward::<T, _>(&src, n, d, self.mode, self.padding_idx, indices, bags, per_sample_weights)
         })
     }

@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::format::FileDType;
+use crate::quant::RowCodec;
 
 /// The `__metadata__` key of a compact file; its value is the JSON [`FileMeta`].
 pub const METADATA_KEY: &str = "data_sparsifier.compact";
@@ -58,8 +59,9 @@ pub const VALUES_SUFFIX: &str = "@values";
 /// How a table's kept values are stored.
 ///
 /// The float encodings store the values as they are (the table's own dtype), so expanding is
-/// exact. Quantized encodings (int8/int4 codes with per-row parameters under
-/// [`PARAMS_SUFFIX`]) are to come; the layout has their slot.
+/// exact. The quantized encodings store each stored row's kept cells as the crate's rowwise
+/// codes ([`RowCodec`]: int8 with f32 scale and bias, int4 with f16 scale and bias, both
+/// computed over the kept cells only) and the row's parameters under [`PARAMS_SUFFIX`].
 ///
 /// ```
 /// use data_sparsifier::compact::Encoding;
@@ -81,6 +83,11 @@ pub enum Encoding {
     F16,
     /// bfloat16 values.
     BF16,
+    /// Rowwise int8 codes over the kept cells, f32 scale and bias per row.
+    Int8,
+    /// Rowwise int4 codes over the kept cells (two a byte, element 0 in the low nibble), f16
+    /// scale and bias per row.
+    Int4,
 }
 
 impl Encoding {
@@ -100,6 +107,24 @@ impl Encoding {
             Encoding::F64 => "f64",
             Encoding::F16 => "f16",
             Encoding::BF16 => "bf16",
+            Encoding::Int8 => "int8",
+            Encoding::Int4 => "int4",
+        }
+    }
+    /// The rowwise codec of a quantized encoding.
+    pub const fn codec(self) -> Option<RowCodec> {
+        match self {
+            Encoding::Int8 => Some(RowCodec::Int8),
+            Encoding::Int4 => Some(RowCodec::Int4),
+            _ => None,
+        }
+    }
+    /// The dtype of `NAME@params` (`[stored_rows, 2]`: scale, bias), for a quantized encoding.
+    pub fn params_dtype(self) -> Option<FileDType> {
+        match self {
+            Encoding::Int8 => Some(FileDType::F32),
+            Encoding::Int4 => Some(FileDType::F16),
+            _ => None,
         }
     }
     /// The dtype of the stored values, for the float encodings.
@@ -109,6 +134,7 @@ impl Encoding {
             Encoding::F64 => Some(DType::F64),
             Encoding::F16 => Some(DType::F16),
             Encoding::BF16 => Some(DType::BF16),
+            Encoding::Int8 | Encoding::Int4 => None,
         }
     }
     /// The stored dtype of the `@values` tensor.
@@ -119,8 +145,8 @@ impl Encoding {
         }
     }
     /// Bytes of per-row parameters (0 for the float encodings).
-    pub const fn params_bytes_per_row(self) -> usize {
-        0
+    pub fn params_bytes_per_row(self) -> usize {
+        self.codec().map_or(0, RowCodec::param_bytes)
     }
 }
 
@@ -133,13 +159,20 @@ impl std::fmt::Display for Encoding {
 impl std::str::FromStr for Encoding {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        [Encoding::F32, Encoding::F64, Encoding::F16, Encoding::BF16]
-            .into_iter()
-            .find(|e| e.name() == s)
-            .ok_or_else(|| Error::UnsupportedDType {
-                what: "compact encoding (f32, f64, f16, bf16)".into(),
-                dtype: s.to_string(),
-            })
+        [
+            Encoding::F32,
+            Encoding::F64,
+            Encoding::F16,
+            Encoding::BF16,
+            Encoding::Int8,
+            Encoding::Int4,
+        ]
+        .into_iter()
+        .find(|e| e.name() == s)
+        .ok_or_else(|| Error::UnsupportedDType {
+            what: "compact encoding (f32, f64, f16, bf16, int8, int4)".into(),
+            dtype: s.to_string(),
+        })
     }
 }
 
@@ -160,7 +193,8 @@ pub struct TableInfo {
     pub block_width: usize,
     /// Rows stored (all of them without a remap, the rows not pruned entirely with one).
     pub stored_rows: usize,
-    /// Number of stored values (cells of kept blocks).
+    /// Number of stored values (cells of kept blocks); for a quantized encoding, codes (the
+    /// `@values` tensor holds each stored row's codes from a byte boundary).
     pub values: usize,
     /// Whether `NAME@remap` is stored.
     pub remap: bool,

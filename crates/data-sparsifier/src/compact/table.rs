@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::format::{FileDType, TensorData};
 use crate::mask::bits::get_bits;
 use crate::mask::Mask;
+use crate::quant::{RowCodec, RowParams};
 use crate::tensor::{Tensor, TensorView, TypedStorage};
 
 /// Whether a table stores the remap of its pruned rows (`NAME@remap`, int32, `-1` = pruned).
@@ -43,6 +44,14 @@ pub struct CompactOptions {
 pub(crate) enum Values<'a> {
     /// Float values, in the table's dtype.
     Float(TensorData<'a>),
+    /// Rowwise codes: each stored row's codes from a byte boundary, and its parameters.
+    Quant {
+        codec: RowCodec,
+        codes: Cow<'a, [u8]>,
+        params: Vec<RowParams>,
+        /// Offset of each stored row's first code byte, and the total at the end.
+        code_start: Vec<usize>,
+    },
 }
 
 /// One table in compact form: the values of its kept blocks, row by row, a bit-packed mask of
@@ -66,6 +75,7 @@ pub(crate) enum Values<'a> {
 /// ```
 pub struct CompactTable<'a> {
     info: TableInfo,
+    dtype: DType,
     blocks: Mask,
     remap: Option<Cow<'a, [i32]>>,
     values: Values<'a>,
@@ -148,13 +158,23 @@ fn block_counts(words: &[u64], rows: usize, cols: usize, bw: usize) -> (usize, u
 
 /// The block width that makes a table smallest: values plus mask bits, over the powers of two up
 /// to 64 (and at most the row width); the widest of equal sizes.
-fn best_block_width(words: &[u64], rows: usize, cols: usize, value_bits: usize) -> usize {
+/// With `exact`, only widths that store no pruned cell (the mask is whole blocks) are considered.
+fn best_block_width(
+    words: &[u64],
+    rows: usize,
+    cols: usize,
+    value_bits: usize,
+    exact: Option<usize>,
+) -> usize {
     let mut best = (usize::MAX, 1);
     for bw in [1usize, 2, 4, 8, 16, 32, 64] {
         if bw > cols.max(1) {
             break;
         }
         let (_, cells, _) = block_counts(words, rows, cols, bw);
+        if exact.is_some_and(|kept| kept != cells) {
+            continue;
+        }
         let bits = cells * value_bits + rows * cols.div_ceil(bw);
         if bits <= best.0 {
             best = (bits, bw);
@@ -246,7 +266,8 @@ impl CompactTable<'static> {
         mask.check_shape("compact table mask", data.shape())?;
         let dtype = data.dtype();
         let encoding = opts.encoding.unwrap_or(Encoding::for_dtype(dtype));
-        if encoding.float() != Some(dtype) {
+        let codec = encoding.codec();
+        if codec.is_none() && encoding.float() != Some(dtype) {
             return Err(Error::UnsupportedDType {
                 what: format!("compact encoding {encoding} of a {dtype} table (float tables keep their own dtype)"),
                 dtype: dtype.safetensors_name().to_string(),
@@ -264,7 +285,18 @@ impl CompactTable<'static> {
                 ))
             }
             Some(bw) => bw,
-            None => best_block_width(words, rows, cols, dtype.size_in_bytes() * 8),
+            // Quantized: a pruned cell inside a kept block would widen its row's range, so the
+            // width must keep whole blocks only (width 1 always does).
+            None => match codec {
+                None => best_block_width(words, rows, cols, dtype.size_in_bytes() * 8, None),
+                Some(c) => best_block_width(
+                    words,
+                    rows,
+                    cols,
+                    c.bits() as usize,
+                    Some(mask.count_kept()),
+                ),
+            },
         };
         let nbc = cols.div_ceil(bw);
         crate::with_dtype!(dtype, T => {
@@ -328,15 +360,73 @@ impl CompactTable<'static> {
             };
             let row_start = row_starts(&blocks, stored, cols, bw);
             debug_assert_eq!(row_start[stored], n_values);
+            let values = match codec {
+                None => Values::Float(TensorData::Copied(Tensor::from_vec(values, [n_values])?)),
+                Some(codec) => quantize(codec, &values, &row_start)?,
+            };
             Ok(CompactTable {
                 info,
+                dtype,
                 blocks,
                 remap: remap.map(Cow::Owned),
-                values: Values::Float(TensorData::Copied(Tensor::from_vec(values, [n_values])?)),
+                values,
                 row_start,
             })
         })
     }
+}
+
+/// Each stored row's kept values (`values[row_start[s]..row_start[s + 1]]`) as rowwise codes.
+fn quantize<T: Element>(
+    codec: RowCodec,
+    values: &[T],
+    row_start: &[usize],
+) -> Result<Values<'static>> {
+    let stored = row_start.len() - 1;
+    let code_start = code_starts(codec, row_start);
+    let chunks: Vec<(Vec<u8>, Vec<RowParams>)> = (0..stored.div_ceil(ROWS_PER_TASK))
+        .into_par_iter()
+        .map(|t| {
+            let rows = t * ROWS_PER_TASK..((t + 1) * ROWS_PER_TASK).min(stored);
+            let base = code_start[rows.start];
+            let mut codes = vec![0u8; code_start[rows.end] - base];
+            let mut params = Vec::with_capacity(rows.len());
+            let mut row = Vec::new();
+            for s in rows {
+                row.clear();
+                row.extend(
+                    values[row_start[s]..row_start[s + 1]]
+                        .iter()
+                        .map(|x| x.to_f64() as f32),
+                );
+                let c = &mut codes[code_start[s] - base..code_start[s + 1] - base];
+                params.push(codec.encode_row(&row, c)?);
+            }
+            Ok((codes, params))
+        })
+        .collect::<Result<_>>()?;
+    let mut codes = Vec::with_capacity(code_start[stored]);
+    let mut params = Vec::with_capacity(stored);
+    for (c, p) in chunks {
+        codes.extend_from_slice(&c);
+        params.extend_from_slice(&p);
+    }
+    Ok(Values::Quant {
+        codec,
+        codes: Cow::Owned(codes),
+        params,
+        code_start,
+    })
+}
+
+/// Each stored row's first code byte and the total: rows' codes start at byte boundaries.
+fn code_starts(codec: RowCodec, row_start: &[usize]) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(row_start.windows(2).scan(0usize, |at, w| {
+            *at += codec.code_bytes(w[1] - w[0]);
+            Some(*at)
+        }))
+        .collect()
 }
 
 impl<'a> CompactTable<'a> {
@@ -348,6 +438,7 @@ impl<'a> CompactTable<'a> {
         blocks: &[u8],
         remap: Option<&'a [u8]>,
         values: (FileDType, &'a [u8]),
+        params: Option<(FileDType, &[u8])>,
     ) -> Result<Self> {
         let bad = |m: String| invalid(name, m);
         let dtype = info
@@ -416,9 +507,12 @@ impl<'a> CompactTable<'a> {
             )));
         }
         let (vdtype, vbytes) = values;
-        if vdtype != info.encoding.values_dtype()
-            || vbytes.len() != info.values * vdtype.size_in_bytes()
-        {
+        let code_start = info.encoding.codec().map(|c| code_starts(c, &row_start));
+        let want_bytes = match &code_start {
+            None => info.values * vdtype.size_in_bytes(),
+            Some(c) => c[stored],
+        };
+        if vdtype != info.encoding.values_dtype() || vbytes.len() != want_bytes {
             return Err(bad(format!(
                 "{name}@values is {} bytes of {vdtype}, {} values of {} expected (truncated or tampered?)",
                 vbytes.len(),
@@ -426,9 +520,48 @@ impl<'a> CompactTable<'a> {
                 info.encoding.values_dtype()
             )));
         }
-        let values = Values::Float(TensorData::new(dtype, vbytes)?);
+        let values = match (info.encoding.codec(), params, code_start) {
+            (None, None, _) => Values::Float(TensorData::new(dtype, vbytes)?),
+            (Some(codec), Some((pdtype, pbytes)), Some(code_start)) => {
+                let per = codec.param_bytes();
+                if Some(pdtype) != info.encoding.params_dtype()
+                    || Some(pbytes.len()) != stored.checked_mul(per)
+                {
+                    return Err(bad(format!(
+                        "{name}@params is {} bytes of {pdtype}, {stored} rows x 2 of {} expected (truncated or tampered?)",
+                        pbytes.len(),
+                        info.encoding.params_dtype().unwrap_or(FileDType::F32)
+                    )));
+                }
+                let params = pbytes
+                    .chunks_exact(per)
+                    .enumerate()
+                    .map(|(s, b)| {
+                        codec.read_params(b).map_err(|e| {
+                            bad(format!(
+                                "{name}@params row {s}: {e} (the scale must be finite and >= 0)"
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Values::Quant {
+                    codec,
+                    codes: Cow::Borrowed(vbytes),
+                    params,
+                    code_start,
+                }
+            }
+            (None, Some(_), _) => {
+                return Err(bad(format!(
+                    "{name}@params is stored, but encoding {} has no parameters",
+                    info.encoding
+                )))
+            }
+            _ => return Err(bad(format!("{name}@params is missing"))),
+        };
         Ok(CompactTable {
             info,
+            dtype,
             blocks,
             remap,
             values,
@@ -450,14 +583,33 @@ impl<'a> CompactTable<'a> {
     }
     /// The table's dtype (of its dense form).
     pub fn dtype(&self) -> DType {
-        match &self.values {
-            Values::Float(v) => v.slice().dtype(),
-        }
+        self.dtype
     }
-    /// The stored values as little-endian bytes (`NAME@values`).
+    /// The stored values as little-endian bytes (`NAME@values`): the values, or the codes.
     pub fn values_bytes(&self) -> &[u8] {
         match &self.values {
             Values::Float(v) => v.slice().as_bytes(),
+            Values::Quant { codes, .. } => codes,
+        }
+    }
+    /// The per-row parameters as stored (`NAME@params`: scale then bias, per row), for a
+    /// quantized encoding.
+    pub fn params_bytes(&self) -> Option<Vec<u8>> {
+        let Values::Quant { codec, params, .. } = &self.values else {
+            return None;
+        };
+        let per = codec.param_bytes();
+        let mut out = vec![0u8; params.len() * per];
+        for (p, o) in params.iter().zip(out.chunks_exact_mut(per)) {
+            codec.write_params(*p, o).ok()?;
+        }
+        Some(out)
+    }
+    /// The per-row parameters, for a quantized encoding.
+    pub fn params(&self) -> Option<&[RowParams]> {
+        match &self.values {
+            Values::Quant { params, .. } => Some(params),
+            Values::Float(_) => None,
         }
     }
     /// The block mask as stored (`NAME@blocks`): bit `i` is bit `i % 8` of byte `i / 8`.
@@ -477,12 +629,31 @@ impl<'a> CompactTable<'a> {
                 .saturating_mul(self.info.blocks_per_row())
                 .div_ceil(8)
             + self.remap.as_ref().map_or(0, |r| r.len() * 4)
+            + self.info.stored_rows * self.info.encoding.params_bytes_per_row()
     }
     /// Whether the values are borrowed from the file (not copied).
     pub fn is_zero_copy(&self) -> bool {
         match &self.values {
             Values::Float(v) => !v.is_copy() && matches!(self.remap, None | Some(Cow::Borrowed(_))),
+            Values::Quant { codes, .. } => {
+                matches!(codes, Cow::Borrowed(_))
+                    && matches!(self.remap, None | Some(Cow::Borrowed(_)))
+            }
         }
+    }
+
+    /// The stored row of table row `r` (`None`: pruned, or `r` out of range).
+    ///
+    /// ```
+    /// use data_sparsifier::compact::{CompactOptions, CompactTable, RemapPolicy};
+    /// use data_sparsifier::{Mask, Tensor};
+    /// let w = Tensor::from_vec(vec![1.0f32, 2.0], [2, 1]).unwrap();
+    /// let opts = CompactOptions { remap: RemapPolicy::Always, ..Default::default() };
+    /// let t = CompactTable::encode(w.view(), &Mask::from_dense_u8([2, 1], &[0, 1]).unwrap(), &opts).unwrap();
+    /// assert_eq!((t.stored_row_of(0), t.stored_row_of(1), t.stored_row_of(2)), (None, Some(0), None));
+    /// ```
+    pub fn stored_row_of(&self, r: usize) -> Option<usize> {
+        (r < self.info.rows).then(|| self.stored_row(r)).flatten()
     }
 
     /// The stored row of table row `r` (`None`: pruned). `r` must be below `rows`.
@@ -496,12 +667,7 @@ impl<'a> CompactTable<'a> {
 
     /// Writes table row `r` (must be below `rows`) into `out` (`cols` cells), zeros where pruned.
     #[inline]
-    pub(crate) fn decode_row<T: Element + TypedStorage>(
-        &self,
-        vals: &[T],
-        r: usize,
-        out: &mut [T],
-    ) {
+    pub(crate) fn decode_row<T: Element + TypedStorage>(&self, r: usize, out: &mut [T]) {
         out.fill(T::ZERO);
         let Some(s) = self.stored_row(r) else {
             return;
@@ -511,20 +677,36 @@ impl<'a> CompactTable<'a> {
             self.info.cols,
             self.info.blocks_per_row(),
         );
-        let row = &vals[self.row_start[s]..self.row_start[s + 1]];
-        let mut p = 0;
-        for_each_set(self.blocks.words(), s * nbc, nbc, |j| {
-            let c0 = j * bw;
-            let w = bw.min(cols - c0);
-            out[c0..c0 + w].copy_from_slice(&row[p..p + w]);
-            p += w;
-        });
-    }
-
-    /// The float values as `&[T]` (empty if `T` is not the table's type).
-    pub(crate) fn float_values<T: TypedStorage>(&self) -> &[T] {
+        let words = self.blocks.words();
         match &self.values {
-            Values::Float(v) => T::from_slice(v.slice()).unwrap_or_default(),
+            Values::Float(v) => {
+                let vals: &[T] = T::from_slice(v.slice()).unwrap_or_default();
+                let row = &vals[self.row_start[s]..self.row_start[s + 1]];
+                let mut p = 0;
+                for_each_set(words, s * nbc, nbc, |j| {
+                    let c0 = j * bw;
+                    let w = bw.min(cols - c0);
+                    out[c0..c0 + w].copy_from_slice(&row[p..p + w]);
+                    p += w;
+                });
+            }
+            Values::Quant {
+                codec,
+                codes,
+                params,
+                code_start,
+            } => {
+                let (codec, p) = (*codec, params[s]);
+                let row = &codes[code_start[s]..code_start[s + 1]];
+                let mut k = 0;
+                for_each_set(words, s * nbc, nbc, |j| {
+                    let c0 = j * bw;
+                    for o in &mut out[c0..c0 + bw.min(cols - c0)] {
+                        *o = T::from_f64(f64::from(p.decode(codec.code_at(row, k))));
+                        k += 1;
+                    }
+                });
+            }
         }
     }
 
@@ -545,14 +727,13 @@ impl<'a> CompactTable<'a> {
                 actual: vec![out.len()],
             });
         }
-        let vals = self.float_values::<T>();
         if cols == 0 {
             return Ok(());
         }
         out.par_chunks_mut(cols)
             .with_min_len(256)
             .zip(rows)
-            .for_each(|(o, r)| self.decode_row(vals, r, o));
+            .for_each(|(o, r)| self.decode_row(r, o));
         Ok(())
     }
 
