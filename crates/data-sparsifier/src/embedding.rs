@@ -180,9 +180,25 @@ impl Embedding {
 
 /// The rows of a table, as the lookups read them: borrowed from a dense table, or decoded (a
 /// compact table) into a scratch row.
-pub(crate) trait RowSource<T> {
+pub(crate) trait RowSource<T: Element> {
     /// Row `r` (in range) of `d` cells: borrowed, or written into `scratch` (`d` cells).
     fn row<'s>(&'s self, r: usize, scratch: &'s mut [T]) -> &'s [T];
+    /// Adds row `r` (each cell times `w`, if given) into `acc`, as the sum and mean reductions
+    /// do. A source may skip cells it knows to be +0.0 when `w` is finite: an accumulator that
+    /// starts at +0.0 is never -0.0, so adding ±0.0 leaves it as it is, bit for bit.
+    #[inline]
+    fn add_row(&self, r: usize, acc: &mut [T::Acc], w: Option<T::Acc>, scratch: &mut [T]) {
+        add_all(acc, self.row(r, scratch), w);
+    }
+}
+
+/// Adds every cell of `row` (times `w`, if given) into `acc`.
+#[inline]
+pub(crate) fn add_all<T: Element>(acc: &mut [T::Acc], row: &[T], w: Option<T::Acc>) {
+    for (a, &x) in acc.iter_mut().zip(row) {
+        let v = x.to_acc();
+        *a = *a + w.map_or(v, |w| v * w);
+    }
 }
 
 /// A dense row-major table.
@@ -191,7 +207,7 @@ pub(crate) struct DenseRows<'a, T> {
     pub(crate) d: usize,
 }
 
-impl<T> RowSource<T> for DenseRows<'_, T> {
+impl<T: Element> RowSource<T> for DenseRows<'_, T> {
     #[inline]
     fn row<'s>(&'s self, r: usize, _scratch: &'s mut [T]) -> &'s [T] {
         &self.src[r * self.d..(r + 1) * self.d]
@@ -568,16 +584,13 @@ fn reduce_bags<T: Element + TypedStorage, R: RowSource<T>>(
                 continue;
             }
             count += 1;
-            let row = src.row(r, &mut scratch);
             match mode {
                 BagMode::Sum | BagMode::Mean => {
                     let wgt = psw.map(|p| T::acc_from_f64(p[j]));
-                    for (a, &x) in acc.iter_mut().zip(row) {
-                        let v = x.to_acc();
-                        *a = *a + wgt.map_or(v, |w| v * w);
-                    }
+                    src.add_row(r, &mut acc, wgt, &mut scratch);
                 }
                 BagMode::Max => {
+                    let row = src.row(r, &mut scratch);
                     for (a, &x) in acc.iter_mut().zip(row) {
                         let v = x.to_acc();
                         if !any_max || v > *a {

@@ -147,7 +147,8 @@ impl TensorSink for CompactSink {
     fn write_masked(&mut self, name: &str, data: TensorView<'_>, mask: &Mask) -> Result<()> {
         self.take(name)?;
         let t = CompactTable::encode(data, mask, &self.opts).map_err(|e| e.for_data(name))?;
-        self.pending.push(Pending::Table(name.to_string(), Box::new(t)));
+        self.pending
+            .push(Pending::Table(name.to_string(), Box::new(t)));
         Ok(())
     }
     fn finish(self: Box<Self>) -> Result<Staged> {
