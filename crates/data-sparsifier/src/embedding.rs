@@ -13,7 +13,7 @@ fn table_shape(module: &'static str, weight: &Parameter) -> Result<(usize, usize
 }
 
 /// `(num_embeddings, embedding_dim)` of a table shape.
-fn table_dims(module: &'static str, shape: &[usize]) -> Result<(usize, usize)> {
+pub(crate) fn table_dims(module: &'static str, shape: &[usize]) -> Result<(usize, usize)> {
     match *shape {
         [n, d] => Ok((n, d)),
         ref other => Err(Error::InvalidLookup {
@@ -171,20 +171,69 @@ impl Embedding {
         // One read guard for the dimensions and the rows: another holder may replace the table.
         let w = self.weight.read();
         let (n, d) = table_dims("Embedding", w.shape())?;
-        let rows: Vec<usize> = indices
-            .iter()
-            .enumerate()
-            .map(|(pos, &i)| check_index("Embedding", i, pos, n))
-            .collect::<Result<_>>()?;
         crate::with_dtype!(w.dtype(), T => {
-            let src = w.as_slice::<T>().unwrap_or_default();
-            let mut out = Vec::with_capacity(rows.len() * d);
-            for r in rows {
-                out.extend_from_slice(&src[r * d..(r + 1) * d]);
-            }
-            Tensor::from_vec(out, [indices.len(), d])
+            let src = DenseRows { src: w.as_slice::<T>().unwrap_or_default(), d };
+            lookup_rows::<T, _>("Embedding", &src, n, d, indices)
         })
     }
+}
+
+/// The rows of a table, as the lookups read them: borrowed from a dense table, or decoded (a
+/// compact table) into a scratch row.
+pub(crate) trait RowSource<T: Element> {
+    /// Row `r` (in range) of `d` cells: borrowed, or written into `scratch` (`d` cells).
+    fn row<'s>(&'s self, r: usize, scratch: &'s mut [T]) -> &'s [T];
+    /// Adds row `r` (each cell times `w`, if given) into `acc`, as the sum and mean reductions
+    /// do. A source may skip cells it knows to be +0.0 when `w` is finite: an accumulator that
+    /// starts at +0.0 is never -0.0, so adding ±0.0 leaves it as it is, bit for bit.
+    #[inline]
+    fn add_row(&self, r: usize, acc: &mut [T::Acc], w: Option<T::Acc>, scratch: &mut [T]) {
+        add_all(acc, self.row(r, scratch), w);
+    }
+}
+
+/// Adds every cell of `row` (times `w`, if given) into `acc`.
+#[inline]
+pub(crate) fn add_all<T: Element>(acc: &mut [T::Acc], row: &[T], w: Option<T::Acc>) {
+    for (a, &x) in acc.iter_mut().zip(row) {
+        let v = x.to_acc();
+        *a = *a + w.map_or(v, |w| v * w);
+    }
+}
+
+/// A dense row-major table.
+pub(crate) struct DenseRows<'a, T> {
+    pub(crate) src: &'a [T],
+    pub(crate) d: usize,
+}
+
+impl<T: Element> RowSource<T> for DenseRows<'_, T> {
+    #[inline]
+    fn row<'s>(&'s self, r: usize, _scratch: &'s mut [T]) -> &'s [T] {
+        &self.src[r * self.d..(r + 1) * self.d]
+    }
+}
+
+/// `Embedding`'s forward over any table of `n` rows of `d` cells: the rows of `indices`
+/// (checked), shape `[indices.len(), d]`.
+pub(crate) fn lookup_rows<T: Element + TypedStorage, R: RowSource<T>>(
+    module: &'static str,
+    src: &R,
+    n: usize,
+    d: usize,
+    indices: &[i64],
+) -> Result<Tensor> {
+    let rows: Vec<usize> = indices
+        .iter()
+        .enumerate()
+        .map(|(pos, &i)| check_index(module, i, pos, n))
+        .collect::<Result<_>>()?;
+    let mut scratch = vec![T::ZERO; d];
+    let mut out = Vec::with_capacity(rows.len() * d);
+    for r in rows {
+        out.extend_from_slice(src.row(r, &mut scratch));
+    }
+    Tensor::from_vec(out, [indices.len(), d])
 }
 
 fn zero_row(w: &mut Tensor, row: usize, d: usize) {
@@ -362,11 +411,6 @@ impl EmbeddingBag {
     pub fn dims(&self) -> Result<(usize, usize)> {
         table_shape("EmbeddingBag", &self.weight)
     }
-
-    /// Bag boundaries as `(start, end)` ranges into `indices`.
-    fn bag_ranges(&self, n_idx: usize, bags: Bags<'_>) -> Result<Vec<(usize, usize)>> {
-        bag_ranges(n_idx, bags)
-    }
 }
 
 /// Bag boundaries as `(start, end)` ranges into `n_idx` indices, checked (shared with the candle
@@ -460,19 +504,35 @@ impl EmbeddingBag {
         // One read guard for the dimensions and the rows: another holder may replace the table.
         let w = self.weight.read();
         let (n, d) = table_dims("EmbeddingBag", w.shape())?;
-        check_per_sample_weights("EmbeddingBag", self.mode, per_sample_weights, indices.len())?;
-        let rows: Vec<usize> = indices
-            .iter()
-            .enumerate()
-            .map(|(pos, &i)| check_index("EmbeddingBag", i, pos, n))
-            .collect::<Result<_>>()?;
-        let ranges = self.bag_ranges(indices.len(), bags)?;
         crate::with_dtype!(w.dtype(), T => {
-            let src = w.as_slice::<T>().unwrap_or_default();
-            let out = reduce_bags::<T>(src, d, &rows, &ranges, self.mode, self.padding_idx, per_sample_weights);
-            Tensor::from_vec(out, [ranges.len(), d])
+            let src = DenseRows { src: w.as_slice::<T>().unwrap_or_default(), d };
+            bag_forward::<T, _>(&src, n, d, self.mode, self.padding_idx, indices, bags, per_sample_weights)
         })
     }
+}
+
+/// `EmbeddingBag`'s forward over any table of `n` rows of `d` cells: checks the weights, the
+/// indices and the bags, then reduces; shape `[num_bags, d]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bag_forward<T: Element + TypedStorage, R: RowSource<T>>(
+    src: &R,
+    n: usize,
+    d: usize,
+    mode: BagMode,
+    padding: Option<usize>,
+    indices: &[i64],
+    bags: Bags<'_>,
+    per_sample_weights: Option<&[f64]>,
+) -> Result<Tensor> {
+    check_per_sample_weights("EmbeddingBag", mode, per_sample_weights, indices.len())?;
+    let rows: Vec<usize> = indices
+        .iter()
+        .enumerate()
+        .map(|(pos, &i)| check_index("EmbeddingBag", i, pos, n))
+        .collect::<Result<_>>()?;
+    let ranges = bag_ranges(indices.len(), bags)?;
+    let out = reduce_bags::<T, R>(src, d, &rows, &ranges, mode, padding, per_sample_weights);
+    Tensor::from_vec(out, [ranges.len(), d])
 }
 
 /// `per_sample_weights` are only for sum mode and need one weight per index (shared with the
@@ -503,8 +563,8 @@ pub(crate) fn check_per_sample_weights(
     Ok(())
 }
 
-fn reduce_bags<T: Element + TypedStorage>(
-    src: &[T],
+fn reduce_bags<T: Element + TypedStorage, R: RowSource<T>>(
+    src: &R,
     d: usize,
     rows: &[usize],
     ranges: &[(usize, usize)],
@@ -514,6 +574,7 @@ fn reduce_bags<T: Element + TypedStorage>(
 ) -> Vec<T> {
     let mut out = Vec::with_capacity(ranges.len() * d);
     let mut acc = vec![T::acc_zero(); d];
+    let mut scratch = vec![T::ZERO; d];
     for &(s, e) in ranges {
         acc.iter_mut().for_each(|a| *a = T::acc_zero());
         let mut count = 0usize;
@@ -523,16 +584,13 @@ fn reduce_bags<T: Element + TypedStorage>(
                 continue;
             }
             count += 1;
-            let row = &src[r * d..(r + 1) * d];
             match mode {
                 BagMode::Sum | BagMode::Mean => {
                     let wgt = psw.map(|p| T::acc_from_f64(p[j]));
-                    for (a, &x) in acc.iter_mut().zip(row) {
-                        let v = x.to_acc();
-                        *a = *a + wgt.map_or(v, |w| v * w);
-                    }
+                    src.add_row(r, &mut acc, wgt, &mut scratch);
                 }
                 BagMode::Max => {
+                    let row = src.row(r, &mut scratch);
                     for (a, &x) in acc.iter_mut().zip(row) {
                         let v = x.to_acc();
                         if !any_max || v > *a {

@@ -220,6 +220,29 @@ pub enum Error {
         source: crate::format::safetensors::FormatError,
     },
 
+    /// A compact table (see [`compact`](crate::compact)) is inconsistent: truncated, tampered, or
+    /// written by a newer version.
+    #[error("invalid compact table {table:?}{}: {message}", source_name.as_ref().map(|s| format!(" in {s}")).unwrap_or_default())]
+    InvalidCompact {
+        /// The file, if one is involved.
+        source_name: Option<String>,
+        /// The table's name.
+        table: String,
+        /// What is wrong, and the fix.
+        message: String,
+    },
+
+    /// A file that should hold compact tables does not (no compact metadata key).
+    #[error("{source_name} is not a compact file (no {key:?} entry in its __metadata__): {fix}")]
+    NotCompact {
+        /// The file.
+        source_name: String,
+        /// The metadata key looked for.
+        key: &'static str,
+        /// What to do instead.
+        fix: &'static str,
+    },
+
     /// An I/O error, with the path it concerns.
     #[error("{path}: {source}")]
     Io {

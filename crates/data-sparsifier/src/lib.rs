@@ -24,6 +24,7 @@
 //! | [`embedding`] | [`embedding::BagMode`], [`embedding::Bags`] for `EmbeddingBag` lookups |
 //! | [`norm`] | DataNorm's knobs ([`norm::Norm`], [`norm::NanPolicy`], [`norm::Scratch`]), the direct kernel call ([`norm::compute_mask`]) and one sparsity budget over many tensors ([`norm::budget`]) |
 //! | [`rule`] | the rule layer: [`rule::Schema`], [`rule::TypedRule`], the magnitude rule ([`rule::Magnitude`]) |
+//! | [`compact`] | compact tables (kept blocks, a bit per block, row remap; float or int8/int4 codes) in a standard safetensors file, and lookups over them ([`compact::CompactEmbedding`], [`compact::CompactEmbeddingBag`]) |
 //! | [`format`] | the storage seam ([`format::TensorSource`], [`format::TensorSink`]), the safetensors format, all-or-nothing output ([`format::Staged`], [`format::AtomicFile`]) |
 //! | [`state`] | the state file itself: [`state::StateWriter`] (its one writer), [`state::write_state_file`] |
 //! | [`scheduler`] | the data scheduler and its schedules |
@@ -60,6 +61,7 @@
 
 #[cfg(feature = "candle")]
 pub mod candle;
+pub mod compact;
 mod data;
 pub mod dtype;
 pub mod embedding;

@@ -11,12 +11,12 @@
 //!   the case's weights: its masks are tie-equivalent to PyTorch's, and where the mask is PyTorch's
 //!   its tables equal PyTorch's bit for bit.
 
+use data_sparsifier::embedding::{BagMode, Bags};
 use data_sparsifier::norm::{pruned_block_count, DataNormSparsifier, Norm};
 use data_sparsifier::quant::{
     post_training_sparse_quantize, EmbeddingModule, QuantizedEmbeddingBag, QuantizedModule,
     QuantizedTable, SparseQuantizeOptions,
 };
-use data_sparsifier::embedding::{BagMode, Bags};
 use data_sparsifier::{DataNormConfig, Embedding, EmbeddingBag, Tensor};
 
 mod common;

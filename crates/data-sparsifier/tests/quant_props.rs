@@ -3,15 +3,15 @@
 //! bad stored parameters, empty rows and tables) and PyTorch's form (typed errors, empty tables,
 //! the lookups against the dequantized rows), and `post_training_sparse_quantize`'s checks.
 
+use data_sparsifier::embedding::{BagMode, Bags};
 use data_sparsifier::quant::{
     post_training_sparse_quantize, EmbeddingModule, MaskedRowwiseTable, QuantError,
     QuantizedEmbedding, QuantizedEmbeddingBag, QuantizedTable, RowCodec, RowParams,
     SparseQuantizeOptions,
 };
-use data_sparsifier::embedding::{BagMode, Bags};
 use data_sparsifier::{
-    DType, Data, DataNormConfig, DataNormSparsifier, Embedding, EmbeddingBag, Error,
-    Mask, Parameter, Tensor,
+    DType, Data, DataNormConfig, DataNormSparsifier, Embedding, EmbeddingBag, Error, Mask,
+    Parameter, Tensor,
 };
 use proptest::prelude::*;
 

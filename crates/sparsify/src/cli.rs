@@ -34,8 +34,11 @@ Every error is one line on stderr starting with 'error:', and exit status 2.";
 pub enum Command {
     /// Sparsify tensors of a safetensors file into a new safetensors file.
     Run(RunArgs),
-    /// List the tensors of a safetensors file with their sizes and fractions of zeros.
+    /// List the tensors of a safetensors file with their sizes and fractions of zeros (and each
+    /// compact table's encoding, density, bytes and ratio to dense).
     Inspect(InspectArgs),
+    /// Write the dense safetensors file of a compact one (`run --format compact`).
+    Expand(ExpandArgs),
     /// Time the library's step and squash on a generated table.
     Bench(BenchArgs),
     /// Make a DLRM-like checkpoint, sparsify it, and report (no arguments needed).
@@ -263,6 +266,14 @@ pub struct RunArgs {
     /// Also write the sparsifier's state (original data + masks + configs) for DataNormSparsifier::load_state.
     #[arg(long, value_name = "STATE.safetensors")]
     pub state: Option<PathBuf>,
+    /// The output's form: dense (zeros written out) or compact (kept blocks, block mask, row
+    /// remap; see docs/compact-format.md; `sparsify expand` makes it dense again).
+    #[arg(long, value_enum, default_value_t)]
+    pub format: OutputFormat,
+    /// With --format compact: store the kept values as rowwise int8 (f32 scale and bias per row)
+    /// or int4 (f16 scale and bias) codes over the kept cells; pruned cells stay exactly 0.
+    #[arg(long, value_enum, value_name = "CODE")]
+    pub quantize: Option<Quantize>,
     /// Overwrite existing output files.
     #[arg(long)]
     pub force: bool,
@@ -270,6 +281,51 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t)]
     pub report: ReportFormat,
     /// No progress bar and no chatter on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// The form of `run`'s output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum OutputFormat {
+    /// A dense safetensors file, `mask · data` (what PyTorch loads as it is).
+    #[default]
+    Dense,
+    /// A compact safetensors file: each sparsified table's kept blocks only.
+    Compact,
+}
+
+/// `--quantize`: the rowwise codes of a compact output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Quantize {
+    /// 8-bit codes, f32 scale and bias per row.
+    Int8,
+    /// 4-bit codes, f16 scale and bias per row.
+    Int4,
+}
+
+impl From<Quantize> for data_sparsifier::compact::Encoding {
+    fn from(q: Quantize) -> Self {
+        match q {
+            Quantize::Int8 => data_sparsifier::compact::Encoding::Int8,
+            Quantize::Int4 => data_sparsifier::compact::Encoding::Int4,
+        }
+    }
+}
+
+/// `sparsify expand`.
+#[derive(Debug, Args)]
+pub struct ExpandArgs {
+    /// The compact safetensors file.
+    #[arg(value_name = "COMPACT.safetensors")]
+    pub input: PathBuf,
+    /// The dense safetensors file to write (never the input; not overwritten without --force).
+    #[arg(short, long, value_name = "OUTPUT.safetensors")]
+    pub output: PathBuf,
+    /// Overwrite an existing output file.
+    #[arg(long)]
+    pub force: bool,
+    /// No chatter on stderr.
     #[arg(short, long)]
     pub quiet: bool,
 }

@@ -50,6 +50,33 @@ pub struct InspectTotals {
     pub float_zero_fraction: f64,
 }
 
+/// One compact table of the inspected file.
+#[derive(Debug, Clone, Serialize)]
+pub struct CompactInfo {
+    /// The table's name.
+    pub name: String,
+    /// How its kept values are stored (f32, f16, bf16, ...).
+    pub encoding: String,
+    /// Its dense dtype.
+    pub dtype: String,
+    /// Its dense shape.
+    pub shape: Vec<usize>,
+    /// Block width (columns per mask bit).
+    pub block_width: usize,
+    /// Stored values over cells.
+    pub density: f64,
+    /// Whether the row remap is stored, and the rows it prunes.
+    pub remap: bool,
+    /// Rows pruned entirely (stored rows subtracted from rows when there is a remap).
+    pub pruned_rows: u64,
+    /// Bytes of its stored tensors (values, block mask, remap, parameters).
+    pub bytes: u64,
+    /// Bytes of its dense form.
+    pub dense_bytes: u64,
+    /// `bytes / dense_bytes`.
+    pub ratio: f64,
+}
+
 /// What `inspect --report json` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct InspectReport {
@@ -59,6 +86,8 @@ pub struct InspectReport {
     pub metadata: BTreeMap<String, String>,
     /// The tensors, in file order.
     pub tensors: Vec<TensorInfo>,
+    /// The compact tables, for a compact file (`run --format compact`).
+    pub compact: Vec<CompactInfo>,
     /// Totals.
     pub totals: InspectTotals,
 }
@@ -125,7 +154,9 @@ pub fn inspect(path: &Path) -> Result<InspectReport> {
     let (numel, zeros) = (sum(&|t| t.numel, false), sum(&|t| t.zeros, false));
     let (fnumel, fzeros) = (sum(&|t| t.numel, true), sum(&|t| t.zeros, true));
     let frac = |z: u64, n: u64| if n == 0 { 0.0 } else { z as f64 / n as f64 };
+    let compact = compact_tables(&ck)?;
     Ok(InspectReport {
+        compact,
         file: path.display().to_string(),
         metadata: ck.metadata().cloned().unwrap_or_default(),
         totals: InspectTotals {
@@ -139,6 +170,51 @@ pub fn inspect(path: &Path) -> Result<InspectReport> {
         },
         tensors,
     })
+}
+
+/// The compact tables of a file with compact metadata (checked; a tampered one is an error).
+fn compact_tables(ck: &Checkpoint) -> Result<Vec<CompactInfo>> {
+    let compact = ck
+        .metadata()
+        .is_some_and(|m| m.contains_key(data_sparsifier::compact::METADATA_KEY));
+    if !compact {
+        return Ok(Vec::new());
+    }
+    let file = crate::expand::read_compact(ck)?;
+    Ok(file
+        .tables()
+        .iter()
+        .map(|(name, t)| {
+            let i = t.info();
+            let (bytes, dense) = (t.stored_bytes() as u64, i.dense_bytes() as u64);
+            let cells = (i.rows * i.cols) as f64;
+            CompactInfo {
+                name: name.clone(),
+                encoding: i.encoding.to_string(),
+                dtype: i.dtype.clone(),
+                shape: i.shape.clone(),
+                block_width: i.block_width,
+                density: if cells == 0.0 {
+                    0.0
+                } else {
+                    i.values as f64 / cells
+                },
+                remap: i.remap,
+                pruned_rows: if i.remap {
+                    (i.rows - i.stored_rows) as u64
+                } else {
+                    0
+                },
+                bytes,
+                dense_bytes: dense,
+                ratio: if dense == 0 {
+                    0.0
+                } else {
+                    bytes as f64 / dense as f64
+                },
+            }
+        })
+        .collect())
 }
 
 impl InspectReport {
@@ -156,6 +232,31 @@ impl InspectReport {
         }
         let mut out = format!("{}\n", self.file);
         out.push_str(&t.render());
+        if !self.compact.is_empty() {
+            let mut c = Table::new(&[
+                "compact table",
+                "encoding",
+                "shape",
+                ">block",
+                ">density",
+                ">bytes",
+                ">dense",
+                ">ratio",
+            ]);
+            for r in &self.compact {
+                c.row(vec![
+                    r.name.clone(),
+                    r.encoding.clone(),
+                    report::shape(&r.shape),
+                    format!("1x{}", r.block_width),
+                    report::percent(r.density),
+                    report::bytes(r.bytes),
+                    report::bytes(r.dense_bytes),
+                    format!("{:.3}x", r.ratio),
+                ]);
+            }
+            out.push_str(&c.render());
+        }
         let tt = &self.totals;
         out.push_str(&format!(
             "total: {} tensors, {} of data ({} file), {} zeros ({} of floating-point elements)\n",

@@ -56,6 +56,7 @@ pub mod cli;
 pub mod config_file;
 pub mod demo;
 pub mod error;
+pub mod expand;
 pub mod inspect;
 pub mod report;
 pub mod run;
@@ -145,6 +146,8 @@ pub fn execute(cli: Cli) -> Result<()> {
                 config: a.config_file,
                 masks: a.masks,
                 state: a.state,
+                format: a.format,
+                quantize: a.quantize.map(Into::into),
                 force: a.force,
             };
             let r = run::run(&opts, Ui { quiet: a.quiet })?;
@@ -153,6 +156,13 @@ pub fn execute(cli: Cli) -> Result<()> {
         Command::Inspect(a) => {
             let r = inspect::inspect(&a.file)?;
             print_report(a.report, false, &r.render(), &r)
+        }
+        Command::Expand(a) => {
+            let r = expand::expand(&a.input, &a.output, a.force)?;
+            if !a.quiet {
+                print_stderr(&r.render());
+            }
+            Ok(())
         }
         Command::Bench(a) => {
             let opts = bench::BenchOptions {

@@ -25,6 +25,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use data_sparsifier::compact::{CompactOptions, CompactSink, Encoding};
 use data_sparsifier::format::safetensors::{MaskSink, SquashedSink};
 use data_sparsifier::format::{CommitMode, Staged, TensorInfo, TensorSink};
 use data_sparsifier::rule::{Registry, Rule};
@@ -34,7 +35,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::checkpoint::{sparsify_shape, Checkpoint};
-use crate::cli::{FlagPatch, RuleFlags};
+use crate::cli::{FlagPatch, OutputFormat, RuleFlags};
 use crate::config_file::{choose_rule, resolve, ConfigFile};
 use crate::error::{CliError, Result};
 use crate::report::{self, Table};
@@ -61,6 +62,10 @@ pub struct RunOptions {
     pub masks: Option<PathBuf>,
     /// `--state` output.
     pub state: Option<PathBuf>,
+    /// `--format`: dense or compact output.
+    pub format: OutputFormat,
+    /// `--quantize`: the encoding of a compact output's tables (`None`: their own dtype).
+    pub quantize: Option<Encoding>,
     /// Overwrite existing outputs.
     pub force: bool,
 }
@@ -233,6 +238,12 @@ struct OutputMeta<'a> {
     version: &'static str,
     sparsifier: &'a str,
     tensors: BTreeMap<&'a str, &'a Value>,
+    /// `"compact"` for a compact output (absent for a dense one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    format: Option<&'static str>,
+    /// Each compact table's encoding (absent for a dense output).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encodings: Option<BTreeMap<&'a str, String>>,
 }
 
 /// A path's canonical form; for a file that does not exist yet, its parent's canonical form joined
@@ -265,7 +276,6 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// Checks the output paths: distinct from each other and the input, not existing unless `force`,
 /// in a directory that exists.
 fn check_paths(opts: &RunOptions) -> Result<()> {
-    let mut roles: Vec<(String, &Path)> = vec![("the input".into(), &opts.input)];
     let outs: Vec<(&str, &Path)> = [
         Some(("--output", opts.output.as_path())),
         opts.masks.as_deref().map(|p| ("--masks", p)),
@@ -274,7 +284,14 @@ fn check_paths(opts: &RunOptions) -> Result<()> {
     .into_iter()
     .flatten()
     .collect();
-    for (flag, p) in outs {
+    check_outputs(&opts.input, &outs, opts.force)
+}
+
+/// Checks output paths (`(flag, path)`): distinct from each other and the input, not existing
+/// unless `force`, in a directory that exists.
+pub(crate) fn check_outputs(input: &Path, outs: &[(&str, &Path)], force: bool) -> Result<()> {
+    let mut roles: Vec<(String, &Path)> = vec![("the input".into(), input)];
+    for &(flag, p) in outs {
         for (role, q) in &roles {
             if same_file(q, p) {
                 return Err(CliError::SamePath {
@@ -291,7 +308,7 @@ fn check_paths(opts: &RunOptions) -> Result<()> {
             )));
         }
         // symlink_metadata: a dangling symlink exists too (`exists()` follows it and says no).
-        if std::fs::symlink_metadata(p).is_ok() && !opts.force {
+        if std::fs::symlink_metadata(p).is_ok() && !force {
             return Err(CliError::OutputExists {
                 path: p.display().to_string(),
             });
@@ -464,6 +481,20 @@ fn open_sinks(opts: &RunOptions, ck: &Checkpoint, plan: &Plan, source: &str) -> 
             .zip(&plan.configs)
             .map(|(&i, c)| (tensors[i].name.as_str(), c))
             .collect(),
+        format: (opts.format == OutputFormat::Compact).then_some("compact"),
+        encodings: (opts.format == OutputFormat::Compact).then(|| {
+            plan.selected
+                .iter()
+                .map(|&i| {
+                    let t = &tensors[i];
+                    let e = opts.quantize.or(t.dtype.float().map(Encoding::for_dtype));
+                    (
+                        t.name.as_str(),
+                        e.map_or_else(|| "none".into(), |e| e.to_string()),
+                    )
+                })
+                .collect()
+        }),
     })
     .map_err(|e| CliError::Usage(format!("cannot encode the config as JSON: {e}")))?;
     let mut sinks: Sinks = Vec::new();
@@ -478,9 +509,25 @@ fn open_sinks(opts: &RunOptions, ck: &Checkpoint, plan: &Plan, source: &str) -> 
     }
     let mut metadata = ck.metadata().cloned().unwrap_or_default();
     metadata.insert(METADATA_KEY.to_string(), meta_json);
-    let out = SquashedSink::create(&opts.output, tensors, Some(&metadata))
-        .map_err(written(&opts.output))?;
-    sinks.push((opts.output.clone(), Box::new(out)));
+    let out: Box<dyn TensorSink> = match opts.format {
+        OutputFormat::Dense => Box::new(
+            SquashedSink::create(&opts.output, tensors, Some(&metadata))
+                .map_err(written(&opts.output))?,
+        ),
+        OutputFormat::Compact => Box::new(
+            CompactSink::create(
+                &opts.output,
+                tensors,
+                Some(&metadata),
+                CompactOptions {
+                    encoding: opts.quantize,
+                    ..Default::default()
+                },
+            )
+            .map_err(written(&opts.output))?,
+        ),
+    };
+    sinks.push((opts.output.clone(), out));
     Ok(sinks)
 }
 
@@ -541,7 +588,7 @@ fn float_dtype(t: &TensorInfo) -> Result<data_sparsifier::DType> {
         .ok_or_else(|| CliError::Selection(format!("tensor {:?} is not floating point", t.name)))
 }
 
-fn written(p: &Path) -> impl Fn(data_sparsifier::Error) -> CliError {
+pub(crate) fn written(p: &Path) -> impl Fn(data_sparsifier::Error) -> CliError {
     let s = format!("writing {}", p.display());
     move |e| CliError::lib(s.clone(), e)
 }
@@ -646,6 +693,12 @@ fn commit(sinks: Sinks, force: bool) -> Result<()> {
     for (p, sink) in sinks {
         staged.extend(sink.finish().map_err(written(&p))?);
     }
+    commit_staged(staged, force)
+}
+
+/// Commits staged outputs, all or nothing; an output that appeared meanwhile is
+/// [`CliError::OutputExists`] unless `force`.
+pub(crate) fn commit_staged(staged: Staged, force: bool) -> Result<()> {
     let mode = if force {
         CommitMode::Replace
     } else {
@@ -674,6 +727,11 @@ pub fn run(opts: &RunOptions, ui: Ui) -> Result<RunReport> {
     let started = Instant::now();
     let alloc_base = crate::alloc::reset_peak();
     check_paths(opts)?;
+    if let (Some(q), OutputFormat::Dense) = (opts.quantize, opts.format) {
+        return Err(CliError::Usage(format!(
+            "--quantize {q} needs --format compact (a dense output stores the values as they are)"
+        )));
+    }
     let ck = Checkpoint::open(&opts.input)?;
     let source = opts.input.display().to_string();
     let plan = plan(opts, &ck, &source)?;

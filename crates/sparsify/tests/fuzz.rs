@@ -58,12 +58,17 @@ enum Mutation {
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
+    mutation_within(400)
+}
+
+/// Mutations at positions below `n`.
+fn mutation_within(n: usize) -> impl Strategy<Value = Mutation> {
     prop_oneof![
-        (0usize..400).prop_map(Mutation::Truncate),
-        (0usize..400, 1u8..=255).prop_map(|(i, x)| Mutation::Flip(i, x)),
-        (0usize..400, proptest::collection::vec(any::<u8>(), 1..12))
+        (0usize..n).prop_map(Mutation::Truncate),
+        (0usize..n, 1u8..=255).prop_map(|(i, x)| Mutation::Flip(i, x)),
+        (0usize..n, proptest::collection::vec(any::<u8>(), 1..12))
             .prop_map(|(i, v)| Mutation::Splice(i, v)),
-        prop_oneof![Just(0u64), Just(u64::MAX), Just(1 << 40), 0u64..400]
+        prop_oneof![Just(0u64), Just(u64::MAX), Just(1 << 40), 0u64..n as u64]
             .prop_map(Mutation::HeaderLen),
         proptest::collection::vec(any::<u8>(), 1..16).prop_map(Mutation::Append),
     ]
@@ -167,6 +172,60 @@ fn crafted_headers_are_errors() {
     }
 }
 
+/// The valid file through `run --format compact`.
+fn valid_compact_file() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    std::fs::write(&input, valid_file()).unwrap();
+    let output = dir.path().join("c.safetensors");
+    run(
+        &RunOptions {
+            input,
+            output: output.clone(),
+            tensors: vec!["*".into()],
+            exclude: vec!["i".into()],
+            format: sparsify::cli::OutputFormat::Compact,
+            ..Default::default()
+        },
+        Ui { quiet: true },
+    )
+    .unwrap();
+    std::fs::read(output).unwrap()
+}
+
+/// `expand` and `inspect` in-process on compact `bytes`, and lookups over every table the
+/// library reads from them (good and bad indices); none may panic. Returns whether expand worked.
+fn exercise_compact(dir: &Path, bytes: &[u8]) -> bool {
+    use data_sparsifier::compact::{CompactEmbeddingBag, CompactFile};
+    use data_sparsifier::embedding::{BagMode, Bags};
+    let input = dir.join("c.safetensors");
+    std::fs::write(&input, bytes).unwrap();
+    let _ = sparsify::inspect::inspect(&input);
+    let expanded = sparsify::expand::expand(&input, &dir.join("d.safetensors"), true).is_ok();
+    if let Ok(src) = SafetensorsSource::from_bytes(bytes.to_vec(), "c") {
+        if let Ok(file) = CompactFile::read(&src, "c") {
+            assert!(expanded, "the library reads what expand refused");
+            for (_, t) in file.tables() {
+                for mode in [BagMode::Sum, BagMode::Mean, BagMode::Max] {
+                    if let Ok(bag) = CompactEmbeddingBag::new(t, mode, None) {
+                        let rows = t.info().rows as i64;
+                        let idx = [0, rows - 1, rows / 2, rows, -1];
+                        let _ = bag.forward(&idx, Bags::Fixed { bag_size: 1 }, None);
+                        let _ = bag.forward(&idx[..3], Bags::Fixed { bag_size: 3 }, None);
+                    }
+                }
+            }
+        }
+    }
+    expanded
+}
+
+#[test]
+fn the_valid_compact_file_works() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(exercise_compact(dir.path(), &valid_compact_file()));
+}
+
 #[test]
 fn the_valid_file_works() {
     let dir = tempfile::tempdir().unwrap();
@@ -185,6 +244,13 @@ proptest! {
         if ran {
             prop_assert!(inspected);
         }
+    }
+
+    #[test]
+    fn mutated_compact_files_never_panic(ms in proptest::collection::vec(mutation_within(2500), 1..4)) {
+        let dir = tempfile::tempdir().unwrap();
+        let b = ms.iter().fold(valid_compact_file(), apply);
+        exercise_compact(dir.path(), &b);
     }
 
     #[test]

@@ -26,9 +26,9 @@ use rayon::prelude::*;
 use super::QuantError;
 use crate::dtype::DType;
 use crate::embedding::{bag_ranges, check_index, check_per_sample_weights, normalize_padding};
+use crate::embedding::{BagMode, Bags};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
-use crate::embedding::{BagMode, Bags};
 
 /// `(rows, cols)` of a table shape, or [`QuantError::NotATable`].
 pub(crate) fn table_dims(name: &str, shape: &[usize]) -> Result<(usize, usize)> {

@@ -1,0 +1,149 @@
+//! `Embedding` and `EmbeddingBag` straight over a [`CompactTable`]: each looked-up row is decoded
+//! into a scratch row and goes through the dense modules' own code (`embedding::lookup_rows`,
+//! `embedding::bag_forward`), so results equal the dense forward over the expanded table bit
+//! for bit.
+
+use super::table::CompactTable;
+use crate::dtype::Element;
+use crate::embedding::{
+    add_all, bag_forward, lookup_rows, normalize_padding, table_dims, BagMode, Bags, RowSource,
+};
+use crate::error::Result;
+use crate::tensor::{Tensor, TypedStorage};
+
+/// A compact table's rows, decoded one at a time.
+struct CompactRows<'t, 'a> {
+    table: &'t CompactTable<'a>,
+}
+
+impl<T: Element + TypedStorage> RowSource<T> for CompactRows<'_, '_> {
+    #[inline]
+    fn row<'s>(&'s self, r: usize, scratch: &'s mut [T]) -> &'s [T] {
+        self.table.decode_row(r, scratch);
+        scratch
+    }
+    /// Adds the kept cells only: the others are +0.0 (see the trait), unless a weight is not
+    /// finite (0 · inf is NaN), when the whole decoded row is added as the dense table's would be.
+    #[inline]
+    fn add_row(&self, r: usize, acc: &mut [T::Acc], w: Option<T::Acc>, scratch: &mut [T]) {
+        if w.is_some_and(|w| !T::acc_to_f64(w).is_finite()) {
+            self.table.decode_row(r, scratch);
+            add_all(acc, scratch, w);
+            return;
+        }
+        self.table.for_each_kept::<T>(r, |c, x| {
+            let v = x.to_acc();
+            acc[c] = acc[c] + w.map_or(v, |w| v * w);
+        });
+    }
+}
+
+/// `torch.nn.Embedding` over a compact table, without expanding it: [`Embedding`](crate::Embedding)'s
+/// forward, the same output.
+///
+/// ```
+/// use data_sparsifier::compact::{CompactEmbedding, CompactOptions, CompactTable};
+/// use data_sparsifier::{Embedding, Mask, Tensor};
+/// let w = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]).unwrap();
+/// let mask = Mask::from_dense_u8([2, 2], &[0, 1, 0, 0]).unwrap();
+/// let t = CompactTable::encode(w.view(), &mask, &CompactOptions::default()).unwrap();
+/// let emb = CompactEmbedding::new(&t, None).unwrap();
+/// assert_eq!(emb.forward(&[1, 0]).unwrap().to_f64_vec(), vec![0.0, 0.0, 0.0, 2.0]);
+/// let dense = Embedding::from_weight(t.to_tensor().unwrap()).unwrap();
+/// assert_eq!(emb.forward(&[0, 1]).unwrap(), dense.forward(&[0, 1]).unwrap());
+/// assert!(emb.forward(&[2]).is_err()); // out of range: an error, never a panic
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct CompactEmbedding<'t, 'a> {
+    table: &'t CompactTable<'a>,
+    padding_idx: Option<usize>,
+}
+
+impl<'t, 'a> CompactEmbedding<'t, 'a> {
+    /// A lookup over `table` (2-D); `padding_idx` as PyTorch's (only recorded: the table holds
+    /// whatever row it was given).
+    pub fn new(table: &'t CompactTable<'a>, padding_idx: Option<i64>) -> Result<Self> {
+        let (n, _) = table_dims("Embedding", &table.info().shape)?;
+        Ok(CompactEmbedding {
+            table,
+            padding_idx: normalize_padding("Embedding", padding_idx, n)?,
+        })
+    }
+    /// The padding row, if any.
+    pub fn padding_idx(&self) -> Option<usize> {
+        self.padding_idx
+    }
+    /// The rows of `indices`, shape `[indices.len(), embedding_dim]`, the table's dtype.
+    pub fn forward(&self, indices: &[i64]) -> Result<Tensor> {
+        let (n, d) = (self.table.info().rows, self.table.info().cols);
+        crate::with_dtype!(self.table.dtype(), T => {
+            let src = CompactRows { table: self.table };
+            lookup_rows::<T, _>("Embedding", &src, n, d, indices)
+        })
+    }
+}
+
+/// `torch.nn.EmbeddingBag` over a compact table, without expanding it: sum, mean and max,
+/// offsets, `include_last_offset`, `per_sample_weights`, `padding_idx` and empty bags exactly as
+/// [`EmbeddingBag`](crate::EmbeddingBag) (the same reduction code), the same output.
+///
+/// ```
+/// use data_sparsifier::compact::{CompactEmbeddingBag, CompactOptions, CompactTable};
+/// use data_sparsifier::embedding::{BagMode, Bags};
+/// use data_sparsifier::{EmbeddingBag, Mask, Tensor};
+/// let w = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], [3, 2]).unwrap();
+/// let mask = Mask::from_dense_u8([3, 2], &[1, 1, 0, 0, 1, 1]).unwrap();
+/// let t = CompactTable::encode(w.view(), &mask, &CompactOptions::default()).unwrap();
+/// let bag = CompactEmbeddingBag::new(&t, BagMode::Sum, None).unwrap();
+/// let bags = Bags::Offsets { offsets: &[0, 2, 3], include_last_offset: false };
+/// let out = bag.forward(&[0, 2, 1], bags, None).unwrap();
+/// assert_eq!(out.to_f64_vec(), vec![6.0, 8.0, 0.0, 0.0, 0.0, 0.0]); // {0, 2}, {1}, {} (empty)
+/// let dense = EmbeddingBag::from_weight(t.to_tensor().unwrap(), BagMode::Sum).unwrap();
+/// assert_eq!(out, dense.forward(&[0, 2, 1], bags, None).unwrap());
+/// assert!(bag.forward(&[3], Bags::Fixed { bag_size: 1 }, None).is_err());
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct CompactEmbeddingBag<'t, 'a> {
+    table: &'t CompactTable<'a>,
+    mode: BagMode,
+    padding_idx: Option<usize>,
+}
+
+impl<'t, 'a> CompactEmbeddingBag<'t, 'a> {
+    /// A bag lookup over `table` (2-D) reducing by `mode`, skipping `padding_idx` (negative
+    /// counts from the end).
+    pub fn new(
+        table: &'t CompactTable<'a>,
+        mode: BagMode,
+        padding_idx: Option<i64>,
+    ) -> Result<Self> {
+        let (n, _) = table_dims("EmbeddingBag", &table.info().shape)?;
+        Ok(CompactEmbeddingBag {
+            table,
+            mode,
+            padding_idx: normalize_padding("EmbeddingBag", padding_idx, n)?,
+        })
+    }
+    /// The reduction mode.
+    pub fn mode(&self) -> BagMode {
+        self.mode
+    }
+    /// The padding row, if any.
+    pub fn padding_idx(&self) -> Option<usize> {
+        self.padding_idx
+    }
+    /// Reduces each bag: shape `[num_bags, embedding_dim]`, the table's dtype (half precision
+    /// accumulates in f32).
+    pub fn forward(
+        &self,
+        indices: &[i64],
+        bags: Bags<'_>,
+        per_sample_weights: Option<&[f64]>,
+    ) -> Result<Tensor> {
+        let (n, d) = (self.table.info().rows, self.table.info().cols);
+        crate::with_dtype!(self.table.dtype(), T => {
+            let src = CompactRows { table: self.table };
+            bag_forward::<T, _>(&src, n, d, self.mode, self.padding_idx, indices, bags, per_sample_weights)
+        })
+    }
+}
