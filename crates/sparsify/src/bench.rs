@@ -223,43 +223,15 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport> {
     let table = generate(opts.rows, opts.cols, opts.dtype, opts.seed)?;
     let generate_seconds = g0.elapsed().as_secs_f64();
     let bytes = table.size_in_bytes() as u64;
-    let lib = |e| CliError::lib("benchmark", e);
-    let (mut steps, mut squashes) = (Vec::new(), Vec::new());
-    let (mut reads, mut copies) = (Vec::new(), Vec::new());
-    let mut peak_extra = 0u64;
-    let mut sparsity = 0.0;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // One rule for every repeat, as in training: it keeps its scratch space from step to step.
-    let mut sp = DataSparsifier::new(DataNorm::new(), config.clone()).map_err(lib)?;
-    let mut copy_dst = Vec::new();
-    for _ in 0..opts.repeat {
-        let param = Parameter::new(table.clone());
-        let src = table.as_bytes();
-        let r0 = Instant::now();
-        std::hint::black_box(parallel_read(src, threads));
-        reads.push(r0.elapsed().as_secs_f64());
-        if copy_dst.len() != src.len() {
-            copy_dst = vec![0u8; src.len()];
-            parallel_copy(src, &mut copy_dst, threads); // fault the pages in, untimed
-        }
-        let c0 = Instant::now();
-        parallel_copy(src, &mut copy_dst, threads);
-        copies.push(c0.elapsed().as_secs_f64());
-        std::hint::black_box(&copy_dst);
-        let base = alloc::reset_peak();
-        sp.add_data("table", &param).map_err(lib)?;
-        let t0 = Instant::now();
-        sp.step().map_err(lib)?;
-        let t1 = Instant::now();
-        sp.squash_mask(None, SquashOptions::default())
-            .map_err(lib)?;
-        let t2 = Instant::now();
-        peak_extra = peak_extra.max(alloc::peak().saturating_sub(base) as u64);
-        sparsity = sp.get_mask("table").map_err(lib)?.sparsity();
-        sp.remove_data("table").map_err(lib)?;
-        steps.push((t1 - t0).as_secs_f64());
-        squashes.push((t2 - t1).as_secs_f64());
-    }
+    let Timings {
+        steps,
+        squashes,
+        reads,
+        copies,
+        peak_extra,
+        sparsity,
+    } = time_repeats(&table, &config, opts.repeat, threads)?;
     // Per-repeat ratios: each repeat's limit is timed right next to its step and squash.
     let ratios = |xs: &[f64], limits: &[f64]| -> Vec<f64> {
         xs.iter()
@@ -303,6 +275,66 @@ pub fn bench(opts: &BenchOptions) -> Result<BenchReport> {
         sparsity,
         generate_seconds,
     })
+}
+
+/// Each repeat's times: the step, the squash, and right next to them a plain parallel read and
+/// copy of the same bytes (the limits the ratios are taken against).
+struct Timings {
+    steps: Vec<f64>,
+    squashes: Vec<f64>,
+    reads: Vec<f64>,
+    copies: Vec<f64>,
+    peak_extra: u64,
+    sparsity: f64,
+}
+
+fn time_repeats(
+    table: &Tensor,
+    config: &DataNormConfig,
+    repeat: usize,
+    threads: usize,
+) -> Result<Timings> {
+    let lib = |e| CliError::lib("benchmark", e);
+    let mut t = Timings {
+        steps: Vec::new(),
+        squashes: Vec::new(),
+        reads: Vec::new(),
+        copies: Vec::new(),
+        peak_extra: 0,
+        sparsity: 0.0,
+    };
+    // One rule for every repeat, as in training: it keeps its scratch space from step to step.
+    let mut sp = DataSparsifier::new(DataNorm::new(), config.clone()).map_err(lib)?;
+    let mut copy_dst = Vec::new();
+    for _ in 0..repeat {
+        let param = Parameter::new(table.clone());
+        let src = table.as_bytes();
+        let r0 = Instant::now();
+        std::hint::black_box(parallel_read(src, threads));
+        t.reads.push(r0.elapsed().as_secs_f64());
+        if copy_dst.len() != src.len() {
+            copy_dst = vec![0u8; src.len()];
+            parallel_copy(src, &mut copy_dst, threads); // fault the pages in, untimed
+        }
+        let c0 = Instant::now();
+        parallel_copy(src, &mut copy_dst, threads);
+        t.copies.push(c0.elapsed().as_secs_f64());
+        std::hint::black_box(&copy_dst);
+        let base = alloc::reset_peak();
+        sp.add_data("table", &param).map_err(lib)?;
+        let t0 = Instant::now();
+        sp.step().map_err(lib)?;
+        let t1 = Instant::now();
+        sp.squash_mask(None, SquashOptions::default())
+            .map_err(lib)?;
+        let t2 = Instant::now();
+        t.peak_extra = t.peak_extra.max(alloc::peak().saturating_sub(base) as u64);
+        t.sparsity = sp.get_mask("table").map_err(lib)?.sparsity();
+        sp.remove_data("table").map_err(lib)?;
+        t.steps.push((t1 - t0).as_secs_f64());
+        t.squashes.push((t2 - t1).as_secs_f64());
+    }
+    Ok(t)
 }
 
 impl BenchReport {
