@@ -33,6 +33,20 @@ fn fails(args: &[&str], output: &Path) -> String {
     err
 }
 
+/// `sparsify run INPUT -o OUT --format compact EXTRA..`, which must succeed.
+fn run_compact(input: &Path, out: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["run", s(input), "-o", s(out), "--format", "compact"];
+    args.extend_from_slice(extra);
+    ok(&args)
+}
+
+/// The `inspect --report json` entry of compact table `name` in `file`.
+fn inspected_table(file: &Path, name: &str) -> Value {
+    let json: Value = serde_json::from_str(&ok(&["inspect", s(file), "--report", "json"])).unwrap();
+    let tables = json["compact"].as_array().unwrap();
+    tables.iter().find(|t| t["name"] == name).unwrap().clone()
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -74,9 +88,7 @@ fn expand_of_compact_equals_the_dense_run_bit_for_bit() {
     let mut args = vec!["run", s(&input), "-o", s(&dense)];
     args.extend(common);
     ok(&args);
-    let mut args = vec!["run", s(&input), "-o", s(&compact), "--format", "compact"];
-    args.extend(common);
-    ok(&args);
+    run_compact(&input, &compact, &common);
     ok(&["expand", s(&compact), "-o", s(&expanded), "-q"]);
     assert_eq!(tensors(&expanded), tensors(&dense));
     let (_, meta) = header(&std::fs::read(&expanded).unwrap());
@@ -102,28 +114,17 @@ fn expand_of_compact_equals_the_dense_run_bit_for_bit() {
 fn inspect_shows_each_compact_table() {
     let (dir, input) = setup();
     let compact = dir.path().join("c.safetensors");
-    ok(&[
-        "run",
-        s(&input),
-        "-o",
-        s(&compact),
-        "--format",
-        "compact",
-        "--sparsity-level",
-        "0.75",
-        "--block",
-        "1x4",
-        "-q",
-    ]);
+    run_compact(
+        &input,
+        &compact,
+        &["--sparsity-level", "0.75", "--block", "1x4", "-q"],
+    );
     let text = ok(&["inspect", s(&compact)]);
     assert!(
         text.contains("compact table") && text.contains("z.emb") && text.contains("f16"),
         "{text}"
     );
-    let json: Value =
-        serde_json::from_str(&ok(&["inspect", s(&compact), "--report", "json"])).unwrap();
-    let tables = json["compact"].as_array().unwrap();
-    let emb = tables.iter().find(|t| t["name"] == "z.emb").unwrap();
+    let emb = inspected_table(&compact, "z.emb");
     assert_eq!(emb["encoding"], "f32");
     assert_eq!(emb["block_width"], 4);
     assert!(
@@ -144,17 +145,7 @@ fn bad_compact_input_is_one_line_status_2_and_no_output() {
     assert!(e.contains("not a compact file"), "{e}");
     // A tampered compact file: a remap out of range, values cut short.
     let compact = dir.path().join("c.safetensors");
-    ok(&[
-        "run",
-        s(&input),
-        "-o",
-        s(&compact),
-        "--format",
-        "compact",
-        "--sparsity-level",
-        "0.8",
-        "-q",
-    ]);
+    run_compact(&input, &compact, &["--sparsity-level", "0.8", "-q"]);
     let bytes = std::fs::read(&compact).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     // The metadata claims one value fewer than the block mask keeps.
@@ -185,13 +176,7 @@ fn quantize_writes_int8_and_int4_tables_that_expand_and_inspect() {
     for code in ["int8", "int4"] {
         let compact = dir.path().join(format!("{code}.safetensors"));
         let expanded = dir.path().join(format!("{code}.dense.safetensors"));
-        ok(&[
-            "run",
-            s(&input),
-            "-o",
-            s(&compact),
-            "--format",
-            "compact",
+        let args = [
             "--quantize",
             code,
             "--sparsity-level",
@@ -199,17 +184,10 @@ fn quantize_writes_int8_and_int4_tables_that_expand_and_inspect() {
             "--block",
             "1x4",
             "-q",
-        ]);
+        ];
+        run_compact(&input, &compact, &args);
         ok(&["expand", s(&compact), "-o", s(&expanded), "-q"]);
-        let json: Value =
-            serde_json::from_str(&ok(&["inspect", s(&compact), "--report", "json"])).unwrap();
-        let emb = json["compact"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["name"] == "z.emb")
-            .unwrap()
-            .clone();
+        let emb = inspected_table(&compact, "z.emb");
         assert_eq!(emb["encoding"], code);
         let ratio = emb["ratio"].as_f64().unwrap();
         // 16 columns: the per-row parameters weigh more than on 64 (see examples/compact_sizes.rs).
