@@ -471,6 +471,10 @@ type Sinks = Vec<(PathBuf, Box<dyn TensorSink>)>;
 /// The sinks of a run, in the order their files are committed (the main output last).
 fn open_sinks(opts: &RunOptions, ck: &Checkpoint, plan: &Plan, source: &str) -> Result<Sinks> {
     let tensors = ck.tensors();
+    let compact = CompactOptions {
+        encoding: opts.quantize,
+        ..Default::default()
+    };
     let meta_json = serde_json::to_string(&OutputMeta {
         tool: "sparsify",
         version: env!("CARGO_PKG_VERSION"),
@@ -487,7 +491,9 @@ fn open_sinks(opts: &RunOptions, ck: &Checkpoint, plan: &Plan, source: &str) -> 
                 .iter()
                 .map(|&i| {
                     let t = &tensors[i];
-                    let e = opts.quantize.or(t.dtype.float().map(Encoding::for_dtype));
+                    let e = t.dtype.float().map(|d| compact.encoding_for(d));
+                    // A non-float tensor: `--quantize` is refused for it when the run reaches it.
+                    let e = e.or(opts.quantize);
                     (
                         t.name.as_str(),
                         e.map_or_else(|| "none".into(), |e| e.to_string()),
@@ -515,16 +521,8 @@ fn open_sinks(opts: &RunOptions, ck: &Checkpoint, plan: &Plan, source: &str) -> 
                 .map_err(written(&opts.output))?,
         ),
         OutputFormat::Compact => Box::new(
-            CompactSink::create(
-                &opts.output,
-                tensors,
-                Some(&metadata),
-                CompactOptions {
-                    encoding: opts.quantize,
-                    ..Default::default()
-                },
-            )
-            .map_err(written(&opts.output))?,
+            CompactSink::create(&opts.output, tensors, Some(&metadata), compact)
+                .map_err(written(&opts.output))?,
         ),
     };
     sinks.push((opts.output.clone(), out));

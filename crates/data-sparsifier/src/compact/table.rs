@@ -40,6 +40,21 @@ pub struct CompactOptions {
     pub remap: RemapPolicy,
 }
 
+impl CompactOptions {
+    /// The encoding a table of `dtype` gets: [`CompactOptions::encoding`], or else the dtype's own.
+    ///
+    /// ```
+    /// use data_sparsifier::compact::{CompactOptions, Encoding};
+    /// use data_sparsifier::DType;
+    /// assert_eq!(CompactOptions::default().encoding_for(DType::F16), Encoding::F16);
+    /// let int8 = CompactOptions { encoding: Some(Encoding::Int8), ..Default::default() };
+    /// assert_eq!(int8.encoding_for(DType::F32), Encoding::Int8);
+    /// ```
+    pub fn encoding_for(&self, dtype: DType) -> Encoding {
+        self.encoding.unwrap_or(Encoding::for_dtype(dtype))
+    }
+}
+
 /// The kept values of a table, typed, borrowed from a file or owned.
 pub(crate) enum Values<'a> {
     /// Float values, in the table's dtype.
@@ -289,7 +304,7 @@ impl CompactTable<'static> {
     pub fn encode(data: TensorView<'_>, mask: &Mask, opts: &CompactOptions) -> Result<Self> {
         mask.check_shape("compact table mask", data.shape())?;
         let dtype = data.dtype();
-        let encoding = opts.encoding.unwrap_or(Encoding::for_dtype(dtype));
+        let encoding = opts.encoding_for(dtype);
         let codec = encoding.codec();
         if codec.is_none() && encoding.float() != Some(dtype) {
             return Err(Error::UnsupportedDType {
