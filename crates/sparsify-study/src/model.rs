@@ -179,6 +179,17 @@ impl Dlrm {
         Ok(h.squeeze(1)?)
     }
 
+    /// Logits of a batch looked up in the model's own tables (differentiable: training uses it).
+    fn logits(&self, dense: &CTensor, ids: &[CTensor]) -> Result<CTensor> {
+        let embs = self
+            .tables
+            .iter()
+            .zip(ids)
+            .map(|(w, i)| Ok(w.as_tensor().index_select(i, 0)?))
+            .collect::<Result<Vec<_>>>()?;
+        self.top(&self.bottom(dense)?, &embs)
+    }
+
     /// Click probabilities of a split (batches of `batch`), looking the ids up in the
     /// model's own tables.
     pub fn predict(&self, split: &Split, batch: usize) -> Result<Vec<f32>> {
@@ -188,13 +199,7 @@ impl Dlrm {
             let end = (start + batch).min(split.len());
             let idx: Vec<usize> = (start..end).collect();
             let (dense, ids, _) = gather(split, &idx, n_dense)?;
-            let embs = self
-                .tables
-                .iter()
-                .zip(&ids)
-                .map(|(w, i)| Ok(w.as_tensor().index_select(i, 0)?))
-                .collect::<Result<Vec<_>>>()?;
-            let p = candle_nn::ops::sigmoid(&self.top(&self.bottom(&dense)?, &embs)?)?;
+            let p = candle_nn::ops::sigmoid(&self.logits(&dense, &ids)?)?;
             out.extend(p.to_vec1::<f32>()?);
         }
         Ok(out)
@@ -231,13 +236,7 @@ impl Dlrm {
             }
             for idx in order.chunks(opts.batch.max(1)) {
                 let (dense, ids, labels) = gather(split, idx, n_dense)?;
-                let embs = self
-                    .tables
-                    .iter()
-                    .zip(&ids)
-                    .map(|(w, i)| Ok(w.as_tensor().index_select(i, 0)?))
-                    .collect::<Result<Vec<_>>>()?;
-                let logits = self.top(&self.bottom(&dense)?, &embs)?;
+                let logits = self.logits(&dense, &ids)?;
                 let loss = candle_nn::loss::binary_cross_entropy_with_logit(&logits, &labels)?;
                 opt.backward_step(&loss)?;
                 losses.push(loss.to_scalar::<f32>()? as f64);

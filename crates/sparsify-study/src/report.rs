@@ -330,6 +330,28 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// For every model of `dataset` timed with `fmt`, `time(fmt row) / time(dense row)` of the same
+/// config and level.
+fn ratios_to_dense(
+    r: &Results,
+    dataset: &str,
+    fmt: Format,
+    time: impl Fn(&crate::sweep::ForwardRow) -> f64,
+) -> Vec<f64> {
+    let of = |f: Format| {
+        r.forward
+            .iter()
+            .filter(move |x| x.dataset == dataset && x.format == f)
+    };
+    of(fmt)
+        .filter_map(|x| {
+            of(Format::Dense)
+                .find(|y| y.config == x.config && y.level == x.level)
+                .map(|y| time(x) / time(y))
+        })
+        .collect()
+}
+
 /// The summary (markdown): per dataset, the training, the targets and a table per level.
 pub fn summary(r: &Results, facts: &[DatasetFacts]) -> String {
     let mut s = String::new();
@@ -401,38 +423,8 @@ pub fn summary(r: &Results, facts: &[DatasetFacts]) -> String {
             Format::Compact(Encoding::Int8),
             Format::Compact(Encoding::Int4),
         ] {
-            let ratios: Vec<f64> = r
-                .forward
-                .iter()
-                .filter(|x| x.dataset == d && x.format == fmt)
-                .filter_map(|x| {
-                    r.forward
-                        .iter()
-                        .find(|y| {
-                            y.dataset == d
-                                && y.format == Format::Dense
-                                && y.config == x.config
-                                && y.level == x.level
-                        })
-                        .map(|y| x.time_taken / y.time_taken)
-                })
-                .collect();
-            let lookups: Vec<f64> = r
-                .forward
-                .iter()
-                .filter(|x| x.dataset == d && x.format == fmt)
-                .filter_map(|x| {
-                    r.forward
-                        .iter()
-                        .find(|y| {
-                            y.dataset == d
-                                && y.format == Format::Dense
-                                && y.config == x.config
-                                && y.level == x.level
-                        })
-                        .map(|y| x.lookup_time / y.lookup_time)
-                })
-                .collect();
+            let ratios = ratios_to_dense(r, d, fmt, |x| x.time_taken);
+            let lookups = ratios_to_dense(r, d, fmt, |x| x.lookup_time);
             let med = median(ratios);
             let _ = writeln!(
                 s,
