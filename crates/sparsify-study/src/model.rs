@@ -1,7 +1,7 @@
 //! The DLRM-shaped model in candle: bottom MLP, one embedding table per categorical feature,
 //! dot interaction without self-interaction, top MLP, sigmoid, BCE loss (reference §7).
 
-use candle_core::{DType as CDType, Device, Module, Tensor as CTensor, Var};
+use candle_core::{Device, Module, Tensor as CTensor, Var};
 use candle_nn::{Linear, Optimizer, ParamsAdamW};
 use data_sparsifier::random::Rng;
 use data_sparsifier::Tensor;
@@ -190,21 +190,6 @@ impl Dlrm {
         self.top(&self.bottom(dense)?, &embs)
     }
 
-    /// Click probabilities of a split (batches of `batch`), looking the ids up in the
-    /// model's own tables.
-    pub fn predict(&self, split: &Split, batch: usize) -> Result<Vec<f32>> {
-        let mut out = Vec::with_capacity(split.len());
-        let n_dense = self.spec.bottom[0];
-        for start in (0..split.len()).step_by(batch.max(1)) {
-            let end = (start + batch).min(split.len());
-            let idx: Vec<usize> = (start..end).collect();
-            let (dense, ids, _) = gather(split, &idx, n_dense)?;
-            let p = candle_nn::ops::sigmoid(&self.logits(&dense, &ids)?)?;
-            out.extend(p.to_vec1::<f32>()?);
-        }
-        Ok(out)
-    }
-
     /// Trains with Adam (no weight decay) on BCE-with-logits, one tick of `bar` per step.
     pub fn train(
         &self,
@@ -301,6 +286,6 @@ pub fn gather(
         })
         .collect::<Result<Vec<_>>>()?;
     let labels: Vec<f32> = idx.iter().map(|&s| split.labels[s]).collect();
-    let labels = CTensor::from_vec(labels, idx.len(), &dev)?.to_dtype(CDType::F32)?;
+    let labels = CTensor::from_vec(labels, idx.len(), &dev)?;
     Ok((dense, ids, labels))
 }

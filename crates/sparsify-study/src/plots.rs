@@ -3,6 +3,8 @@
 use std::path::Path;
 use std::sync::Once;
 
+use image::codecs::png::PngEncoder;
+use image::{ColorType, ImageEncoder};
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
@@ -25,6 +27,10 @@ pub enum XAxis {
     /// Logarithmic, labels as byte sizes.
     LogBytes,
 }
+
+/// Figure size in pixels.
+const WIDTH: u32 = 960;
+const HEIGHT: u32 = 640;
 
 static FONT: Once = Once::new();
 const DEJAVU: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
@@ -76,8 +82,8 @@ fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
-/// Draws a line chart (lines with points) to `path`, all or nothing: it is drawn to a temp
-/// file beside it, fsynced and renamed.
+/// Draws a line chart (lines with points) as a PNG to `path`, all or nothing: drawn in memory,
+/// then written by the library's atomic writer (temp file, fsync, rename).
 pub fn line_chart(
     path: &Path,
     title: &str,
@@ -93,14 +99,10 @@ pub fn line_chart(
     };
     let (x0, x1) = bounds(series.iter().flat_map(|s| s.points.iter().map(|p| tx(p.0))));
     let (y0, y1) = bounds(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp.png"));
     let err = |e: &dyn std::fmt::Display| StudyError::Plot(format!("{}: {e}", path.display()));
+    let mut rgb = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
     {
-        let root = BitMapBackend::new(&tmp, (960, 640)).into_drawing_area();
+        let root = BitMapBackend::with_buffer(&mut rgb, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 24))
@@ -146,10 +148,11 @@ pub fn line_chart(
             .map_err(|e| err(&e))?;
         root.present().map_err(|e| err(&e))?;
     }
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| StudyError::io(format!("writing {}", path.display()), e))
+    let mut png = Vec::new();
+    PngEncoder::new(&mut png)
+        .write_image(&rgb, WIDTH, HEIGHT, ColorType::Rgb8)
+        .map_err(|e| err(&e))?;
+    data_sparsifier::format::write_atomic(path, &png).map_err(StudyError::from)
 }
 
 #[cfg(test)]
