@@ -28,7 +28,7 @@ common=(--tensors '*' --exclude train_step --sparsity-level 0.8 --block 1x4 --qu
 "$python" scripts/read_compact.py "$dir/compact.safetensors" "$dir/expanded.safetensors"
 "$python" scripts/read_compact.py "$dir/compact.safetensors" "$dir/dense.safetensors"
 # Quantized: the reader's dequantized tables equal expand's (to f32 rounding).
-for code in int8 int4; do
+for code in int8 int4 int2; do
     "$sparsify" run "$in" -o "$dir/$code.safetensors" --format compact --quantize "$code" "${common[@]}" >/dev/null
     "$sparsify" expand "$dir/$code.safetensors" -o "$dir/$code.dense.safetensors" --quiet
     "$python" scripts/read_compact.py "$dir/$code.safetensors" "$dir/$code.dense.safetensors"

@@ -57,7 +57,7 @@ def expand_table(info, tensors, name):
     # Kept blocks' cells, row-major: a cell mask of stored_rows x cols.
     cells = np.repeat(blocks, bw, axis=1)[:, :cols]
     values = tensors[name + "@values"][1]
-    if info["encoding"] in ("int8", "int4"):
+    if info["encoding"] in ("int8", "int4", "int2"):
         values = dequantize(info, tensors[name + "@params"][1], values, cells.sum(axis=1))
     dense_stored = np.zeros((stored, cols), dtype=values.dtype)
     dense_stored[cells] = values  # boolean assignment fills in row-major order
@@ -73,18 +73,20 @@ def expand_table(info, tensors, name):
 
 def dequantize(info, params, codes, counts):
     """The kept values of a quantized table, in the table's dtype: per stored row, its codes start
-    at a byte boundary (int4: two a byte, element 0 in the low nibble) and decode to
-    code * scale + bias (params[s] = scale, bias), rounded once to f32."""
+    at a byte boundary (int4: two a byte, int2: four a byte, element 0 in the low bits) and
+    decode to code * scale + bias (params[s] = scale, bias), rounded once to f32."""
     params = params.astype(np.float64)
-    int4 = info["encoding"] == "int4"
+    bits = {"int8": 8, "int4": 4, "int2": 2}[info["encoding"]]
+    per = 8 // bits
     out = []
     at = 0
     for s, n in enumerate(counts):
-        nbytes = (n + 1) // 2 if int4 else n
+        nbytes = -(-n // per)
         row = codes[at:at + nbytes]
         at += nbytes
-        if int4:
-            row = np.stack([row & 0xF, row >> 4], axis=1).reshape(-1)[:n]
+        if per > 1:
+            shifts = np.arange(per, dtype=np.uint8) * bits
+            row = ((row[:, None] >> shifts) & ((1 << bits) - 1)).reshape(-1)[:n]
         out.append((row.astype(np.float64) * params[s, 0] + params[s, 1]).astype(np.float32))
     vals = np.concatenate(out) if out else np.zeros(0, np.float32)
     return to_dtype(vals, info["dtype"])
@@ -129,7 +131,7 @@ def main(argv):
     # multiply-add in the library; the two agree but in rare double-rounding cases (1 ulp).
     meta, _ = read_safetensors(argv[1])
     tables = json.loads(meta[KEY])["tables"]
-    quantized = {n for n, t in tables.items() if t["encoding"] in ("int8", "int4")}
+    quantized = {n for n, t in tables.items() if t["encoding"] in ("int8", "int4", "int2")}
 
     def same(n):
         (da, a), (db, b) = dense[n], compact[n]

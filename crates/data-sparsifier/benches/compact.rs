@@ -1,30 +1,34 @@
 //! EmbeddingBag over a compact table against the dense f32 bag, in looked-up rows per second.
 //!
-//! `cargo bench -p data-sparsifier --bench compact` (about a minute). One 1M × 64 f32 table of
-//! N(0, 1) values, sparsified by DataNorm at level 0.8 with (1, 4) blocks; 2048 bags of 20
+//! `cargo bench -p data-sparsifier --bench compact` (about two minutes). One 1M × 64 f32 table
+//! of N(0, 1) values, sparsified by DataNorm at level 0.8 with (1, 4) blocks; 2048 bags of 20
 //! Zipf-distributed indices (exponent 1.05, the hot rows scattered over the table), sum mode:
 //!
 //! * `dense_f32`: `EmbeddingBag` over the squashed dense table (what `sparsify run` writes);
-//! * `compact_f32`, `compact_int8`, `compact_int4`: `CompactEmbeddingBag` over the compact
-//!   table, read zero-copy from the file `sparsify run --format compact [--quantize]` writes;
-//! * `compact_f32_in_memory`, `compact_int8_in_memory`: the same tables as encoded, on the heap
-//!   (to tell the file map's cost from the format's).
+//! * `compact_f32`, `compact_int8`, `compact_int4`, `compact_int2`: `CompactEmbeddingBag` over
+//!   the compact table, read zero-copy from the file `sparsify run --format compact
+//!   [--quantize]` writes;
+//! * `compact_*_in_memory`: the same tables as encoded, on the heap (to tell the file map's
+//!   cost from the format's).
 //!
-//! Every case runs in the same process on the same indices, so the ratios of their rows/s are
-//! side by side. `COMPACT_BENCH_ROWS=65536` runs a smaller table.
+//! Criterion measures each case on its own, one after the other. Then a side-by-side table
+//! times one forward of every case in turn, round after round (`COMPACT_BENCH_ROUNDS`, 200), and
+//! gives each case's median and its ratio to the dense bag: the figure to quote, since this
+//! machine's speed drifts between criterion's cases. `COMPACT_BENCH_ROWS=65536` runs a smaller
+//! table; `COMPACT_BENCH_SKIP_SIDE_BY_SIDE=1` skips the table.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{Criterion, Throughput};
 use data_sparsifier::compact::{
-    CompactEmbeddingBag, CompactFile, CompactOptions, CompactSink, Encoding,
+    CompactEmbeddingBag, CompactFile, CompactOptions, CompactSink, CompactTable, Encoding,
 };
 use data_sparsifier::embedding::{BagMode, Bags};
 use data_sparsifier::format::safetensors::SafetensorsSource;
 use data_sparsifier::format::{CommitMode, FileDType, TensorInfo, TensorSink};
 use data_sparsifier::norm::{compute_mask, DataNormConfig};
 use data_sparsifier::random::{randn, Rng};
-use data_sparsifier::{DType, EmbeddingBag, Mask};
+use data_sparsifier::{DType, EmbeddingBag, Mask, Tensor};
 
 const BAGS: usize = 2048;
 const BAG: usize = 20;
@@ -48,7 +52,16 @@ fn zipf_indices(rows: usize, n: usize, seed: u64) -> Vec<i64> {
         .collect()
 }
 
-fn bench(c: &mut Criterion) {
+/// The tables and indices every case reads.
+struct Setup {
+    dense: EmbeddingBag,
+    indices: Vec<i64>,
+    in_memory: Vec<(Encoding, CompactTable<'static>)>,
+    files: Vec<(Encoding, SafetensorsSource)>,
+    _dir: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
     let rows: usize = std::env::var("COMPACT_BENCH_ROWS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -65,63 +78,152 @@ fn bench(c: &mut Criterion) {
     let mut dense = table.clone();
     dense.apply_mask(&mask).unwrap();
     let indices = zipf_indices(rows, BAGS * BAG, 11);
-    let bags = Bags::Fixed { bag_size: BAG };
 
     let dir = tempfile::tempdir().unwrap();
     let infos = [TensorInfo::new("emb", FileDType::F32, [rows, cols])];
-    let sources: Vec<(Encoding, SafetensorsSource)> =
-        [Encoding::F32, Encoding::Int8, Encoding::Int4]
-            .into_iter()
-            .map(|enc| {
-                let path = dir.path().join(format!("{enc}.safetensors"));
-                let opts = CompactOptions {
-                    encoding: Some(enc),
-                    ..Default::default()
-                };
-                let mut sink: Box<dyn TensorSink> =
-                    Box::new(CompactSink::create(&path, &infos, None, opts).unwrap());
-                sink.write_masked("emb", table.view(), &mask).unwrap();
-                sink.finish()
-                    .unwrap()
-                    .commit(CommitMode::NoClobber)
-                    .unwrap();
-                // SAFETY: the file is this benchmark's own, in its temp dir, and nothing changes it.
-                (enc, unsafe { SafetensorsSource::open(&path) }.unwrap())
-            })
-            .collect();
+    let files = ENCODINGS
+        .into_iter()
+        .map(|enc| {
+            let path = dir.path().join(format!("{enc}.safetensors"));
+            let opts = CompactOptions {
+                encoding: Some(enc),
+                ..Default::default()
+            };
+            let mut sink: Box<dyn TensorSink> =
+                Box::new(CompactSink::create(&path, &infos, None, opts).unwrap());
+            sink.write_masked("emb", table.view(), &mask).unwrap();
+            sink.finish()
+                .unwrap()
+                .commit(CommitMode::NoClobber)
+                .unwrap();
+            // SAFETY: the file is this benchmark's own, in its temp dir, and nothing changes it.
+            (enc, unsafe { SafetensorsSource::open(&path) }.unwrap())
+        })
+        .collect();
+    let in_memory = ENCODINGS
+        .into_iter()
+        .map(|enc| {
+            let opts = CompactOptions {
+                encoding: Some(enc),
+                ..Default::default()
+            };
+            (
+                enc,
+                CompactTable::encode(table.view(), &mask, &opts).unwrap(),
+            )
+        })
+        .collect();
+    Setup {
+        dense: EmbeddingBag::from_weight(dense, BagMode::Sum).unwrap(),
+        indices,
+        in_memory,
+        files,
+        _dir: dir,
+    }
+}
 
+const ENCODINGS: [Encoding; 4] = [
+    Encoding::F32,
+    Encoding::Int8,
+    Encoding::Int4,
+    Encoding::Int2,
+];
+
+/// Every case's forward, by name: the dense bag first.
+fn cases<'s>(
+    setup: &'s Setup,
+    files: &'s [(Encoding, CompactFile<'s, SafetensorsSource>)],
+) -> Vec<(String, Box<dyn Fn() -> Tensor + 's>)> {
+    let bags = Bags::Fixed { bag_size: BAG };
+    let idx = &setup.indices;
+    let mut out: Vec<(String, Box<dyn Fn() -> Tensor + 's>)> = vec![(
+        "dense_f32".into(),
+        Box::new(move || setup.dense.forward(idx, bags, None).unwrap()),
+    )];
+    for (enc, file) in files {
+        let t = file.table("emb").unwrap();
+        assert!(t.is_zero_copy());
+        let bag = CompactEmbeddingBag::new(t, BagMode::Sum, None).unwrap();
+        out.push((
+            format!("compact_{enc}"),
+            Box::new(move || bag.forward(idx, bags, None).unwrap()),
+        ));
+    }
+    for (enc, t) in &setup.in_memory {
+        let bag = CompactEmbeddingBag::new(t, BagMode::Sum, None).unwrap();
+        out.push((
+            format!("compact_{enc}_in_memory"),
+            Box::new(move || bag.forward(idx, bags, None).unwrap()),
+        ));
+    }
+    out
+}
+
+fn bench(c: &mut Criterion, setup: &Setup) {
+    let files: Vec<_> = setup
+        .files
+        .iter()
+        .map(|(enc, src)| (*enc, CompactFile::read(src, "bench").unwrap()))
+        .collect();
     let mut g = c.benchmark_group("embedding_bag_1Mx64_level0.8");
     g.throughput(Throughput::Elements((BAGS * BAG) as u64));
     g.sample_size(30)
         .measurement_time(Duration::from_secs(4))
         .warm_up_time(Duration::from_secs(1));
-    let dense_bag = EmbeddingBag::from_weight(dense, BagMode::Sum).unwrap();
-    g.bench_function("dense_f32", |b| {
-        b.iter(|| dense_bag.forward(&indices, bags, None).unwrap())
-    });
-    // The same tables encoded in memory (heap pages), to tell the file map's cost from the format's.
-    for enc in [Encoding::F32, Encoding::Int8] {
-        let opts = CompactOptions {
-            encoding: Some(enc),
-            ..Default::default()
-        };
-        let t = data_sparsifier::compact::CompactTable::encode(table.view(), &mask, &opts).unwrap();
-        let bag = CompactEmbeddingBag::new(&t, BagMode::Sum, None).unwrap();
-        g.bench_function(format!("compact_{enc}_in_memory"), |b| {
-            b.iter(|| bag.forward(&indices, bags, None).unwrap())
-        });
-    }
-    for (enc, src) in &sources {
-        let file = CompactFile::read(src, "bench").unwrap();
-        let t = file.table("emb").unwrap();
-        assert!(t.is_zero_copy());
-        let bag = CompactEmbeddingBag::new(t, BagMode::Sum, None).unwrap();
-        g.bench_function(format!("compact_{enc}"), |b| {
-            b.iter(|| bag.forward(&indices, bags, None).unwrap())
-        });
+    for (name, f) in cases(setup, &files) {
+        g.bench_function(name, |b| b.iter(&f));
     }
     g.finish();
 }
 
-criterion_group!(benches, bench);
-criterion_main!(benches);
+/// The cases measured in turn, round after round, so that every case sees the same machine
+/// (this one's speed drifts by 2x from minute to minute): each round times one forward of every
+/// case; the table gives each case's median rows/s and its ratio to the dense bag's.
+fn side_by_side(setup: &Setup) {
+    let rounds: usize = std::env::var("COMPACT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let files: Vec<_> = setup
+        .files
+        .iter()
+        .map(|(enc, src)| (*enc, CompactFile::read(src, "bench").unwrap()))
+        .collect();
+    let cases = cases(setup, &files);
+    let mut times = vec![Vec::with_capacity(rounds); cases.len()];
+    for (_, f) in &cases {
+        std::hint::black_box(f()); // warm up: page in the tables
+    }
+    for _ in 0..rounds {
+        for ((_, f), t) in cases.iter().zip(&mut times) {
+            let start = Instant::now();
+            std::hint::black_box(f());
+            t.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let rows = (BAGS * BAG) as f64;
+    let median = |t: &mut Vec<f64>| {
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    };
+    let medians: Vec<f64> = times.iter_mut().map(median).collect();
+    println!("\nside by side, {rounds} interleaved rounds, median (one forward of {BAGS} bags of {BAG}):");
+    println!("{:<26} {:>12} {:>14}", "case", "Mrows/s", "ratio to dense");
+    for ((name, _), m) in cases.iter().zip(&medians) {
+        println!(
+            "{name:<26} {:>12.2} {:>14.3}",
+            rows / m / 1e6,
+            medians[0] / m
+        );
+    }
+}
+
+fn main() {
+    let setup = setup();
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c, &setup);
+    c.final_summary();
+    if std::env::var_os("COMPACT_BENCH_SKIP_SIDE_BY_SIDE").is_none() {
+        side_by_side(&setup);
+    }
+}

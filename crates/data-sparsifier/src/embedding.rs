@@ -186,14 +186,26 @@ pub(crate) trait RowSource<T: Element> {
     /// Adds row `r` (each cell times `w`, if given) into `acc`, as the sum and mean reductions
     /// do. A source may skip cells it knows to be +0.0 when `w` is finite: an accumulator that
     /// starts at +0.0 is never -0.0, so adding ±0.0 leaves it as it is, bit for bit.
-    #[inline]
+    #[inline(always)]
     fn add_row(&self, r: usize, acc: &mut [T::Acc], w: Option<T::Acc>, scratch: &mut [T]) {
         add_all(acc, self.row(r, scratch), w);
     }
+    /// Starts loading what row `r` (in range) needs first, [`PREFETCH_FAR`] indices ahead.
+    #[inline(always)]
+    fn prefetch_far(&self, _r: usize) {}
+    /// Starts loading row `r`'s values (in range), [`PREFETCH_NEAR`] indices ahead.
+    #[inline(always)]
+    fn prefetch_near(&self, _r: usize) {}
 }
 
+/// How many indices ahead the bag reduction prefetches what a row needs first (a compact
+/// table's row locator).
+pub(crate) const PREFETCH_FAR: usize = 16;
+/// How many indices ahead the bag reduction prefetches a row's values.
+pub(crate) const PREFETCH_NEAR: usize = 8;
+
 /// Adds every cell of `row` (times `w`, if given) into `acc`.
-#[inline]
+#[inline(always)]
 pub(crate) fn add_all<T: Element>(acc: &mut [T::Acc], row: &[T], w: Option<T::Acc>) {
     for (a, &x) in acc.iter_mut().zip(row) {
         let v = x.to_acc();
@@ -208,9 +220,17 @@ pub(crate) struct DenseRows<'a, T> {
 }
 
 impl<T: Element> RowSource<T> for DenseRows<'_, T> {
-    #[inline]
+    #[inline(always)]
     fn row<'s>(&'s self, r: usize, _scratch: &'s mut [T]) -> &'s [T] {
         &self.src[r * self.d..(r + 1) * self.d]
+    }
+    #[inline(always)]
+    fn prefetch_near(&self, r: usize) {
+        // Every cache line of the row (up to 4).
+        let line = (64 / std::mem::size_of::<T>()).max(1);
+        for c in (0..self.d.min(4 * line)).step_by(line) {
+            crate::simd::prefetch(self.src, r * self.d + c);
+        }
     }
 }
 
@@ -514,7 +534,7 @@ impl EmbeddingBag {
 /// `EmbeddingBag`'s forward over any table of `n` rows of `d` cells: checks the weights, the
 /// indices and the bags, then reduces; shape `[num_bags, d]`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn bag_forward<T: Element + TypedStorage, R: RowSource<T>>(
+pub(crate) fn bag_forward<T: Element + TypedStorage, R: RowSource<T> + Sync>(
     src: &R,
     n: usize,
     d: usize,
@@ -563,7 +583,14 @@ pub(crate) fn check_per_sample_weights(
     Ok(())
 }
 
-fn reduce_bags<T: Element + TypedStorage, R: RowSource<T>>(
+/// Bags per parallel task: enough work to pay for a task, small enough to split a batch of a
+/// few thousand bags over every core.
+const BAGS_PER_TASK: usize = 64;
+
+/// Reduces every bag, in parallel over groups of bags (each bag's own order of additions is
+/// fixed, so the answer does not depend on the thread count), with the CPU's fused multiply-add
+/// where it has one ([`crate::simd::dispatch`]).
+fn reduce_bags<T: Element + TypedStorage, R: RowSource<T> + Sync>(
     src: &R,
     d: usize,
     rows: &[usize],
@@ -572,45 +599,99 @@ fn reduce_bags<T: Element + TypedStorage, R: RowSource<T>>(
     padding: Option<usize>,
     psw: Option<&[f64]>,
 ) -> Vec<T> {
-    let mut out = Vec::with_capacity(ranges.len() * d);
-    let mut acc = vec![T::acc_zero(); d];
-    let mut scratch = vec![T::ZERO; d];
-    for &(s, e) in ranges {
-        acc.iter_mut().for_each(|a| *a = T::acc_zero());
-        let mut count = 0usize;
-        let mut any_max = false;
-        for (j, &r) in rows.iter().enumerate().take(e).skip(s) {
-            if Some(r) == padding {
-                continue;
-            }
-            count += 1;
-            match mode {
-                BagMode::Sum | BagMode::Mean => {
-                    let wgt = psw.map(|p| T::acc_from_f64(p[j]));
-                    src.add_row(r, &mut acc, wgt, &mut scratch);
+    use rayon::prelude::*;
+    let mut out = vec![T::ZERO; ranges.len() * d];
+    if d == 0 {
+        return out;
+    }
+    out.par_chunks_mut(BAGS_PER_TASK * d)
+        .zip(ranges.par_chunks(BAGS_PER_TASK))
+        .for_each(|(out, ranges)| {
+            crate::simd::dispatch(BagGroup {
+                src,
+                d,
+                rows,
+                ranges,
+                mode,
+                padding,
+                psw,
+                out,
+            })
+        });
+    out
+}
+
+/// One parallel task of [`reduce_bags`]: the bags `ranges`, reduced into `out` (`ranges.len() ×
+/// d` cells).
+struct BagGroup<'a, T, R> {
+    src: &'a R,
+    d: usize,
+    rows: &'a [usize],
+    ranges: &'a [(usize, usize)],
+    mode: BagMode,
+    padding: Option<usize>,
+    psw: Option<&'a [f64]>,
+    out: &'a mut [T],
+}
+
+impl<T: Element + TypedStorage, R: RowSource<T>> crate::simd::Kernel for BagGroup<'_, T, R> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let BagGroup {
+            src,
+            d,
+            rows,
+            ranges,
+            mode,
+            padding,
+            psw,
+            out,
+        } = self;
+        let mut acc = vec![T::acc_zero(); d];
+        let mut scratch = vec![T::ZERO; d];
+        for (&(s, e), out) in ranges.iter().zip(out.chunks_exact_mut(d)) {
+            acc.iter_mut().for_each(|a| *a = T::acc_zero());
+            let mut count = 0usize;
+            let mut any_max = false;
+            for (j, &r) in rows.iter().enumerate().take(e).skip(s) {
+                if let Some(&far) = rows.get(j + PREFETCH_FAR) {
+                    src.prefetch_far(far);
                 }
-                BagMode::Max => {
-                    let row = src.row(r, &mut scratch);
-                    for (a, &x) in acc.iter_mut().zip(row) {
-                        let v = x.to_acc();
-                        if !any_max || v > *a {
-                            *a = v;
-                        }
+                if let Some(&near) = rows.get(j + PREFETCH_NEAR) {
+                    src.prefetch_near(near);
+                }
+                if Some(r) == padding {
+                    continue;
+                }
+                count += 1;
+                match mode {
+                    BagMode::Sum | BagMode::Mean => {
+                        let wgt = psw.map(|p| T::acc_from_f64(p[j]));
+                        src.add_row(r, &mut acc, wgt, &mut scratch);
                     }
-                    any_max = true;
+                    BagMode::Max => {
+                        let row = src.row(r, &mut scratch);
+                        for (a, &x) in acc.iter_mut().zip(row) {
+                            let v = x.to_acc();
+                            if !any_max || v > *a {
+                                *a = v;
+                            }
+                        }
+                        any_max = true;
+                    }
                 }
             }
-        }
-        for &a in &acc {
-            let v = if mode == BagMode::Mean && count > 0 {
-                a / T::acc_from_usize(count)
-            } else {
-                a
-            };
-            out.push(T::from_acc(v));
+            for (o, &a) in out.iter_mut().zip(&acc) {
+                let v = if mode == BagMode::Mean && count > 0 {
+                    a / T::acc_from_usize(count)
+                } else {
+                    a
+                };
+                *o = T::from_acc(v);
+            }
         }
     }
-    out
 }
 
 #[cfg(test)]

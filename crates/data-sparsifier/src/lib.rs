@@ -77,6 +77,7 @@ pub mod quant;
 pub mod random;
 pub mod rule;
 pub mod scheduler;
+mod simd;
 mod sparsifier;
 pub mod state;
 pub mod tensor;

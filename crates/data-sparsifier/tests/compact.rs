@@ -346,7 +346,7 @@ fn block_width_is_chosen_from_the_mask() {
 }
 
 fn quantized() -> impl Strategy<Value = Encoding> {
-    prop::sample::select(vec![Encoding::Int8, Encoding::Int4])
+    prop::sample::select(vec![Encoding::Int8, Encoding::Int4, Encoding::Int2])
 }
 
 proptest! {
@@ -413,7 +413,11 @@ fn quantized_sizes_and_bad_params() {
     // int8 at level 0.8, (1, 4) blocks: codes, f32 params, mask.
     let w = table(256, 64, DType::F32, 5);
     let m = block_mask(256, 64, 1, 4, 0.8, false, 5);
-    for (enc, per_row) in [(Encoding::Int8, 8), (Encoding::Int4, 4)] {
+    for (enc, per_row) in [
+        (Encoding::Int8, 8),
+        (Encoding::Int4, 4),
+        (Encoding::Int2, 4),
+    ] {
         let opts = CompactOptions {
             encoding: Some(enc),
             ..Default::default()
@@ -476,5 +480,76 @@ fn sum_skips_pruned_cells_only_where_that_is_exact() {
             .forward(&[0, 1], Bags::Fixed { bag_size: 2 }, Some(&psw))
             .unwrap();
         assert_eq!(bits(&a), bits(&b), "{psw:?}");
+    }
+}
+
+/// The lookup kernels' every route: block widths 1 to 64 (16 and 32 included), more than 32
+/// blocks a row (the route without the row locator), a narrower last block, every encoding,
+/// a remap or none, weights or none, and more bags than one parallel task takes; each equal
+/// bit for bit to the dense bag over the expanded table.
+#[test]
+fn every_kernel_route_looks_up_as_the_expanded_table() {
+    let mut rng = Rng::new(9);
+    let rows = 300;
+    let indices: Vec<i64> = (0..4000)
+        .map(|_| (rng.next_u64() % rows as u64) as i64)
+        .collect();
+    let psw: Vec<f64> = (0..indices.len())
+        .map(|i| (i % 7) as f64 * 0.25 - 0.5)
+        .collect();
+    let offsets: Vec<i64> = (0..indices.len() as i64).step_by(13).collect();
+    let bags = Bags::Offsets {
+        offsets: &offsets,
+        include_last_offset: false,
+    };
+    for (cols, bc) in [
+        (64, 1),
+        (64, 2),
+        (64, 4),
+        (64, 8),
+        (64, 16),
+        (64, 32),
+        (64, 64),
+        (40, 8),
+        (30, 4),
+        (200, 1),
+    ] {
+        for dt in [DType::F32, DType::BF16] {
+            let w = table(rows, cols, dt, cols as u64);
+            let m = block_mask(rows, cols, 1, bc, 0.7, false, bc as u64);
+            for enc in [
+                None,
+                Some(Encoding::Int8),
+                Some(Encoding::Int4),
+                Some(Encoding::Int2),
+            ] {
+                for policy in [RemapPolicy::Never, RemapPolicy::Always] {
+                    let opts = CompactOptions {
+                        encoding: enc,
+                        block_width: Some(bc.min(cols)),
+                        remap: policy,
+                    };
+                    let t = CompactTable::encode(w.view(), &m, &opts).unwrap();
+                    let expanded = t.to_tensor().unwrap();
+                    for (mode, weights) in [
+                        (BagMode::Sum, None),
+                        (BagMode::Sum, Some(&psw[..])),
+                        (BagMode::Mean, None),
+                        (BagMode::Max, None),
+                    ] {
+                        let a = CompactEmbeddingBag::new(&t, mode, Some(3))
+                            .unwrap()
+                            .forward(&indices, bags, weights)
+                            .unwrap();
+                        let b =
+                            EmbeddingBag::from_parameter(expanded.clone().into(), mode, Some(3))
+                                .unwrap()
+                                .forward(&indices, bags, weights)
+                                .unwrap();
+                        assert_eq!(bits(&a), bits(&b), "cols {cols}, block {bc}, {dt}, {enc:?}, {policy:?}, {mode:?}, weighted {}", weights.is_some());
+                    }
+                }
+            }
+        }
     }
 }

@@ -302,6 +302,8 @@ pub enum Quantize {
     Int8,
     /// 4-bit codes, f16 scale and bias per row.
     Int4,
+    /// 2-bit codes, f16 scale and bias per row.
+    Int2,
 }
 
 impl From<Quantize> for data_sparsifier::compact::Encoding {
@@ -309,6 +311,7 @@ impl From<Quantize> for data_sparsifier::compact::Encoding {
         match q {
             Quantize::Int8 => data_sparsifier::compact::Encoding::Int8,
             Quantize::Int4 => data_sparsifier::compact::Encoding::Int4,
+            Quantize::Int2 => data_sparsifier::compact::Encoding::Int2,
         }
     }
 }

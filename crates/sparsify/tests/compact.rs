@@ -171,9 +171,9 @@ fn bad_compact_input_is_one_line_status_2_and_no_output() {
 }
 
 #[test]
-fn quantize_writes_int8_and_int4_tables_that_expand_and_inspect() {
+fn quantize_writes_int8_int4_and_int2_tables_that_expand_and_inspect() {
     let (dir, input) = setup();
-    for code in ["int8", "int4"] {
+    for code in ["int8", "int4", "int2"] {
         let compact = dir.path().join(format!("{code}.safetensors"));
         let expanded = dir.path().join(format!("{code}.dense.safetensors"));
         let args = [

@@ -17,24 +17,29 @@ struct CompactRows<'t, 'a> {
 }
 
 impl<T: Element + TypedStorage> RowSource<T> for CompactRows<'_, '_> {
-    #[inline]
+    #[inline(always)]
     fn row<'s>(&'s self, r: usize, scratch: &'s mut [T]) -> &'s [T] {
         self.table.decode_row(r, scratch);
         scratch
     }
     /// Adds the kept cells only: the others are +0.0 (see the trait), unless a weight is not
     /// finite (0 · inf is NaN), when the whole decoded row is added as the dense table's would be.
-    #[inline]
+    #[inline(always)]
     fn add_row(&self, r: usize, acc: &mut [T::Acc], w: Option<T::Acc>, scratch: &mut [T]) {
         if w.is_some_and(|w| !T::acc_to_f64(w).is_finite()) {
             self.table.decode_row(r, scratch);
             add_all(acc, scratch, w);
             return;
         }
-        self.table.for_each_kept::<T>(r, |c, x| {
-            let v = x.to_acc();
-            acc[c] = acc[c] + w.map_or(v, |w| v * w);
-        });
+        self.table.add_kept::<T>(r, acc, w);
+    }
+    #[inline(always)]
+    fn prefetch_far(&self, r: usize) {
+        self.table.prefetch_loc(r);
+    }
+    #[inline(always)]
+    fn prefetch_near(&self, r: usize) {
+        self.table.prefetch_values(r);
     }
 }
 

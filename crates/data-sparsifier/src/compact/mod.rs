@@ -26,6 +26,7 @@
 //! ```
 
 mod file;
+mod kernel;
 mod lookup;
 mod table;
 
@@ -60,7 +61,7 @@ pub const VALUES_SUFFIX: &str = "@values";
 ///
 /// The float encodings store the values as they are (the table's own dtype), so expanding is
 /// exact. The quantized encodings store each stored row's kept cells as the crate's rowwise
-/// codes ([`RowCodec`]: int8 with f32 scale and bias, int4 with f16 scale and bias, both
+/// codes ([`RowCodec`]: int8 with f32 scale and bias, int4 and int2 with f16 scale and bias, all
 /// computed over the kept cells only) and the row's parameters under [`PARAMS_SUFFIX`].
 ///
 /// ```
@@ -88,6 +89,9 @@ pub enum Encoding {
     /// Rowwise int4 codes over the kept cells (two a byte, element 0 in the low nibble), f16
     /// scale and bias per row.
     Int4,
+    /// Rowwise int2 codes over the kept cells (four a byte, element 0 in the low bits), f16
+    /// scale and bias per row.
+    Int2,
 }
 
 impl Encoding {
@@ -109,6 +113,7 @@ impl Encoding {
             Encoding::BF16 => "bf16",
             Encoding::Int8 => "int8",
             Encoding::Int4 => "int4",
+            Encoding::Int2 => "int2",
         }
     }
     /// The rowwise codec of a quantized encoding.
@@ -116,6 +121,7 @@ impl Encoding {
         match self {
             Encoding::Int8 => Some(RowCodec::Int8),
             Encoding::Int4 => Some(RowCodec::Int4),
+            Encoding::Int2 => Some(RowCodec::Int2),
             _ => None,
         }
     }
@@ -123,7 +129,7 @@ impl Encoding {
     pub fn params_dtype(self) -> Option<FileDType> {
         match self {
             Encoding::Int8 => Some(FileDType::F32),
-            Encoding::Int4 => Some(FileDType::F16),
+            Encoding::Int4 | Encoding::Int2 => Some(FileDType::F16),
             _ => None,
         }
     }
@@ -134,7 +140,7 @@ impl Encoding {
             Encoding::F64 => Some(DType::F64),
             Encoding::F16 => Some(DType::F16),
             Encoding::BF16 => Some(DType::BF16),
-            Encoding::Int8 | Encoding::Int4 => None,
+            Encoding::Int8 | Encoding::Int4 | Encoding::Int2 => None,
         }
     }
     /// The stored dtype of the `@values` tensor.
@@ -166,11 +172,12 @@ impl std::str::FromStr for Encoding {
             Encoding::BF16,
             Encoding::Int8,
             Encoding::Int4,
+            Encoding::Int2,
         ]
         .into_iter()
         .find(|e| e.name() == s)
         .ok_or_else(|| Error::UnsupportedDType {
-            what: "compact encoding (f32, f64, f16, bf16, int8, int4)".into(),
+            what: "compact encoding (f32, f64, f16, bf16, int8, int4, int2)".into(),
             dtype: s.to_string(),
         })
     }

@@ -4,6 +4,7 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
+use super::kernel::{self, RowValues};
 use super::{matrix_dims, Encoding, TableInfo};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
@@ -96,30 +97,75 @@ pub struct CompactTable<'a> {
     values: Values<'a>,
     /// Offset of each stored row's first value, and the total at the end.
     row_start: Vec<usize>,
-    /// `row_start` of every [`GROUP`]-th stored row, for lookups: a small array (1/16 of
-    /// `row_start`) beside the block mask, whose bits give the rest of the offset, so that
-    /// finding a row's values costs no cache miss of its own before the values' one. Empty when
-    /// rows' offsets do not follow from their bits alone (a narrower last block, int4).
-    group_start: Vec<usize>,
+    /// Every table row's stored values and parameters, for lookups: one load finds a row (see
+    /// [`RowLoc`]). Empty when a row's blocks do not fit 32 bits, the last block is narrower, or
+    /// there are 2^32 values or more; lookups then read the remap, `row_start` and the block mask.
+    loc: Vec<RowLoc>,
     /// Blocks per row.
     nbc: usize,
 }
 
-/// Stored rows per entry of `group_start`.
-const GROUP: usize = 16;
+/// Where one table row's kept values are, and how to decode them: 16 bytes, so that a lookup
+/// pays one cache miss for all it needs before the values' own (the remap, the row's offset,
+/// its block bits and its parameters are otherwise in four arrays).
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(16))]
+pub(crate) struct RowLoc {
+    /// The row's first value (for the quantized encodings, first code byte).
+    at: u32,
+    /// Bit `j` set when block `j` is kept; 0 for a row pruned entirely.
+    bits: u32,
+    /// The row's parameters, for the quantized encodings.
+    params: RowParams,
+}
 
-/// `group_start` for a table (see the field).
-fn group_starts(
-    row_start: &[usize],
-    cols: usize,
-    bw: usize,
-    codec: Option<RowCodec>,
-) -> Vec<usize> {
-    let exact = cols % bw == 0 && matches!(codec, None | Some(RowCodec::Int8));
-    if !exact {
+/// `loc` for a table (see the field): from each stored row's start (`starts`, with the total
+/// at the end), the block mask, the remap and, quantized, each stored row's parameters.
+fn row_locs(
+    blocks: &Mask,
+    starts: &[usize],
+    remap: Option<&[i32]>,
+    params: Option<&[RowParams]>,
+    (rows, cols, bw): (usize, usize, usize),
+) -> Vec<RowLoc> {
+    let nbc = cols.div_ceil(bw);
+    let total = starts.last().copied().unwrap_or(0);
+    if nbc == 0 || nbc > 32 || cols % bw != 0 || u32::try_from(total).is_err() {
         return Vec::new();
     }
-    row_start.iter().step_by(GROUP).copied().collect()
+    let words = blocks.words();
+    let stored = starts.len() - 1;
+    (0..rows)
+        .into_par_iter()
+        .with_min_len(ROWS_PER_TASK)
+        .map(|r| {
+            let s = match remap {
+                Some(m) => usize::try_from(m[r]).ok(),
+                None => (r < stored).then_some(r),
+            };
+            s.map_or_else(RowLoc::default, |s| RowLoc {
+                at: starts[s] as u32,
+                bits: get_bits(words, s * nbc, nbc as u32) as u32,
+                params: params.map_or_else(RowParams::default, |p| p[s]),
+            })
+        })
+        .collect()
+}
+
+/// The parts of a table that [`row_locs`] reads.
+fn locs_of(
+    blocks: &Mask,
+    row_start: &[usize],
+    remap: Option<&[i32]>,
+    values: &Values<'_>,
+    dims: (usize, usize, usize),
+) -> Vec<RowLoc> {
+    match values {
+        Values::Quant {
+            code_start, params, ..
+        } => row_locs(blocks, code_start, remap, Some(params), dims),
+        Values::Float(_) => row_locs(blocks, row_start, remap, None, dims),
+    }
 }
 
 impl std::fmt::Debug for CompactTable<'_> {
@@ -403,9 +449,10 @@ impl CompactTable<'static> {
                 None => Values::Float(TensorData::Copied(Tensor::from_vec(values, [n_values])?)),
                 Some(codec) => quantize(codec, &values, &row_start)?,
             };
+            let loc = locs_of(&blocks, &row_start, remap.as_deref(), &values, (rows, cols, bw));
             Ok(CompactTable {
                 nbc,
-                group_start: group_starts(&row_start, cols, bw, codec),
+                loc,
                 info,
                 dtype,
                 blocks,
@@ -600,9 +647,11 @@ impl<'a> CompactTable<'a> {
             }
             _ => return Err(bad(format!("{name}@params is missing"))),
         };
+        let dims = (info.rows, info.cols, bw);
+        let loc = locs_of(&blocks, &row_start, remap.as_deref(), &values, dims);
         Ok(CompactTable {
             nbc,
-            group_start: group_starts(&row_start, info.cols, bw, info.encoding.codec()),
+            loc,
             info,
             dtype,
             blocks,
@@ -715,6 +764,104 @@ impl<'a> CompactTable<'a> {
         self.for_each_kept::<T>(r, |c, v| out[c] = v);
     }
 
+    /// Adds table row `r` (in range) into `acc` (`cols` cells), each cell times `w` if given,
+    /// as the dense bag adds the expanded row, skipping the cells that are +0.0 there: one load
+    /// of `loc` finds the row, and [`kernel::add_blocks`] adds its blocks.
+    #[inline(always)]
+    pub(crate) fn add_kept<T: Element + TypedStorage>(
+        &self,
+        r: usize,
+        acc: &mut [T::Acc],
+        w: Option<T::Acc>,
+    ) {
+        let Some(&l) = self.loc.get(r) else {
+            self.for_each_kept::<T>(r, |c, x| {
+                let v = x.to_acc();
+                acc[c] = acc[c] + w.map_or(v, |w| v * w);
+            });
+            return;
+        };
+        let (start, bits) = (l.at as usize, l.bits);
+        let vals = match &self.values {
+            Values::Float(v) => {
+                let vals: &[T] = T::from_slice(v.slice()).unwrap_or_default();
+                RowValues::Float(vals.get(start..).unwrap_or_default())
+            }
+            Values::Quant { codec, codes, .. } => {
+                let codes = codes.get(start..).unwrap_or_default();
+                match codec {
+                    RowCodec::Int8 => RowValues::Int8(codes, l.params),
+                    RowCodec::Int4 => RowValues::Int4(codes, l.params),
+                    RowCodec::Int2 => RowValues::Int2(codes, l.params),
+                }
+            }
+        };
+        kernel::add_blocks::<T>(self.info.block_width, acc, vals, bits, w);
+    }
+
+    /// Starts loading table row `r`'s [`RowLoc`] (a hint; nothing without `loc`).
+    #[inline(always)]
+    pub(crate) fn prefetch_loc(&self, r: usize) {
+        crate::simd::prefetch(&self.loc, r);
+    }
+
+    /// Starts loading table row `r`'s first values (a hint; nothing without `loc`): up to two
+    /// cache lines from its first value.
+    #[inline(always)]
+    pub(crate) fn prefetch_values(&self, r: usize) {
+        let Some(l) = self.loc.get(r) else {
+            return;
+        };
+        let bytes: &[u8] = match &self.values {
+            Values::Float(v) => v.slice().as_bytes(),
+            Values::Quant { codes, .. } => codes,
+        };
+        let at = l.at as usize * self.values_item_bytes();
+        crate::simd::prefetch(bytes, at);
+        crate::simd::prefetch(bytes, at + 64);
+    }
+
+    /// Bytes of one `@values` element (a code byte for the quantized encodings).
+    #[inline(always)]
+    fn values_item_bytes(&self) -> usize {
+        match &self.values {
+            Values::Float(_) => self.dtype.size_in_bytes(),
+            Values::Quant { .. } => 1,
+        }
+    }
+
+    /// Table row `r`'s stored row `s` (`usize::MAX` where `loc` has the bits), its first value
+    /// (quantized: first code byte), its block bits when the table has `loc`, and its
+    /// parameters (quantized); `None` for a row pruned entirely.
+    #[inline(always)]
+    fn locate(&self, r: usize) -> Option<(usize, usize, Option<u32>, RowParams)> {
+        if let Some(l) = self.loc.get(r) {
+            return (l.bits != 0).then_some((usize::MAX, l.at as usize, Some(l.bits), l.params));
+        }
+        let s = self.stored_row(r)?;
+        Some(match &self.values {
+            Values::Quant {
+                code_start, params, ..
+            } => (s, code_start[s], None, params[s]),
+            Values::Float(_) => (s, self.row_start[s], None, RowParams::default()),
+        })
+    }
+
+    /// Calls `f(j)` for each block `j` that stored row `s` keeps, in order (`bits` from
+    /// [`CompactTable::locate`]).
+    #[inline(always)]
+    fn for_each_block(&self, s: usize, bits: Option<u32>, mut f: impl FnMut(usize)) {
+        match bits {
+            Some(mut bits) => {
+                while bits != 0 {
+                    f(bits.trailing_zeros() as usize);
+                    bits &= bits - 1;
+                }
+            }
+            None => for_each_set(self.blocks.words(), s * self.nbc, self.nbc, f),
+        }
+    }
+
     /// Calls `f(col, value)` for every stored cell of table row `r` (in range), in column order:
     /// the value as the dense table has it (quantized: decoded, rounded to the table's dtype).
     #[inline]
@@ -723,23 +870,16 @@ impl<'a> CompactTable<'a> {
         r: usize,
         mut f: impl FnMut(usize, T),
     ) {
-        let Some(s) = self.stored_row(r) else {
+        let Some((s, start, bits, p)) = self.locate(r) else {
             return;
         };
-        let (bw, cols, nbc) = (self.info.block_width, self.info.cols, self.nbc);
-        let words = self.blocks.words();
-        // The row's first value (for int8, code): from the group's offset and the bits of the
-        // group's rows before it where that is exact, else from row_start.
-        let start = match self.group_start.get(s / GROUP) {
-            Some(&g) => g + count_set(words, (s - s % GROUP) * nbc, (s % GROUP) * nbc) * bw,
-            None => self.row_start[s],
-        };
+        let (bw, cols) = (self.info.block_width, self.info.cols);
         match &self.values {
             Values::Float(v) => {
                 let vals: &[T] = T::from_slice(v.slice()).unwrap_or_default();
                 let row = &vals[start..];
                 let mut p = 0;
-                for_each_set(words, s * nbc, nbc, |j| {
+                self.for_each_block(s, bits, |j| {
                     let c0 = j * bw;
                     let w = bw.min(cols - c0);
                     for (k, &x) in row[p..p + w].iter().enumerate() {
@@ -748,29 +888,17 @@ impl<'a> CompactTable<'a> {
                     p += w;
                 });
             }
-            Values::Quant {
-                codec,
-                codes,
-                params,
-                code_start,
-            } => {
-                let p = params[s];
-                let at = if self.group_start.is_empty() {
-                    code_start[s]
-                } else {
-                    start
-                };
-                let row = &codes[at..];
+            Values::Quant { codec, codes, .. } => {
+                let row = &codes[start..];
                 let mut k = 0;
-                // The codes as `RowCodec::code_at` reads them, without its divisions.
-                let int8 = *codec == RowCodec::Int8;
-                for_each_set(words, s * nbc, nbc, |j| {
+                let codec = *codec;
+                self.for_each_block(s, bits, |j| {
                     let c0 = j * bw;
                     for c in c0..c0 + bw.min(cols - c0) {
-                        let code = if int8 {
-                            row[k]
-                        } else {
-                            (row[k >> 1] >> ((k & 1) * 4)) & 0xF
+                        let code = match codec {
+                            RowCodec::Int8 => row[k],
+                            RowCodec::Int4 => kernel::packed_code::<4>(row, k),
+                            RowCodec::Int2 => kernel::packed_code::<2>(row, k),
                         };
                         f(c, T::from_f64(f64::from(p.decode(code))));
                         k += 1;
