@@ -8,8 +8,9 @@
 //! * `compact_f32`, `compact_int8`, `compact_int4`, `compact_int2`: `CompactEmbeddingBag` over
 //!   the compact table, read zero-copy from the file `sparsify run --format compact
 //!   [--quantize]` writes;
-//! * `compact_*_in_memory`: the same tables as encoded, on the heap (to tell the file map's
-//!   cost from the format's).
+//! * `*_huge_pages`: the same tables copied into memory backed by transparent huge pages
+//!   (`Tensor::with_huge_pages`, `CompactTable::with_huge_pages`): a file map's page-cache
+//!   pages and a plain heap copy are 4 KiB, so each cold row also misses the TLB.
 //!
 //! Criterion measures each case on its own, one after the other. Then a side-by-side table
 //! times one forward of every case in turn, round after round (`COMPACT_BENCH_ROUNDS`, 200), and
@@ -55,8 +56,8 @@ fn zipf_indices(rows: usize, n: usize, seed: u64) -> Vec<i64> {
 /// The tables and indices every case reads.
 struct Setup {
     dense: EmbeddingBag,
+    dense_huge: EmbeddingBag,
     indices: Vec<i64>,
-    in_memory: Vec<(Encoding, CompactTable<'static>)>,
     files: Vec<(Encoding, SafetensorsSource)>,
     _dir: tempfile::TempDir,
 }
@@ -100,23 +101,10 @@ fn setup() -> Setup {
             (enc, unsafe { SafetensorsSource::open(&path) }.unwrap())
         })
         .collect();
-    let in_memory = ENCODINGS
-        .into_iter()
-        .map(|enc| {
-            let opts = CompactOptions {
-                encoding: Some(enc),
-                ..Default::default()
-            };
-            (
-                enc,
-                CompactTable::encode(table.view(), &mask, &opts).unwrap(),
-            )
-        })
-        .collect();
     Setup {
+        dense_huge: EmbeddingBag::from_weight(dense.with_huge_pages(), BagMode::Sum).unwrap(),
         dense: EmbeddingBag::from_weight(dense, BagMode::Sum).unwrap(),
         indices,
-        in_memory,
         files,
         _dir: dir,
     }
@@ -133,13 +121,20 @@ const ENCODINGS: [Encoding; 4] = [
 fn cases<'s>(
     setup: &'s Setup,
     files: &'s [(Encoding, CompactFile<'s, SafetensorsSource>)],
+    huge: &'s [CompactTable<'static>],
 ) -> Vec<(String, Box<dyn Fn() -> Tensor + 's>)> {
     let bags = Bags::Fixed { bag_size: BAG };
     let idx = &setup.indices;
-    let mut out: Vec<(String, Box<dyn Fn() -> Tensor + 's>)> = vec![(
-        "dense_f32".into(),
-        Box::new(move || setup.dense.forward(idx, bags, None).unwrap()),
-    )];
+    let mut out: Vec<(String, Box<dyn Fn() -> Tensor + 's>)> = vec![
+        (
+            "dense_f32".into(),
+            Box::new(move || setup.dense.forward(idx, bags, None).unwrap()),
+        ),
+        (
+            "dense_f32_huge_pages".into(),
+            Box::new(move || setup.dense_huge.forward(idx, bags, None).unwrap()),
+        ),
+    ];
     for (enc, file) in files {
         let t = file.table("emb").unwrap();
         assert!(t.is_zero_copy());
@@ -149,28 +144,43 @@ fn cases<'s>(
             Box::new(move || bag.forward(idx, bags, None).unwrap()),
         ));
     }
-    for (enc, t) in &setup.in_memory {
+    for t in huge {
         let bag = CompactEmbeddingBag::new(t, BagMode::Sum, None).unwrap();
         out.push((
-            format!("compact_{enc}_in_memory"),
+            format!("compact_{}_huge_pages", t.info().encoding),
             Box::new(move || bag.forward(idx, bags, None).unwrap()),
         ));
     }
     out
 }
 
-fn bench(c: &mut Criterion, setup: &Setup) {
+/// The compact files, read, and their tables copied into huge pages.
+fn tables(
+    setup: &Setup,
+) -> (
+    Vec<(Encoding, CompactFile<'_, SafetensorsSource>)>,
+    Vec<CompactTable<'static>>,
+) {
     let files: Vec<_> = setup
         .files
         .iter()
         .map(|(enc, src)| (*enc, CompactFile::read(src, "bench").unwrap()))
         .collect();
+    let huge = files
+        .iter()
+        .map(|(_, f)| f.table("emb").unwrap().with_huge_pages())
+        .collect();
+    (files, huge)
+}
+
+fn bench(c: &mut Criterion, setup: &Setup) {
+    let (files, huge) = tables(setup);
     let mut g = c.benchmark_group("embedding_bag_1Mx64_level0.8");
     g.throughput(Throughput::Elements((BAGS * BAG) as u64));
     g.sample_size(30)
         .measurement_time(Duration::from_secs(4))
         .warm_up_time(Duration::from_secs(1));
-    for (name, f) in cases(setup, &files) {
+    for (name, f) in cases(setup, &files, &huge) {
         g.bench_function(name, |b| b.iter(&f));
     }
     g.finish();
@@ -184,12 +194,8 @@ fn side_by_side(setup: &Setup) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
-    let files: Vec<_> = setup
-        .files
-        .iter()
-        .map(|(enc, src)| (*enc, CompactFile::read(src, "bench").unwrap()))
-        .collect();
-    let cases = cases(setup, &files);
+    let (files, huge) = tables(setup);
+    let cases = cases(setup, &files, &huge);
     let mut times = vec![Vec::with_capacity(rounds); cases.len()];
     for (_, f) in &cases {
         std::hint::black_box(f()); // warm up: page in the tables

@@ -1,5 +1,5 @@
 //! Size of a compact table against the dense one, uncompressed and after deflate (zip's
-//! compression), for the f32, int8 and int4 encodings.
+//! compression), for the f32, int8, int4 and int2 encodings.
 //!
 //! ```text
 //! cargo run --release -p data-sparsifier --example compact_sizes            # 1M x 64 f32
@@ -66,7 +66,12 @@ fn main() {
         "dense    {dense_len:>10}  1.000x {dense_z:>9}  {:.3}x",
         dense_z as f64 / dense_len as f64
     );
-    for enc in [Encoding::F32, Encoding::Int8, Encoding::Int4] {
+    for enc in [
+        Encoding::F32,
+        Encoding::Int8,
+        Encoding::Int4,
+        Encoding::Int2,
+    ] {
         let name = format!("{enc}.safetensors");
         let opts = CompactOptions {
             encoding: Some(enc),

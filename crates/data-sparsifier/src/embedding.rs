@@ -529,6 +529,34 @@ impl EmbeddingBag {
             bag_forward::<T, _>(&src, n, d, self.mode, self.padding_idx, indices, bags, per_sample_weights)
         })
     }
+    /// [`forward`](Self::forward) into `out`, whose buffer is reused when it already has the
+    /// output's dtype and shape (as after the previous call on a batch of the same size), else
+    /// replaced: an inference loop then allocates nothing per batch.
+    ///
+    /// ```
+    /// use data_sparsifier::{embedding::BagMode, embedding::Bags, EmbeddingBag, Tensor};
+    /// let w = Tensor::from_vec(vec![1.0f32, 10.0, 100.0], [3, 1]).unwrap();
+    /// let bag = EmbeddingBag::from_weight(w, BagMode::Sum).unwrap();
+    /// let mut out = Tensor::zeros(data_sparsifier::DType::F32, [0]);
+    /// for batch in [[0, 1], [1, 2]] {
+    ///     bag.forward_into(&batch, Bags::Fixed { bag_size: 2 }, None, &mut out).unwrap();
+    /// }
+    /// assert_eq!(out.to_f64_vec(), vec![110.0]);
+    /// ```
+    pub fn forward_into(
+        &self,
+        indices: &[i64],
+        bags: Bags<'_>,
+        per_sample_weights: Option<&[f64]>,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        let w = self.weight.read();
+        let (n, d) = table_dims("EmbeddingBag", w.shape())?;
+        crate::with_dtype!(w.dtype(), T => {
+            let src = DenseRows { src: w.as_slice::<T>().unwrap_or_default(), d };
+            bag_forward_into::<T, _>(&src, n, d, self.mode, self.padding_idx, indices, bags, per_sample_weights, out)
+        })
+    }
 }
 
 /// `EmbeddingBag`'s forward over any table of `n` rows of `d` cells: checks the weights, the
@@ -544,15 +572,57 @@ pub(crate) fn bag_forward<T: Element + TypedStorage, R: RowSource<T> + Sync>(
     bags: Bags<'_>,
     per_sample_weights: Option<&[f64]>,
 ) -> Result<Tensor> {
+    let mut out = Tensor::zeros(T::DTYPE, [0, d]);
+    bag_forward_into::<T, R>(
+        src,
+        n,
+        d,
+        mode,
+        padding,
+        indices,
+        bags,
+        per_sample_weights,
+        &mut out,
+    )?;
+    Ok(out)
+}
+
+/// [`bag_forward`] into `out`: its buffer is reused when it already has the output's dtype
+/// and shape (a server's steady state: no allocation, no page faults), else replaced.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bag_forward_into<T: Element + TypedStorage, R: RowSource<T> + Sync>(
+    src: &R,
+    n: usize,
+    d: usize,
+    mode: BagMode,
+    padding: Option<usize>,
+    indices: &[i64],
+    bags: Bags<'_>,
+    per_sample_weights: Option<&[f64]>,
+    out: &mut Tensor,
+) -> Result<()> {
     check_per_sample_weights("EmbeddingBag", mode, per_sample_weights, indices.len())?;
-    let rows: Vec<usize> = indices
-        .iter()
-        .enumerate()
-        .map(|(pos, &i)| check_index("EmbeddingBag", i, pos, n))
-        .collect::<Result<_>>()?;
+    for (pos, &i) in indices.iter().enumerate() {
+        check_index("EmbeddingBag", i, pos, n)?;
+    }
     let ranges = bag_ranges(indices.len(), bags)?;
-    let out = reduce_bags::<T, R>(src, d, &rows, &ranges, mode, padding, per_sample_weights);
-    Tensor::from_vec(out, [ranges.len(), d])
+    let shape = [ranges.len(), d];
+    if out.dtype() != T::DTYPE || out.shape() != shape || out.as_slice_mut::<T>().is_none() {
+        *out = Tensor::zeros(T::DTYPE, shape);
+    }
+    if let Some(buf) = out.as_slice_mut::<T>() {
+        reduce_bags::<T, R>(
+            src,
+            d,
+            indices,
+            &ranges,
+            mode,
+            padding,
+            per_sample_weights,
+            buf,
+        );
+    }
+    Ok(())
 }
 
 /// `per_sample_weights` are only for sum mode and need one weight per index (shared with the
@@ -590,19 +660,20 @@ const BAGS_PER_TASK: usize = 64;
 /// Reduces every bag, in parallel over groups of bags (each bag's own order of additions is
 /// fixed, so the answer does not depend on the thread count), with the CPU's fused multiply-add
 /// where it has one ([`crate::simd::dispatch`]).
+#[allow(clippy::too_many_arguments)]
 fn reduce_bags<T: Element + TypedStorage, R: RowSource<T> + Sync>(
     src: &R,
     d: usize,
-    rows: &[usize],
+    rows: &[i64],
     ranges: &[(usize, usize)],
     mode: BagMode,
     padding: Option<usize>,
     psw: Option<&[f64]>,
-) -> Vec<T> {
+    out: &mut [T],
+) {
     use rayon::prelude::*;
-    let mut out = vec![T::ZERO; ranges.len() * d];
     if d == 0 {
-        return out;
+        return;
     }
     out.par_chunks_mut(BAGS_PER_TASK * d)
         .zip(ranges.par_chunks(BAGS_PER_TASK))
@@ -618,15 +689,14 @@ fn reduce_bags<T: Element + TypedStorage, R: RowSource<T> + Sync>(
                 out,
             })
         });
-    out
 }
 
 /// One parallel task of [`reduce_bags`]: the bags `ranges`, reduced into `out` (`ranges.len() ×
-/// d` cells).
+/// d` cells); `rows` are the indices, checked to be in range.
 struct BagGroup<'a, T, R> {
     src: &'a R,
     d: usize,
-    rows: &'a [usize],
+    rows: &'a [i64],
     ranges: &'a [(usize, usize)],
     mode: BagMode,
     padding: Option<usize>,
@@ -655,11 +725,12 @@ impl<T: Element + TypedStorage, R: RowSource<T>> crate::simd::Kernel for BagGrou
             let mut count = 0usize;
             let mut any_max = false;
             for (j, &r) in rows.iter().enumerate().take(e).skip(s) {
+                let r = r as usize;
                 if let Some(&far) = rows.get(j + PREFETCH_FAR) {
-                    src.prefetch_far(far);
+                    src.prefetch_far(far as usize);
                 }
                 if let Some(&near) = rows.get(j + PREFETCH_NEAR) {
-                    src.prefetch_near(near);
+                    src.prefetch_near(near as usize);
                 }
                 if Some(r) == padding {
                     continue;

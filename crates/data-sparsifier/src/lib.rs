@@ -72,6 +72,7 @@ pub mod hooks;
 mod io;
 mod magnitude;
 mod mask;
+mod mem;
 pub mod norm;
 pub mod quant;
 pub mod random;

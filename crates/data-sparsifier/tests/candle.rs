@@ -797,3 +797,72 @@ fn post_training_sparse_quantize_over_candle_modules() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The candle inference bag over a compact table: the crate's compact bag's answer (the dense
+/// bag's over the expanded table) as a candle tensor, for every encoding, through `forward_bags`
+/// and as a `Module` over a 2-D batch; bad input is an error, never a panic.
+#[test]
+fn compact_embedding_bag_for_candle_equals_the_dense_bag_over_the_expanded_table() {
+    use data_sparsifier::compact::{CompactOptions, CompactTable, Encoding};
+    use data_sparsifier::embedding::{BagMode, Bags};
+    use data_sparsifier::{EmbeddingBag as DenseBag, Mask};
+
+    let rows = 50;
+    let w = data_sparsifier::random::randn([rows, 8], data_sparsifier::DType::F32, 4);
+    let keep: Vec<u8> = (0..rows * 8).map(|i| u8::from((i / 4) % 3 != 0)).collect();
+    let mask = Mask::from_dense_u8([rows, 8], &keep).unwrap();
+    let indices: Vec<i64> = (0..60).map(|i| (i * 7 % rows) as i64).collect();
+    let dev = candle_core::Device::Cpu;
+    for enc in [
+        None,
+        Some(Encoding::Int8),
+        Some(Encoding::Int4),
+        Some(Encoding::Int2),
+    ] {
+        let opts = CompactOptions {
+            encoding: enc,
+            ..Default::default()
+        };
+        let t = CompactTable::encode(w.view(), &mask, &opts).unwrap();
+        for mode in [BagMode::Sum, BagMode::Mean, BagMode::Max] {
+            let bag =
+                data_sparsifier::candle::CompactEmbeddingBag::new(&t, mode, Some(3), &dev).unwrap();
+            let dense =
+                DenseBag::from_parameter(t.to_tensor().unwrap().into(), mode, Some(3)).unwrap();
+            let bags = Bags::Offsets {
+                offsets: &[0, 5, 5, 40],
+                include_last_offset: false,
+            };
+            let want = dense.forward(&indices, bags, None).unwrap();
+            let got = bag.forward_bags(&indices, bags, None).unwrap();
+            assert_eq!(got.dims(), want.shape());
+            assert_eq!(
+                got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                want.as_slice::<f32>().unwrap()
+            );
+            // As a Module: [batch, bag] indices, one bag a row.
+            let xs = candle_core::Tensor::from_vec(indices.clone(), (12, 5), &dev).unwrap();
+            let want = dense
+                .forward(&indices, Bags::Fixed { bag_size: 5 }, None)
+                .unwrap();
+            let got = bag.forward(&xs).unwrap();
+            assert_eq!(
+                got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                want.as_slice::<f32>().unwrap()
+            );
+            // Bad input: an error.
+            assert!(bag
+                .forward(&candle_core::Tensor::new(&[1u32, 2], &dev).unwrap())
+                .is_err());
+            assert!(bag
+                .forward(&candle_core::Tensor::new(&[[0.5f32]], &dev).unwrap())
+                .is_err());
+            assert!(bag
+                .forward(&candle_core::Tensor::new(&[[rows as u32]], &dev).unwrap())
+                .is_err());
+            assert!(bag
+                .forward_bags(&[-1], Bags::Fixed { bag_size: 1 }, None)
+                .is_err());
+        }
+    }
+}

@@ -43,6 +43,7 @@
 //! assert_eq!(zeros, 32);
 //! ```
 
+mod compact_bag;
 mod embedding_bag;
 
 use std::fmt;
@@ -59,6 +60,7 @@ use crate::mask::Mask;
 use crate::sparsifier::{DataSparsifier, UpdateMask, Version};
 use crate::tensor::{Tensor, TensorView, TypedStorage};
 
+pub use compact_bag::CompactEmbeddingBag;
 pub use embedding_bag::EmbeddingBag;
 
 const FRAMEWORK: &str = "candle";

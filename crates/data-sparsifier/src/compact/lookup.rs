@@ -6,7 +6,8 @@
 use super::table::CompactTable;
 use crate::dtype::Element;
 use crate::embedding::{
-    add_all, bag_forward, lookup_rows, normalize_padding, table_dims, BagMode, Bags, RowSource,
+    add_all, bag_forward, bag_forward_into, lookup_rows, normalize_padding, table_dims, BagMode,
+    Bags, RowSource,
 };
 use crate::error::Result;
 use crate::tensor::{Tensor, TypedStorage};
@@ -149,6 +150,21 @@ impl<'t, 'a> CompactEmbeddingBag<'t, 'a> {
         crate::with_dtype!(self.table.dtype(), T => {
             let src = CompactRows { table: self.table };
             bag_forward::<T, _>(&src, n, d, self.mode, self.padding_idx, indices, bags, per_sample_weights)
+        })
+    }
+    /// [`forward`](Self::forward) into `out`, reusing its buffer when it already has the
+    /// output's dtype and shape ([`EmbeddingBag::forward_into`](crate::EmbeddingBag::forward_into)).
+    pub fn forward_into(
+        &self,
+        indices: &[i64],
+        bags: Bags<'_>,
+        per_sample_weights: Option<&[f64]>,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        let (n, d) = (self.table.info().rows, self.table.info().cols);
+        crate::with_dtype!(self.table.dtype(), T => {
+            let src = CompactRows { table: self.table };
+            bag_forward_into::<T, _>(&src, n, d, self.mode, self.padding_idx, indices, bags, per_sample_weights, out)
         })
     }
 }

@@ -135,21 +135,24 @@ fn row_locs(
     }
     let words = blocks.words();
     let stored = starts.len() - 1;
-    (0..rows)
-        .into_par_iter()
-        .with_min_len(ROWS_PER_TASK)
-        .map(|r| {
-            let s = match remap {
-                Some(m) => usize::try_from(m[r]).ok(),
-                None => (r < stored).then_some(r),
-            };
-            s.map_or_else(RowLoc::default, |s| RowLoc {
-                at: starts[s] as u32,
-                bits: get_bits(words, s * nbc, nbc as u32) as u32,
-                params: params.map_or_else(RowParams::default, |p| p[s]),
-            })
-        })
-        .collect()
+    let mut loc = crate::mem::huge_vec(rows);
+    loc.par_extend(
+        (0..rows)
+            .into_par_iter()
+            .with_min_len(ROWS_PER_TASK)
+            .map(|r| {
+                let s = match remap {
+                    Some(m) => usize::try_from(m[r]).ok(),
+                    None => (r < stored).then_some(r),
+                };
+                s.map_or_else(RowLoc::default, |s| RowLoc {
+                    at: starts[s] as u32,
+                    bits: get_bits(words, s * nbc, nbc as u32) as u32,
+                    params: params.map_or_else(RowParams::default, |p| p[s]),
+                })
+            }),
+    );
+    loc
 }
 
 /// The parts of a table that [`row_locs`] reads.
@@ -659,6 +662,63 @@ impl<'a> CompactTable<'a> {
             values,
             row_start,
         })
+    }
+
+    /// A copy of the table in memory, its values (or codes) and remap in memory the kernel is
+    /// asked to back with transparent huge pages ([`Tensor::with_huge_pages`]): for lookups at
+    /// full speed over a table read zero-copy from a file, whose page-cache pages are 4 KiB.
+    ///
+    /// ```
+    /// use data_sparsifier::compact::{CompactOptions, CompactTable};
+    /// use data_sparsifier::{Mask, Tensor};
+    /// let w = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]).unwrap();
+    /// let mask = Mask::from_dense_u8([2, 2], &[1, 0, 0, 1]).unwrap();
+    /// let t = CompactTable::encode(w.view(), &mask, &CompactOptions::default()).unwrap();
+    /// let copy = t.with_huge_pages();
+    /// assert_eq!(copy.to_tensor().unwrap(), t.to_tensor().unwrap());
+    /// ```
+    pub fn with_huge_pages(&self) -> CompactTable<'static> {
+        let values = match &self.values {
+            Values::Float(v) => {
+                let shape = [v.slice().len()];
+                let t = crate::with_dtype!(self.dtype, T => {
+                    let data = crate::mem::huge_copy(T::from_slice(v.slice()).unwrap_or_default());
+                    Tensor::from_vec(data, shape)
+                });
+                // The shape is the data's own length: from_vec cannot fail.
+                Values::Float(TensorData::Copied(
+                    t.unwrap_or_else(|_| Tensor::zeros(self.dtype, [0])),
+                ))
+            }
+            Values::Quant {
+                codec,
+                codes,
+                params,
+                code_start,
+            } => Values::Quant {
+                codec: *codec,
+                codes: Cow::Owned(crate::mem::huge_copy(codes)),
+                params: params.clone(),
+                code_start: code_start.clone(),
+            },
+        };
+        CompactTable {
+            info: self.info.clone(),
+            dtype: self.dtype,
+            blocks: self.blocks.clone(),
+            remap: self
+                .remap
+                .as_deref()
+                .map(|r| Cow::Owned(crate::mem::huge_copy(r))),
+            values,
+            row_start: self.row_start.clone(),
+            loc: {
+                let mut loc = crate::mem::huge_vec(self.loc.len());
+                loc.extend_from_slice(&self.loc);
+                loc
+            },
+            nbc: self.nbc,
+        }
     }
 
     /// The table's description (what the file's metadata holds).
