@@ -207,9 +207,20 @@ pub(crate) const PREFETCH_NEAR: usize = 8;
 /// Adds every cell of `row` (times `w`, if given) into `acc`.
 #[inline(always)]
 pub(crate) fn add_all<T: Element>(acc: &mut [T::Acc], row: &[T], w: Option<T::Acc>) {
-    for (a, &x) in acc.iter_mut().zip(row) {
-        let v = x.to_acc();
-        *a = *a + w.map_or(v, |w| v * w);
+    // `row` cut to the accumulator's length, so that both lengths are the one the compiler
+    // may know (a fixed-size accumulator), and the loop has no bounds checks.
+    let row = &row[..acc.len().min(row.len())];
+    match w {
+        None => {
+            for (a, &x) in acc.iter_mut().zip(row) {
+                *a = *a + x.to_acc();
+            }
+        }
+        Some(w) => {
+            for (a, &x) in acc.iter_mut().zip(row) {
+                *a = *a + x.to_acc() * w;
+            }
+        }
     }
 }
 
@@ -226,11 +237,9 @@ impl<T: Element> RowSource<T> for DenseRows<'_, T> {
     }
     #[inline(always)]
     fn prefetch_near(&self, r: usize) {
-        // Every cache line of the row (up to 4).
-        let line = (64 / std::mem::size_of::<T>()).max(1);
-        for c in (0..self.d.min(4 * line)).step_by(line) {
-            crate::simd::prefetch(self.src, r * self.d + c);
-        }
+        // The row's first cache line: the CPU's own prefetcher brings the next ones (asking for
+        // every line costs more on cached tables than it saves on cold ones, measured here).
+        crate::simd::prefetch(self.src, r * self.d);
     }
 }
 
@@ -706,8 +715,37 @@ struct BagGroup<'a, T, R> {
 
 impl<T: Element + TypedStorage, R: RowSource<T>> crate::simd::Kernel for BagGroup<'_, T, R> {
     type Output = ();
+    /// The common widths get an accumulator of a size known at compile time, which the
+    /// compiler keeps in vector registers across a bag's rows (the other widths, and the
+    /// sources that index it at run time, keep it on the stack or heap).
     #[inline(always)]
     fn run(self) {
+        match self.d {
+            8 => self.run_fixed::<8>(),
+            16 => self.run_fixed::<16>(),
+            32 => self.run_fixed::<32>(),
+            64 => self.run_fixed::<64>(),
+            128 => self.run_fixed::<128>(),
+            d => {
+                let mut acc = vec![T::acc_zero(); d];
+                let mut scratch = vec![T::ZERO; d];
+                self.reduce(&mut acc, &mut scratch)
+            }
+        }
+    }
+}
+
+impl<T: Element + TypedStorage, R: RowSource<T>> BagGroup<'_, T, R> {
+    #[inline(always)]
+    fn run_fixed<const D: usize>(self) {
+        let mut acc = [T::acc_zero(); D];
+        let mut scratch = [T::ZERO; D];
+        self.reduce(&mut acc, &mut scratch)
+    }
+
+    /// The reduction, with `acc` and `scratch` of `d` cells.
+    #[inline(always)]
+    fn reduce(self, acc: &mut [T::Acc], scratch: &mut [T]) {
         let BagGroup {
             src,
             d,
@@ -718,8 +756,6 @@ impl<T: Element + TypedStorage, R: RowSource<T>> crate::simd::Kernel for BagGrou
             psw,
             out,
         } = self;
-        let mut acc = vec![T::acc_zero(); d];
-        let mut scratch = vec![T::ZERO; d];
         for (&(s, e), out) in ranges.iter().zip(out.chunks_exact_mut(d)) {
             acc.iter_mut().for_each(|a| *a = T::acc_zero());
             let mut count = 0usize;
@@ -739,10 +775,10 @@ impl<T: Element + TypedStorage, R: RowSource<T>> crate::simd::Kernel for BagGrou
                 match mode {
                     BagMode::Sum | BagMode::Mean => {
                         let wgt = psw.map(|p| T::acc_from_f64(p[j]));
-                        src.add_row(r, &mut acc, wgt, &mut scratch);
+                        src.add_row(r, acc, wgt, scratch);
                     }
                     BagMode::Max => {
-                        let row = src.row(r, &mut scratch);
+                        let row = src.row(r, scratch);
                         for (a, &x) in acc.iter_mut().zip(row) {
                             let v = x.to_acc();
                             if !any_max || v > *a {
@@ -753,7 +789,7 @@ impl<T: Element + TypedStorage, R: RowSource<T>> crate::simd::Kernel for BagGrou
                     }
                 }
             }
-            for (o, &a) in out.iter_mut().zip(&acc) {
+            for (o, &a) in out.iter_mut().zip(acc.iter()) {
                 let v = if mode == BagMode::Mean && count > 0 {
                     a / T::acc_from_usize(count)
                 } else {
