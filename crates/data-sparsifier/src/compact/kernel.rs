@@ -87,35 +87,48 @@ fn each_block<T: Element, const BW: usize>(
             return;
         };
         match vals {
+            // Each block is read into a local array and added as one, so that the compiler
+            // makes it one vector load, add and store (adding through `a` cell by cell it
+            // left them scalar).
             RowValues::Float(v) => {
-                let Some(v) = v.get(k..k + BW) else { return };
-                for (a, &x) in a.iter_mut().zip(v) {
-                    *a = *a + scale(x.to_acc());
-                }
-            }
-            RowValues::Int8(codes, p) => {
-                let Some(c) = codes.get(k..k + BW) else {
+                let Some(Ok(v)) = v.get(k..k + BW).map(<&[T; BW]>::try_from) else {
                     return;
                 };
-                for (a, &q) in a.iter_mut().zip(c) {
-                    *a = *a + scale(decoded::<T>(p, q));
+                let mut t = *a;
+                for i in 0..BW {
+                    t[i] = t[i] + scale(v[i].to_acc());
                 }
+                *a = t;
+            }
+            RowValues::Int8(codes, p) => {
+                let Some(Ok(c)) = codes.get(k..k + BW).map(<&[u8; BW]>::try_from) else {
+                    return;
+                };
+                let mut t = *a;
+                for i in 0..BW {
+                    t[i] = t[i] + scale(decoded::<T>(p, c[i]));
+                }
+                *a = t;
             }
             RowValues::Int4(codes, p) => {
                 if (k + BW).div_ceil(2) > codes.len() {
                     return;
                 }
-                for (i, a) in a.iter_mut().enumerate() {
+                let mut t = *a;
+                for (i, a) in t.iter_mut().enumerate() {
                     *a = *a + scale(decoded::<T>(p, packed_code::<4>(codes, k + i)));
                 }
+                *a = t;
             }
             RowValues::Int2(codes, p) => {
                 if (k + BW).div_ceil(4) > codes.len() {
                     return;
                 }
-                for (i, a) in a.iter_mut().enumerate() {
+                let mut t = *a;
+                for (i, a) in t.iter_mut().enumerate() {
                     *a = *a + scale(decoded::<T>(p, packed_code::<2>(codes, k + i)));
                 }
+                *a = t;
             }
         }
         k += BW;
@@ -150,5 +163,123 @@ fn add_any<T: Element>(
             *a = *a + w.map_or(x, |w| x * w);
         }
         k += bw;
+    }
+}
+
+/// A table's stored values of one kind, for the kernels monomorphized per encoding and block
+/// width ([`add_row_fixed`]): the lookups pick the kind once per forward, not once per row.
+pub(crate) trait Codes<T: Element>: Copy + Sync {
+    /// Adds values `k .. k + BW` of the row whose first value (code byte) is at `at`, decoded
+    /// with `p`, each through `scale`, into `t`; `None` if they are out of range.
+    fn add<const BW: usize>(
+        self,
+        at: usize,
+        k: usize,
+        p: RowParams,
+        t: &mut [T::Acc; BW],
+        scale: impl Fn(T::Acc) -> T::Acc,
+    ) -> Option<()>;
+}
+
+/// Float values as they are.
+#[derive(Clone, Copy)]
+pub(crate) struct FloatCodes<'a, T>(pub(crate) &'a [T]);
+/// Int8 codes, a byte each.
+#[derive(Clone, Copy)]
+pub(crate) struct Int8Codes<'a>(pub(crate) &'a [u8]);
+/// `BITS`-bit codes (4 or 2), packed from the low bits of each byte up.
+#[derive(Clone, Copy)]
+pub(crate) struct PackedCodes<'a, const BITS: u32>(pub(crate) &'a [u8]);
+
+impl<T: Element> Codes<T> for FloatCodes<'_, T> {
+    #[inline(always)]
+    fn add<const BW: usize>(
+        self,
+        at: usize,
+        k: usize,
+        _: RowParams,
+        t: &mut [T::Acc; BW],
+        scale: impl Fn(T::Acc) -> T::Acc,
+    ) -> Option<()> {
+        let v: &[T; BW] = self.0.get(at + k..at + k + BW)?.try_into().ok()?;
+        for i in 0..BW {
+            t[i] = t[i] + scale(v[i].to_acc());
+        }
+        Some(())
+    }
+}
+
+impl<T: Element> Codes<T> for Int8Codes<'_> {
+    #[inline(always)]
+    fn add<const BW: usize>(
+        self,
+        at: usize,
+        k: usize,
+        p: RowParams,
+        t: &mut [T::Acc; BW],
+        scale: impl Fn(T::Acc) -> T::Acc,
+    ) -> Option<()> {
+        let c: &[u8; BW] = self.0.get(at + k..at + k + BW)?.try_into().ok()?;
+        for i in 0..BW {
+            t[i] = t[i] + scale(decoded::<T>(p, c[i]));
+        }
+        Some(())
+    }
+}
+
+impl<T: Element, const BITS: u32> Codes<T> for PackedCodes<'_, BITS> {
+    #[inline(always)]
+    fn add<const BW: usize>(
+        self,
+        at: usize,
+        k: usize,
+        p: RowParams,
+        t: &mut [T::Acc; BW],
+        scale: impl Fn(T::Acc) -> T::Acc,
+    ) -> Option<()> {
+        let per = (8 / BITS) as usize;
+        let row = self.0.get(at..at + (k + BW).div_ceil(per))?;
+        for (i, t) in t.iter_mut().enumerate() {
+            *t = *t + scale(decoded::<T>(p, packed_code::<BITS>(row, k + i)));
+        }
+        Some(())
+    }
+}
+
+/// Adds one row's kept blocks (`bits`, its values from `at` in `codes`, decoded with `p`) into
+/// `acc`, each cell times `w` if given: [`add_blocks`] with the encoding and block width fixed.
+#[inline(always)]
+pub(crate) fn add_row_fixed<T: Element, C: Codes<T>, const BW: usize>(
+    codes: C,
+    (at, bits, p): (usize, u32, RowParams),
+    acc: &mut [T::Acc],
+    w: Option<T::Acc>,
+) {
+    match w {
+        None => each_fixed::<T, C, BW>(codes, (at, bits, p), acc, |x| x),
+        Some(w) => each_fixed::<T, C, BW>(codes, (at, bits, p), acc, |x| x * w),
+    }
+}
+
+#[inline(always)]
+fn each_fixed<T: Element, C: Codes<T>, const BW: usize>(
+    codes: C,
+    (at, mut bits, p): (usize, u32, RowParams),
+    acc: &mut [T::Acc],
+    scale: impl Fn(T::Acc) -> T::Acc,
+) {
+    let mut k = 0usize;
+    while bits != 0 {
+        let c0 = bits.trailing_zeros() as usize * BW;
+        bits &= bits - 1;
+        let Some(Ok(a)) = acc.get_mut(c0..c0 + BW).map(<&mut [T::Acc; BW]>::try_from) else {
+            return;
+        };
+        let mut t = *a;
+        if codes.add::<BW>(at, k, p, &mut t, &scale).is_none() {
+            return;
+        }
+        *a = t;
+        k += BW;
     }
 }

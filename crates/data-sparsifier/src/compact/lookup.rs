@@ -3,7 +3,8 @@
 //! `embedding::bag_forward`), so results equal the dense forward over the expanded table bit
 //! for bit.
 
-use super::table::CompactTable;
+use super::kernel::{add_row_fixed, Codes, FloatCodes, Int8Codes, PackedCodes};
+use super::table::{CompactTable, Fast, RowLoc};
 use crate::dtype::Element;
 use crate::embedding::{
     add_all, bag_forward, bag_forward_into, lookup_rows, normalize_padding, table_dims, BagMode,
@@ -42,6 +43,96 @@ impl<T: Element + TypedStorage> RowSource<T> for CompactRows<'_, '_> {
     fn prefetch_near(&self, r: usize) {
         self.table.prefetch_values(r);
     }
+}
+
+/// A compact table's rows through the kernels monomorphized for one encoding (`C`) and one block
+/// width (`BW`), chosen once per forward by [`with_rows!`]; every row has a locator.
+struct FastRows<'t, 'a, C, const BW: usize> {
+    table: &'t CompactTable<'a>,
+    loc: &'t [RowLoc],
+    codes: C,
+}
+
+impl<T: Element + TypedStorage, C: Codes<T>, const BW: usize> RowSource<T>
+    for FastRows<'_, '_, C, BW>
+{
+    #[inline(always)]
+    fn row<'s>(&'s self, r: usize, scratch: &'s mut [T]) -> &'s [T] {
+        self.table.decode_row(r, scratch);
+        scratch
+    }
+    /// As [`CompactRows::add_row`].
+    #[inline(always)]
+    fn add_row(&self, r: usize, acc: &mut [T::Acc], w: Option<T::Acc>, scratch: &mut [T]) {
+        if w.is_some_and(|w| !T::acc_to_f64(w).is_finite()) {
+            self.table.decode_row(r, scratch);
+            add_all(acc, scratch, w);
+            return;
+        }
+        if let Some(l) = self.loc.get(r) {
+            add_row_fixed::<T, C, BW>(self.codes, (l.at as usize, l.bits, l.params), acc, w);
+        }
+    }
+    #[inline(always)]
+    fn prefetch_far(&self, r: usize) {
+        crate::simd::prefetch(self.loc, r);
+    }
+    #[inline(always)]
+    fn prefetch_near(&self, r: usize) {
+        self.table.prefetch_values(r);
+    }
+}
+
+/// Runs `$body` with `$src` the table's fastest [`RowSource`] for element type `$T`: a
+/// [`FastRows`] for the common encodings and block widths, else [`CompactRows`].
+macro_rules! with_rows {
+    ($table:expr, $T:ty, $src:ident => $body:expr) => {{
+        let table = $table;
+        macro_rules! fast {
+            ($loc:expr, $codes:expr, $bw:expr) => {
+                match $bw {
+                    4 => {
+                        let $src = FastRows::<_, 4> {
+                            table,
+                            loc: $loc,
+                            codes: $codes,
+                        };
+                        $body
+                    }
+                    8 => {
+                        let $src = FastRows::<_, 8> {
+                            table,
+                            loc: $loc,
+                            codes: $codes,
+                        };
+                        $body
+                    }
+                    16 => {
+                        let $src = FastRows::<_, 16> {
+                            table,
+                            loc: $loc,
+                            codes: $codes,
+                        };
+                        $body
+                    }
+                    _ => {
+                        let $src = CompactRows { table };
+                        $body
+                    }
+                }
+            };
+        }
+        match table.fast::<$T>() {
+            Some((loc, Fast::Float(v), bw)) => fast!(loc, FloatCodes::<$T>(v), bw),
+            Some((loc, Fast::Int8(c), bw)) => fast!(loc, Int8Codes(c), bw),
+            Some((loc, Fast::Int4(c), bw)) => fast!(loc, PackedCodes::<4>(c), bw),
+            Some((loc, Fast::Int2(c), bw)) => fast!(loc, PackedCodes::<2>(c), bw),
+            None => {
+                let $src = CompactRows { table };
+                $body
+            }
+        }
+    }};
 }
 
 /// `torch.nn.Embedding` over a compact table, without expanding it: [`Embedding`](crate::Embedding)'s
@@ -148,8 +239,7 @@ impl<'t, 'a> CompactEmbeddingBag<'t, 'a> {
     ) -> Result<Tensor> {
         let (n, d) = (self.table.info().rows, self.table.info().cols);
         crate::with_dtype!(self.table.dtype(), T => {
-            let src = CompactRows { table: self.table };
-            bag_forward::<T, _>(&src, n, d, self.mode, self.padding_idx, indices, bags, per_sample_weights)
+            with_rows!(self.table, T, src => bag_forward::<T, _>(&src, n, d, self.mode, self.padding_idx, indices, bags, per_sample_weights))
         })
     }
     /// [`forward`](Self::forward) into `out`, reusing its buffer when it already has the
@@ -163,8 +253,7 @@ impl<'t, 'a> CompactEmbeddingBag<'t, 'a> {
     ) -> Result<()> {
         let (n, d) = (self.table.info().rows, self.table.info().cols);
         crate::with_dtype!(self.table.dtype(), T => {
-            let src = CompactRows { table: self.table };
-            bag_forward_into::<T, _>(&src, n, d, self.mode, self.padding_idx, indices, bags, per_sample_weights, out)
+            with_rows!(self.table, T, src => bag_forward_into::<T, _>(&src, n, d, self.mode, self.padding_idx, indices, bags, per_sample_weights, out))
         })
     }
 }

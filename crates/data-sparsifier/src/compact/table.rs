@@ -112,11 +112,21 @@ pub struct CompactTable<'a> {
 #[repr(C, align(16))]
 pub(crate) struct RowLoc {
     /// The row's first value (for the quantized encodings, first code byte).
-    at: u32,
+    pub(crate) at: u32,
     /// Bit `j` set when block `j` is kept; 0 for a row pruned entirely.
-    bits: u32,
+    pub(crate) bits: u32,
     /// The row's parameters, for the quantized encodings.
-    params: RowParams,
+    pub(crate) params: RowParams,
+}
+
+/// A table's stored values, typed, for the lookups' monomorphized kernels
+/// ([`CompactTable::fast`]).
+#[derive(Clone, Copy)]
+pub(crate) enum Fast<'t, T> {
+    Float(&'t [T]),
+    Int8(&'t [u8]),
+    Int4(&'t [u8]),
+    Int2(&'t [u8]),
 }
 
 /// `loc` for a table (see the field): from each stored row's start (`starts`, with the total
@@ -857,6 +867,25 @@ impl<'a> CompactTable<'a> {
             }
         };
         kernel::add_blocks::<T>(self.info.block_width, acc, vals, bits, w);
+    }
+
+    /// The row locators, the stored values and the block width, when the table has locators
+    /// (then every row has one) and `T` is its dtype.
+    pub(crate) fn fast<T: Element + TypedStorage>(
+        &self,
+    ) -> Option<(&[RowLoc], Fast<'_, T>, usize)> {
+        if self.loc.len() != self.info.rows || T::DTYPE != self.dtype {
+            return None;
+        }
+        let vals = match &self.values {
+            Values::Float(v) => Fast::Float(T::from_slice(v.slice())?),
+            Values::Quant { codec, codes, .. } => match codec {
+                RowCodec::Int8 => Fast::Int8(codes),
+                RowCodec::Int4 => Fast::Int4(codes),
+                RowCodec::Int2 => Fast::Int2(codes),
+            },
+        };
+        Some((&self.loc, vals, self.info.block_width))
     }
 
     /// Starts loading table row `r`'s [`RowLoc`] (a hint; nothing without `loc`).
