@@ -1,9 +1,11 @@
-//! `Embedding` and `EmbeddingBag` straight over a [`CompactTable`]: each looked-up row is decoded
-//! into a scratch row and goes through the dense modules' own code (`embedding::lookup_rows`,
-//! `embedding::bag_forward`), so results equal the dense forward over the expanded table bit
-//! for bit.
+//! `Embedding` and `EmbeddingBag` straight over a [`CompactTable`], through the dense modules'
+//! own code (`embedding::lookup_rows`, `embedding::bag_forward`) with the compact table as its
+//! [`RowSource`]: the bag reduction adds each row's kept blocks through the kernels of
+//! `kernel.rs` (chosen once per forward by [`with_rows!`]), `max` mode and `Embedding` decode a
+//! row into a scratch row. Each cell is added as the dense bag adds it, so results equal the
+//! dense forward over the expanded table bit for bit.
 
-use super::kernel::{add_row_fixed, Codes, FloatCodes, Int8Codes, PackedCodes};
+use super::kernel::{add_row_any, add_row_fixed, Codes, FloatCodes, Int8Codes, PackedCodes};
 use super::table::{CompactTable, Fast, RowLoc};
 use crate::dtype::Element;
 use crate::embedding::{
@@ -13,27 +15,55 @@ use crate::embedding::{
 use crate::error::Result;
 use crate::tensor::{Tensor, TypedStorage};
 
-/// A compact table's rows, decoded one at a time.
+/// A compact table's rows through its general path (tables without row locators: more than 32
+/// blocks a row, a narrower last block, 2^32 values or more).
 struct CompactRows<'t, 'a> {
     table: &'t CompactTable<'a>,
+}
+
+/// Row `r` of `table`, decoded into `scratch` (what `max` mode and `Embedding` read).
+#[inline(always)]
+fn decoded_row<'s, T: Element + TypedStorage>(
+    table: &CompactTable<'_>,
+    r: usize,
+    scratch: &'s mut [T],
+) -> &'s [T] {
+    table.decode_row(r, scratch);
+    scratch
+}
+
+/// The compact sources add the kept cells only, the others being +0.0 (see [`RowSource`]),
+/// unless a weight is not finite (0 · inf is NaN): then this adds the whole decoded row, as the
+/// dense table's would be, and returns true.
+#[inline(always)]
+fn added_non_finite<T: Element + TypedStorage>(
+    table: &CompactTable<'_>,
+    r: usize,
+    acc: &mut [T::Acc],
+    w: Option<T::Acc>,
+    scratch: &mut [T],
+) -> bool {
+    if !w.is_some_and(|w| !T::acc_to_f64(w).is_finite()) {
+        return false;
+    }
+    table.decode_row(r, scratch);
+    add_all(acc, scratch, w);
+    true
 }
 
 impl<T: Element + TypedStorage> RowSource<T> for CompactRows<'_, '_> {
     #[inline(always)]
     fn row<'s>(&'s self, r: usize, scratch: &'s mut [T]) -> &'s [T] {
-        self.table.decode_row(r, scratch);
-        scratch
+        decoded_row(self.table, r, scratch)
     }
-    /// Adds the kept cells only: the others are +0.0 (see the trait), unless a weight is not
-    /// finite (0 · inf is NaN), when the whole decoded row is added as the dense table's would be.
     #[inline(always)]
     fn add_row(&self, r: usize, acc: &mut [T::Acc], w: Option<T::Acc>, scratch: &mut [T]) {
-        if w.is_some_and(|w| !T::acc_to_f64(w).is_finite()) {
-            self.table.decode_row(r, scratch);
-            add_all(acc, scratch, w);
-            return;
+        if !added_non_finite(self.table, r, acc, w, scratch) {
+            self.table.for_each_kept::<T>(r, |c, x| {
+                let v = x.to_acc();
+                acc[c] = acc[c] + w.map_or(v, |w| v * w);
+            });
         }
-        self.table.add_kept::<T>(r, acc, w);
     }
     #[inline(always)]
     fn prefetch_far(&self, r: usize) {
@@ -58,15 +88,11 @@ impl<T: Element + TypedStorage, C: Codes<T>, const BW: usize> RowSource<T>
 {
     #[inline(always)]
     fn row<'s>(&'s self, r: usize, scratch: &'s mut [T]) -> &'s [T] {
-        self.table.decode_row(r, scratch);
-        scratch
+        decoded_row(self.table, r, scratch)
     }
-    /// As [`CompactRows::add_row`].
     #[inline(always)]
     fn add_row(&self, r: usize, acc: &mut [T::Acc], w: Option<T::Acc>, scratch: &mut [T]) {
-        if w.is_some_and(|w| !T::acc_to_f64(w).is_finite()) {
-            self.table.decode_row(r, scratch);
-            add_all(acc, scratch, w);
+        if added_non_finite(self.table, r, acc, w, scratch) {
             return;
         }
         if let Some(l) = self.loc.get(r) {
@@ -83,8 +109,47 @@ impl<T: Element + TypedStorage, C: Codes<T>, const BW: usize> RowSource<T>
     }
 }
 
+/// [`FastRows`] for a block width known only at run time.
+struct AnyRows<'t, 'a, C> {
+    table: &'t CompactTable<'a>,
+    loc: &'t [RowLoc],
+    codes: C,
+    bw: usize,
+}
+
+impl<T: Element + TypedStorage, C: Codes<T>> RowSource<T> for AnyRows<'_, '_, C> {
+    #[inline(always)]
+    fn row<'s>(&'s self, r: usize, scratch: &'s mut [T]) -> &'s [T] {
+        decoded_row(self.table, r, scratch)
+    }
+    #[inline(always)]
+    fn add_row(&self, r: usize, acc: &mut [T::Acc], w: Option<T::Acc>, scratch: &mut [T]) {
+        if added_non_finite(self.table, r, acc, w, scratch) {
+            return;
+        }
+        if let Some(l) = self.loc.get(r) {
+            add_row_any::<T, C>(
+                self.bw,
+                self.codes,
+                (l.at as usize, l.bits, l.params),
+                acc,
+                w,
+            );
+        }
+    }
+    #[inline(always)]
+    fn prefetch_far(&self, r: usize) {
+        crate::simd::prefetch(self.loc, r);
+    }
+    #[inline(always)]
+    fn prefetch_near(&self, r: usize) {
+        self.table.prefetch_values(r);
+    }
+}
+
 /// Runs `$body` with `$src` the table's fastest [`RowSource`] for element type `$T`: a
-/// [`FastRows`] for the common encodings and block widths, else [`CompactRows`].
+/// [`FastRows`] for the common block widths, [`AnyRows`] for the others, and [`CompactRows`]
+/// for a table without row locators.
 macro_rules! with_rows {
     ($table:expr, $T:ty, $src:ident => $body:expr) => {{
         let table = $table;
@@ -115,8 +180,13 @@ macro_rules! with_rows {
                         };
                         $body
                     }
-                    _ => {
-                        let $src = CompactRows { table };
+                    bw => {
+                        let $src = AnyRows {
+                            table,
+                            loc: $loc,
+                            codes: $codes,
+                            bw,
+                        };
                         $body
                     }
                 }

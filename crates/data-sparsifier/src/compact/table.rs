@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
-use super::kernel::{self, RowValues};
+use super::kernel;
 use super::{matrix_dims, Encoding, TableInfo};
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
@@ -832,41 +832,6 @@ impl<'a> CompactTable<'a> {
     pub(crate) fn decode_row<T: Element + TypedStorage>(&self, r: usize, out: &mut [T]) {
         out.fill(T::ZERO);
         self.for_each_kept::<T>(r, |c, v| out[c] = v);
-    }
-
-    /// Adds table row `r` (in range) into `acc` (`cols` cells), each cell times `w` if given,
-    /// as the dense bag adds the expanded row, skipping the cells that are +0.0 there: one load
-    /// of `loc` finds the row, and [`kernel::add_blocks`] adds its blocks.
-    #[inline(always)]
-    pub(crate) fn add_kept<T: Element + TypedStorage>(
-        &self,
-        r: usize,
-        acc: &mut [T::Acc],
-        w: Option<T::Acc>,
-    ) {
-        let Some(&l) = self.loc.get(r) else {
-            self.for_each_kept::<T>(r, |c, x| {
-                let v = x.to_acc();
-                acc[c] = acc[c] + w.map_or(v, |w| v * w);
-            });
-            return;
-        };
-        let (start, bits) = (l.at as usize, l.bits);
-        let vals = match &self.values {
-            Values::Float(v) => {
-                let vals: &[T] = T::from_slice(v.slice()).unwrap_or_default();
-                RowValues::Float(vals.get(start..).unwrap_or_default())
-            }
-            Values::Quant { codec, codes, .. } => {
-                let codes = codes.get(start..).unwrap_or_default();
-                match codec {
-                    RowCodec::Int8 => RowValues::Int8(codes, l.params),
-                    RowCodec::Int4 => RowValues::Int4(codes, l.params),
-                    RowCodec::Int2 => RowValues::Int2(codes, l.params),
-                }
-            }
-        };
-        kernel::add_blocks::<T>(self.info.block_width, acc, vals, bits, w);
     }
 
     /// The row locators, the stored values and the block width, when the table has locators
