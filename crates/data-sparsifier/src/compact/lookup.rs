@@ -76,11 +76,13 @@ impl<T: Element + TypedStorage> RowSource<T> for CompactRows<'_, '_> {
 }
 
 /// A compact table's rows through the kernels monomorphized for one encoding (`C`) and one block
-/// width (`BW`), chosen once per forward by [`with_rows!`]; every row has a locator.
+/// width (`BW`; 0: the width `bw`, known only at run time), chosen once per forward by
+/// [`with_rows!`]; every row has a locator.
 struct FastRows<'t, 'a, C, const BW: usize> {
     table: &'t CompactTable<'a>,
     loc: &'t [RowLoc],
     codes: C,
+    bw: usize,
 }
 
 impl<T: Element + TypedStorage, C: Codes<T>, const BW: usize> RowSource<T>
@@ -95,46 +97,14 @@ impl<T: Element + TypedStorage, C: Codes<T>, const BW: usize> RowSource<T>
         if added_non_finite(self.table, r, acc, w, scratch) {
             return;
         }
-        if let Some(l) = self.loc.get(r) {
-            add_row_fixed::<T, C, BW>(self.codes, (l.at as usize, l.bits, l.params), acc, w);
-        }
-    }
-    #[inline(always)]
-    fn prefetch_far(&self, r: usize) {
-        crate::simd::prefetch(self.loc, r);
-    }
-    #[inline(always)]
-    fn prefetch_near(&self, r: usize) {
-        self.table.prefetch_values(r);
-    }
-}
-
-/// [`FastRows`] for a block width known only at run time.
-struct AnyRows<'t, 'a, C> {
-    table: &'t CompactTable<'a>,
-    loc: &'t [RowLoc],
-    codes: C,
-    bw: usize,
-}
-
-impl<T: Element + TypedStorage, C: Codes<T>> RowSource<T> for AnyRows<'_, '_, C> {
-    #[inline(always)]
-    fn row<'s>(&'s self, r: usize, scratch: &'s mut [T]) -> &'s [T] {
-        decoded_row(self.table, r, scratch)
-    }
-    #[inline(always)]
-    fn add_row(&self, r: usize, acc: &mut [T::Acc], w: Option<T::Acc>, scratch: &mut [T]) {
-        if added_non_finite(self.table, r, acc, w, scratch) {
+        let Some(l) = self.loc.get(r) else {
             return;
-        }
-        if let Some(l) = self.loc.get(r) {
-            add_row_any::<T, C>(
-                self.bw,
-                self.codes,
-                (l.at as usize, l.bits, l.params),
-                acc,
-                w,
-            );
+        };
+        let row = (l.at as usize, l.bits, l.params);
+        if BW == 0 {
+            add_row_any::<T, C>(self.bw, self.codes, row, acc, w);
+        } else {
+            add_row_fixed::<T, C, BW>(self.codes, row, acc, w);
         }
     }
     #[inline(always)]
@@ -148,49 +118,32 @@ impl<T: Element + TypedStorage, C: Codes<T>> RowSource<T> for AnyRows<'_, '_, C>
 }
 
 /// Runs `$body` with `$src` the table's fastest [`RowSource`] for element type `$T`: a
-/// [`FastRows`] for the common block widths, [`AnyRows`] for the others, and [`CompactRows`]
-/// for a table without row locators.
+/// [`FastRows`] (its own kernel for the common block widths, the run-time width for the others),
+/// or [`CompactRows`] for a table without row locators.
 macro_rules! with_rows {
     ($table:expr, $T:ty, $src:ident => $body:expr) => {{
         let table = $table;
         macro_rules! fast {
-            ($loc:expr, $codes:expr, $bw:expr) => {
-                match $bw {
-                    4 => {
-                        let $src = FastRows::<_, 4> {
+            ($loc:expr, $codes:expr, $bw:expr) => {{
+                let (loc, codes, bw) = ($loc, $codes, $bw);
+                macro_rules! width {
+                    ($w:literal) => {{
+                        let $src = FastRows::<_, $w> {
                             table,
-                            loc: $loc,
-                            codes: $codes,
-                        };
-                        $body
-                    }
-                    8 => {
-                        let $src = FastRows::<_, 8> {
-                            table,
-                            loc: $loc,
-                            codes: $codes,
-                        };
-                        $body
-                    }
-                    16 => {
-                        let $src = FastRows::<_, 16> {
-                            table,
-                            loc: $loc,
-                            codes: $codes,
-                        };
-                        $body
-                    }
-                    bw => {
-                        let $src = AnyRows {
-                            table,
-                            loc: $loc,
-                            codes: $codes,
+                            loc,
+                            codes,
                             bw,
                         };
                         $body
-                    }
+                    }};
                 }
-            };
+                match bw {
+                    4 => width!(4),
+                    8 => width!(8),
+                    16 => width!(16),
+                    _ => width!(0),
+                }
+            }};
         }
         match table.fast::<$T>() {
             Some((loc, Fast::Float(v), bw)) => fast!(loc, FloatCodes::<$T>(v), bw),
