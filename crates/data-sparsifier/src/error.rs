@@ -232,6 +232,20 @@ pub enum Error {
         message: String,
     },
 
+    /// A sharded checkpoint's index (`model.safetensors.index.json`) is malformed or does not
+    /// match its shards: a tensor named twice, a shard that is missing, a tensor the index puts
+    /// in a shard that does not hold it.
+    #[error("sharded checkpoint {index}: {message}")]
+    InvalidIndex {
+        /// The index file.
+        index: String,
+        /// What is wrong, and the fix.
+        message: String,
+        /// The underlying error (the JSON parser's), if any.
+        #[source]
+        source: Option<serde_json::Error>,
+    },
+
     /// A file that should hold compact tables does not (no compact metadata key).
     #[error("{source_name} is not a compact file (no {key:?} entry in its __metadata__): {fix}")]
     NotCompact {

@@ -238,11 +238,13 @@ Config precedence, lowest first: built-in defaults, the --config file's [default
 file's [tensors.\"GLOB\"] overrides, its [tensors.\"NAME\"] overrides."
 )]
 pub struct RunArgs {
-    /// The input safetensors file.
-    #[arg(value_name = "INPUT.safetensors")]
+    /// The input: a safetensors file, or a sharded checkpoint (its folder, or its
+    /// `*.safetensors.index.json`).
+    #[arg(value_name = "INPUT")]
     pub input: PathBuf,
-    /// The output safetensors file (never the input; not overwritten without --force).
-    #[arg(short, long, value_name = "OUTPUT.safetensors")]
+    /// The output safetensors file (never the input; not overwritten without --force). For a
+    /// sharded input: a folder (created if missing) that receives the same shards and a new index.
+    #[arg(short, long, value_name = "OUTPUT")]
     pub output: PathBuf,
     /// Sparsify the tensors matching this glob (repeatable).
     #[arg(long = "tensors", value_name = "GLOB")]
@@ -260,8 +262,9 @@ pub struct RunArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub config: RuleFlags,
-    /// Also write each mask as a U8 tensor (1 keep, 0 zero) of the same name and shape.
-    #[arg(long, value_name = "MASKS.safetensors")]
+    /// Also write each mask as a U8 tensor (1 keep, 0 zero) of the same name and shape (for a
+    /// sharded input: a folder of mask shards and their index).
+    #[arg(long, value_name = "MASKS")]
     pub masks: Option<PathBuf>,
     /// Also write the sparsifier's state (original data + masks + configs) for DataNormSparsifier::load_state.
     #[arg(long, value_name = "STATE.safetensors")]
@@ -336,8 +339,8 @@ pub struct ExpandArgs {
 /// `sparsify inspect`.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// The safetensors file.
-    #[arg(value_name = "FILE.safetensors")]
+    /// A safetensors file, or a sharded checkpoint (its folder, or its `*.safetensors.index.json`).
+    #[arg(value_name = "FILE")]
     pub file: PathBuf,
     /// Report format.
     #[arg(long, value_enum, default_value_t)]

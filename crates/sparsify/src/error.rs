@@ -76,6 +76,15 @@ pub enum CliError {
         source: std::io::Error,
     },
 
+    /// A sharded checkpoint's index is malformed or does not match its shards (the library's
+    /// [`InvalidIndex`](data_sparsifier::Error::InvalidIndex), which names the index).
+    #[error("{source}")]
+    Sharded {
+        /// The library's error.
+        #[source]
+        source: data_sparsifier::Error,
+    },
+
     /// An error from the library, with what the CLI was doing.
     #[error("{context}: {source}")]
     Library {

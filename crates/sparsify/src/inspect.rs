@@ -6,7 +6,7 @@ use std::path::Path;
 use data_sparsifier::format::FileDType as Dtype;
 use serde::Serialize;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, Input};
 use crate::error::Result;
 use crate::report::{self, Table};
 
@@ -29,6 +29,9 @@ pub struct TensorInfo {
     pub zero_fraction: f64,
     /// Whether it is a floating-point tensor `sparsify run` can sparsify.
     pub float: bool,
+    /// The shard file holding it (a sharded checkpoint only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
 }
 
 /// Totals over the file.
@@ -36,7 +39,9 @@ pub struct TensorInfo {
 pub struct InspectTotals {
     /// Number of tensors.
     pub tensors: usize,
-    /// File size.
+    /// Files: 1, or the shards of a sharded checkpoint.
+    pub shards: usize,
+    /// File size (of every shard).
     pub file_bytes: u64,
     /// Tensor data bytes.
     pub bytes: u64,
@@ -80,9 +85,10 @@ pub struct CompactInfo {
 /// What `inspect --report json` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct InspectReport {
-    /// The file.
+    /// The file (the folder or index given, for a sharded checkpoint).
     pub file: String,
-    /// The `__metadata__`.
+    /// The `__metadata__` (a sharded checkpoint: its index's `metadata`, values as JSON text
+    /// unless strings).
     pub metadata: BTreeMap<String, String>,
     /// The tensors, in file order.
     pub tensors: Vec<TensorInfo>,
@@ -121,28 +127,34 @@ pub fn count_zeros(dtype: Dtype, bytes: &[u8]) -> u64 {
     }
 }
 
-/// Inspects `path`.
+/// Inspects `path`: a safetensors file, or a sharded checkpoint (its folder or index).
 pub fn inspect(path: &Path) -> Result<InspectReport> {
-    let ck = Checkpoint::open(path)?;
-    let mut tensors = Vec::with_capacity(ck.tensors().len());
-    for (i, t) in ck.tensors().iter().enumerate() {
-        let bytes = ck.bytes(i);
-        let numel = t.numel() as u64;
-        let zeros = count_zeros(t.dtype, bytes);
-        tensors.push(TensorInfo {
-            name: t.name.clone(),
-            dtype: t.dtype.to_string(),
-            shape: t.shape.clone(),
-            bytes: bytes.len() as u64,
-            numel,
-            zeros,
-            zero_fraction: if numel == 0 {
-                0.0
-            } else {
-                zeros as f64 / numel as f64
-            },
-            float: t.dtype.float().is_some(),
-        });
+    let input = Input::open(path)?;
+    let mut tensors = Vec::with_capacity(input.tensors().len());
+    let mut compact = Vec::new();
+    for shard in input.shards() {
+        let ck = &shard.ck;
+        for (i, t) in ck.tensors().iter().enumerate() {
+            let bytes = ck.bytes(i);
+            let numel = t.numel() as u64;
+            let zeros = count_zeros(t.dtype, bytes);
+            tensors.push(TensorInfo {
+                name: t.name.clone(),
+                dtype: t.dtype.to_string(),
+                shape: t.shape.clone(),
+                bytes: bytes.len() as u64,
+                numel,
+                zeros,
+                zero_fraction: if numel == 0 {
+                    0.0
+                } else {
+                    zeros as f64 / numel as f64
+                },
+                float: t.dtype.float().is_some(),
+                shard: input.is_sharded().then(|| shard.file.clone()),
+            });
+        }
+        compact.extend(compact_tables(ck)?);
     }
     let sum = |f: &dyn Fn(&TensorInfo) -> u64, only_float: bool| -> u64 {
         tensors
@@ -154,14 +166,28 @@ pub fn inspect(path: &Path) -> Result<InspectReport> {
     let (numel, zeros) = (sum(&|t| t.numel, false), sum(&|t| t.zeros, false));
     let (fnumel, fzeros) = (sum(&|t| t.numel, true), sum(&|t| t.zeros, true));
     let frac = |z: u64, n: u64| if n == 0 { 0.0 } else { z as f64 / n as f64 };
-    let compact = compact_tables(&ck)?;
+    let metadata = match input.index() {
+        Some((_, index)) => index
+            .metadata()
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    v => v.to_string(),
+                };
+                (k.clone(), v)
+            })
+            .collect(),
+        None => input.shards()[0].ck.metadata().cloned().unwrap_or_default(),
+    };
     Ok(InspectReport {
         compact,
         file: path.display().to_string(),
-        metadata: ck.metadata().cloned().unwrap_or_default(),
+        metadata,
         totals: InspectTotals {
             tensors: tensors.len(),
-            file_bytes: ck.file_len() as u64,
+            shards: input.shards().len(),
+            file_bytes: input.file_len(),
             bytes: sum(&|t| t.bytes, false),
             numel,
             zeros,
@@ -220,15 +246,24 @@ fn compact_tables(ck: &Checkpoint) -> Result<Vec<CompactInfo>> {
 impl InspectReport {
     /// The human-readable table.
     pub fn render(&self) -> String {
-        let mut t = Table::new(&["tensor", "dtype", "shape", ">bytes", ">zeros"]);
+        let sharded = self.tensors.iter().any(|t| t.shard.is_some());
+        let mut cols = vec!["tensor", "dtype", "shape", ">bytes", ">zeros"];
+        if sharded {
+            cols.push("shard");
+        }
+        let mut t = Table::new(&cols);
         for r in &self.tensors {
-            t.row(vec![
+            let mut row = vec![
                 r.name.clone(),
                 r.dtype.clone(),
                 report::shape(&r.shape),
                 report::bytes(r.bytes),
                 report::percent(r.zero_fraction),
-            ]);
+            ];
+            if let Some(s) = r.shard.as_ref().filter(|_| sharded) {
+                row.push(s.clone());
+            }
+            t.row(row);
         }
         let mut out = format!("{}\n", self.file);
         out.push_str(&t.render());
@@ -259,8 +294,13 @@ impl InspectReport {
         }
         let tt = &self.totals;
         out.push_str(&format!(
-            "total: {} tensors, {} of data ({} file), {} zeros ({} of floating-point elements)\n",
+            "total: {} tensors{}, {} of data ({} file), {} zeros ({} of floating-point elements)\n",
             tt.tensors,
+            if sharded {
+                format!(" in {} shards", tt.shards)
+            } else {
+                String::new()
+            },
             report::bytes(tt.bytes),
             report::bytes(tt.file_bytes),
             report::percent(tt.zero_fraction),

@@ -27,14 +27,15 @@ use std::time::Instant;
 
 use data_sparsifier::compact::{CompactOptions, CompactSink, Encoding};
 use data_sparsifier::format::safetensors::{MaskSink, SquashedSink};
-use data_sparsifier::format::{CommitMode, Staged, TensorInfo, TensorSink};
+use data_sparsifier::format::sharded::{is_index_path, ShardIndex};
+use data_sparsifier::format::{AtomicFile, CommitMode, Staged, TensorInfo, TensorSink};
 use data_sparsifier::rule::{Registry, Rule};
 use data_sparsifier::state::{EntryHeader, StateHeader, StateWriter};
 use data_sparsifier::{validate_name, DataKind, Mask};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::checkpoint::{sparsify_shape, Checkpoint};
+use crate::checkpoint::{sparsify_shape, Input, Shard};
 use crate::cli::{FlagPatch, OutputFormat, RuleFlags};
 use crate::config_file::{choose_rule, resolve, ConfigFile};
 use crate::error::{CliError, Result};
@@ -125,6 +126,9 @@ pub struct TensorReport {
     pub numel: u64,
     /// Whether its bytes were read in place from the map (false: copied, being unaligned).
     pub zero_copy: bool,
+    /// The shard file holding it (sharded input only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
     /// Seconds computing the mask.
     pub mask_seconds: f64,
     /// Seconds squashing and writing.
@@ -142,8 +146,10 @@ pub struct RunTotals {
     pub sparsified: usize,
     /// Tensors copied unchanged.
     pub copied: usize,
-    /// Size of the input file.
+    /// Size of the input file (of every shard, for sharded input).
     pub bytes: u64,
+    /// Files read: 1, or the shards of a sharded input.
+    pub shards: usize,
     /// Bytes of sparsified tensors.
     pub sparsified_bytes: u64,
     /// Bytes of tensors copied unchanged.
@@ -170,9 +176,12 @@ pub struct RunReport {
     pub version: String,
     /// The input file.
     pub input: String,
-    /// The output file.
+    /// The output file (the output folder, for sharded input).
     pub output: String,
-    /// The masks file, if written.
+    /// The index written in the output folder (sharded input only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<String>,
+    /// The masks file (folder, for sharded input), if written.
     pub masks: Option<String>,
     /// The state file, if written.
     pub state: Option<String>,
@@ -219,7 +228,12 @@ impl RunReport {
                 report::bytes(p)
             ));
         }
-        out.push_str(&format!("wrote {}", self.output));
+        match &self.index {
+            Some(index) => {
+                out.push_str(&format!("wrote {} shards and {index}", self.totals.shards))
+            }
+            None => out.push_str(&format!("wrote {}", self.output)),
+        }
         if let Some(m) = &self.masks {
             out.push_str(&format!(", masks {m}"));
         }
@@ -351,7 +365,7 @@ struct Plan {
 }
 
 /// Select, then resolve the configs.
-fn plan(opts: &RunOptions, ck: &Checkpoint, source: &str) -> Result<Plan> {
+fn plan(opts: &RunOptions, input: &Input, source: &str) -> Result<Plan> {
     let file = opts.config.as_ref().map(ConfigFile::load).transpose()?;
     let rule = choose_rule(
         &Registry::builtin(),
@@ -359,7 +373,7 @@ fn plan(opts: &RunOptions, ck: &Checkpoint, source: &str) -> Result<Plan> {
         file.as_ref(),
     )?;
     let flags: FlagPatch = opts.flags.patch_for(rule.as_ref())?;
-    let tensors = ck.tensors();
+    let tensors = input.tensors();
     let selected = crate::select::select(tensors, &opts.tensors, &opts.exclude, source)?;
     let resolved = resolve(
         file.as_ref(),
@@ -412,13 +426,17 @@ fn state_names(tensors: &[TensorInfo], selected: &[usize]) -> Result<Vec<String>
 }
 
 /// The plan on stderr, with the rule's warnings.
-fn announce(plan: &Plan, ck: &Checkpoint, source: &str, ui: Ui) {
-    let tensors = ck.tensors();
+fn announce(plan: &Plan, input: &Input, source: &str, ui: Ui) {
+    let tensors = input.tensors();
+    let shards = match input.shards().len() {
+        n if input.is_sharded() => format!(" in {n} shards"),
+        _ => String::new(),
+    };
     ui.say(format!(
-        "sparsify: {} holds {} tensors ({}); sparsifying {} ({}), copying {} unchanged:",
+        "sparsify: {} holds {} tensors{shards} ({}); sparsifying {} ({}), copying {} unchanged:",
         source,
         tensors.len(),
-        report::bytes(ck.file_len() as u64),
+        report::bytes(input.file_len()),
         plan.selected.len(),
         report::bytes(plan.sel_bytes),
         tensors.len() - plan.selected.len(),
@@ -458,7 +476,10 @@ fn announce(plan: &Plan, ck: &Checkpoint, source: &str, ui: Ui) {
             shown.join(", ")
         ));
     }
-    if ck.metadata().is_some_and(|m| m.contains_key(METADATA_KEY)) {
+    if input.shards().iter().any(|s| {
+        s.ck.metadata()
+            .is_some_and(|m| m.contains_key(METADATA_KEY))
+    }) {
         ui.say(format!(
             "sparsify: note: the input already has a {METADATA_KEY:?} metadata entry; the output's replaces it"
         ));
@@ -468,9 +489,95 @@ fn announce(plan: &Plan, ck: &Checkpoint, source: &str, ui: Ui) {
 /// A sink and the path it writes.
 type Sinks = Vec<(PathBuf, Box<dyn TensorSink>)>;
 
-/// The sinks of a run, in the order their files are committed (the main output last).
-fn open_sinks(opts: &RunOptions, ck: &Checkpoint, plan: &Plan, source: &str) -> Result<Sinks> {
-    let tensors = ck.tensors();
+/// Where a run writes, per input file (one, or each shard): its output and `--masks` file, and for
+/// sharded input the two folders' indexes.
+struct Targets {
+    /// Per input file: the output file.
+    outputs: Vec<PathBuf>,
+    /// Per input file: the `--masks` file (sharded: only for a shard with a selected tensor).
+    masks: Vec<Option<PathBuf>>,
+    /// The output folder's index (sharded input).
+    out_index: Option<PathBuf>,
+    /// The masks folder's index (sharded input with `--masks`).
+    masks_index: Option<PathBuf>,
+}
+
+impl Targets {
+    /// A single file's: `--output` and `--masks` as given.
+    fn single(opts: &RunOptions) -> Targets {
+        Targets {
+            outputs: vec![opts.output.clone()],
+            masks: vec![opts.masks.clone()],
+            out_index: None,
+            masks_index: None,
+        }
+    }
+
+    /// A sharded input's: every shard under its own file name in the output folder (and in the
+    /// masks folder if it has a selected tensor), with an index of the input's index file name.
+    fn sharded(opts: &RunOptions, input: &Input, plan: &Plan) -> Targets {
+        let index_name = input
+            .index()
+            .and_then(|(p, _)| p.file_name())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(data_sparsifier::format::sharded::INDEX_FILE));
+        let masks = input
+            .shards()
+            .iter()
+            .map(|sh| {
+                let d = opts.masks.as_ref()?;
+                let any = sh.range().any(|g| plan.which[g].is_some());
+                any.then(|| d.join(&sh.file))
+            })
+            .collect();
+        Targets {
+            outputs: input
+                .shards()
+                .iter()
+                .map(|sh| opts.output.join(&sh.file))
+                .collect(),
+            masks,
+            out_index: Some(opts.output.join(&index_name)),
+            masks_index: opts.masks.as_ref().map(|d| d.join(&index_name)),
+        }
+    }
+
+    /// Every file to write, with its flag, for [`check_outputs`].
+    fn files<'a>(&'a self, state: Option<&'a Path>) -> Vec<(&'static str, &'a Path)> {
+        let mut v: Vec<(&'static str, &Path)> = Vec::new();
+        v.extend(self.outputs.iter().map(|p| ("--output", p.as_path())));
+        v.extend(self.out_index.iter().map(|p| ("--output", p.as_path())));
+        v.extend(
+            self.masks
+                .iter()
+                .flatten()
+                .map(|p| ("--masks", p.as_path())),
+        );
+        v.extend(self.masks_index.iter().map(|p| ("--masks", p.as_path())));
+        v.extend(state.map(|p| ("--state", p)));
+        v
+    }
+}
+
+/// The sinks of input file `s` (`--masks`, then the output: their commit order), each over that
+/// file's tensors, with metadata naming that file's sparsified tensors.
+fn open_sinks(
+    opts: &RunOptions,
+    input: &Input,
+    s: usize,
+    targets: &Targets,
+    plan: &Plan,
+) -> Result<Sinks> {
+    let shard: &Shard = &input.shards()[s];
+    let tensors = shard.ck.tensors();
+    let all = input.tensors();
+    let selected: Vec<(usize, &Value)> = plan
+        .selected
+        .iter()
+        .zip(&plan.configs)
+        .filter(|(g, _)| shard.range().contains(g))
+        .map(|(&g, c)| (g, c))
+        .collect();
     let compact = CompactOptions {
         encoding: opts.quantize,
         ..Default::default()
@@ -479,18 +586,16 @@ fn open_sinks(opts: &RunOptions, ck: &Checkpoint, plan: &Plan, source: &str) -> 
         tool: "sparsify",
         version: env!("CARGO_PKG_VERSION"),
         sparsifier: plan.rule.name(),
-        tensors: plan
-            .selected
+        tensors: selected
             .iter()
-            .zip(&plan.configs)
-            .map(|(&i, c)| (tensors[i].name.as_str(), c))
+            .map(|&(g, c)| (all[g].name.as_str(), c))
             .collect(),
         format: (opts.format == OutputFormat::Compact).then_some("compact"),
         encodings: (opts.format == OutputFormat::Compact).then(|| {
-            plan.selected
+            selected
                 .iter()
-                .map(|&i| {
-                    let t = &tensors[i];
+                .map(|&(g, _)| {
+                    let t = &all[g];
                     let e = t.dtype.float().map(|d| compact.encoding_for(d));
                     // A non-float tensor: `--quantize` is refused for it when the run reaches it.
                     let e = e.or(opts.quantize);
@@ -504,36 +609,33 @@ fn open_sinks(opts: &RunOptions, ck: &Checkpoint, plan: &Plan, source: &str) -> 
     })
     .map_err(|e| CliError::Usage(format!("cannot encode the config as JSON: {e}")))?;
     let mut sinks: Sinks = Vec::new();
-    if let Some(p) = &opts.state {
-        sinks.push((p.clone(), Box::new(state_sink(p, ck, plan, source)?)));
-    }
-    if let Some(p) = &opts.masks {
-        let selected: Vec<TensorInfo> = plan.selected.iter().map(|&i| tensors[i].clone()).collect();
+    if let Some(p) = &targets.masks[s] {
+        let infos: Vec<TensorInfo> = selected.iter().map(|&(g, _)| all[g].clone()).collect();
         let meta = BTreeMap::from([(METADATA_KEY.to_string(), meta_json.clone())]);
-        let sink = MaskSink::create(p, &selected, Some(&meta)).map_err(written(p))?;
+        let sink = MaskSink::create(p, &infos, Some(&meta)).map_err(written(p))?;
         sinks.push((p.clone(), Box::new(sink)));
     }
-    let mut metadata = ck.metadata().cloned().unwrap_or_default();
+    let mut metadata = shard.ck.metadata().cloned().unwrap_or_default();
     metadata.insert(METADATA_KEY.to_string(), meta_json);
+    let out_path = &targets.outputs[s];
     let out: Box<dyn TensorSink> = match opts.format {
         OutputFormat::Dense => Box::new(
-            SquashedSink::create(&opts.output, tensors, Some(&metadata))
-                .map_err(written(&opts.output))?,
+            SquashedSink::create(out_path, tensors, Some(&metadata)).map_err(written(out_path))?,
         ),
         OutputFormat::Compact => Box::new(
-            CompactSink::create(&opts.output, tensors, Some(&metadata), compact)
-                .map_err(written(&opts.output))?,
+            CompactSink::create(out_path, tensors, Some(&metadata), compact)
+                .map_err(written(out_path))?,
         ),
     };
-    sinks.push((opts.output.clone(), out));
+    sinks.push((out_path.clone(), out));
     Ok(sinks)
 }
 
 /// The `--state` sink: every selected tensor as an entry of the sparsifier's saved state, with
 /// the original data and the mask. Data of more than 2 dims is stored as the 2-D view it was
 /// sparsified as; the real shapes are recorded under `extra["sparsify"]`.
-fn state_sink(path: &Path, ck: &Checkpoint, plan: &Plan, source: &str) -> Result<StateWriter> {
-    let tensors = ck.tensors();
+fn state_sink(path: &Path, input: &Input, plan: &Plan, source: &str) -> Result<StateWriter> {
+    let tensors = input.tensors();
     let mut headers = Vec::with_capacity(plan.selected.len());
     for (k, &i) in plan.selected.iter().enumerate() {
         let t = &tensors[i];
@@ -591,47 +693,52 @@ pub(crate) fn written(p: &Path) -> impl Fn(data_sparsifier::Error) -> CliError {
     move |e| CliError::lib(s.clone(), e)
 }
 
-/// For each tensor in file order: the rule's mask for a selected one, then every sink.
-fn stream(ck: &Checkpoint, plan: &Plan, sinks: &mut Sinks, ui: Ui) -> Result<Vec<TensorReport>> {
-    let tensors = ck.tensors();
-    let pb = ui.progress(tensors.iter().map(|t| t.byte_len() as u64).sum());
-    let mut reports = Vec::with_capacity(plan.selected.len());
-    for (i, t) in tensors.iter().enumerate() {
-        match plan.which[i] {
+/// For each tensor of input file `shard` in file order: the rule's mask for a selected one, then
+/// every sink.
+fn stream(
+    input: &Input,
+    shard: &Shard,
+    plan: &Plan,
+    sinks: &mut Sinks,
+    pb: Option<&indicatif::ProgressBar>,
+    reports: &mut Vec<TensorReport>,
+) -> Result<()> {
+    let tensors = input.tensors();
+    for (i, g) in shard.range().enumerate() {
+        let t = &tensors[g];
+        match plan.which[g] {
             None => {
                 for (p, sink) in sinks.iter_mut() {
-                    sink.write_raw(&t.name, ck.bytes(i)).map_err(written(p))?;
+                    sink.write_raw(&t.name, shard.ck.bytes(i))
+                        .map_err(written(p))?;
                 }
             }
             Some(k) => {
-                if let Some(pb) = &pb {
+                if let Some(pb) = pb {
                     pb.set_message(t.name.clone());
                 }
-                reports.push(sparsify_one(ck, plan, i, k, sinks)?);
+                reports.push(sparsify_one(input, plan, g, k, sinks)?);
             }
         }
-        if let Some(pb) = &pb {
+        if let Some(pb) = pb {
             pb.inc(t.byte_len() as u64);
         }
     }
-    if let Some(pb) = pb {
-        pb.finish_and_clear();
-    }
-    Ok(reports)
+    Ok(())
 }
 
 /// One selected tensor: its mask by the rule, then every sink.
 fn sparsify_one(
-    ck: &Checkpoint,
+    input: &Input,
     plan: &Plan,
     i: usize,
     k: usize,
     sinks: &mut Sinks,
 ) -> Result<TensorReport> {
-    let t = &ck.tensors()[i];
+    let t = &input.tensors()[i];
     let t0 = Instant::now();
     float_dtype(t)?;
-    let data = ck.data(i)?;
+    let data = input.data(i)?;
     let shape = sparsify_shape(&t.shape);
     let view = data
         .view(&shape)
@@ -663,6 +770,7 @@ fn sparsify_one(
         zeroed,
         numel: mask.len() as u64,
         zero_copy: !data.is_copy(),
+        shard: input.is_sharded().then(|| input.locate(i).0.file.clone()),
         mask_seconds: (t1 - t0).as_secs_f64(),
         write_seconds: (t2 - t1).as_secs_f64(),
         seconds: (t2 - t0).as_secs_f64(),
@@ -683,15 +791,6 @@ fn rule_error(rule: &dyn Rule, name: &str, shape: &[usize], e: data_sparsifier::
         )),
         (e, _) => CliError::lib(format!("sparsifying tensor {name:?}"), e),
     }
-}
-
-/// Every sink finished (complete, fsynced), then all committed together, main output last.
-fn commit(sinks: Sinks, force: bool) -> Result<()> {
-    let mut staged = Staged::default();
-    for (p, sink) in sinks {
-        staged.extend(sink.finish().map_err(written(&p))?);
-    }
-    commit_staged(staged, force)
 }
 
 /// Commits staged outputs, all or nothing; an output that appeared meanwhile is
@@ -719,49 +818,246 @@ pub(crate) fn commit_staged(staged: Staged, force: bool) -> Result<()> {
     })
 }
 
-/// Runs `sparsify run`: select → resolve configs → for each tensor (rule → sinks) → commit →
-/// report.
+/// Folders a run created, removed again unless it filled them (an empty one after a failed run).
+#[derive(Default)]
+struct NewDirs(Vec<PathBuf>);
+
+impl NewDirs {
+    /// Creates `dir` if it does not exist (its parent must).
+    fn ensure(&mut self, flag: &str, dir: &Path) -> Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        std::fs::create_dir(dir).map_err(|e| {
+            CliError::Usage(format!(
+                "{flag} {}: cannot create the folder ({e}): create it, or give a folder that exists",
+                dir.display()
+            ))
+        })?;
+        self.0.push(dir.to_path_buf());
+        Ok(())
+    }
+}
+
+impl Drop for NewDirs {
+    fn drop(&mut self) {
+        for d in self.0.iter().rev() {
+            // Fails, as it should, on a folder the run filled.
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// The folder of a sharded input (the folder given, or the index's).
+fn input_dir(input: &Path) -> PathBuf {
+    if input.is_dir() {
+        return input.to_path_buf();
+    }
+    match input.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// For a sharded input: `--output` and `--masks` name folders (existing, or new in a folder that
+/// exists), other than the input's folder and each other.
+fn check_dirs(opts: &RunOptions) -> Result<()> {
+    let in_dir = input_dir(&opts.input);
+    let dirs: Vec<(&str, &Path)> = [
+        Some(("--output", opts.output.as_path())),
+        opts.masks.as_deref().map(|p| ("--masks", p)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut seen: Vec<(String, &Path)> = vec![("the input's folder".into(), in_dir.as_path())];
+    for (flag, d) in dirs {
+        if d.exists() && !d.is_dir() {
+            return Err(CliError::Usage(format!(
+                "{flag} {} is a file: with a sharded input ({}), {flag} names a folder for the shards and their index",
+                d.display(),
+                opts.input.display()
+            )));
+        }
+        let parent = match d.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if !d.exists() && !parent.is_dir() {
+            return Err(CliError::Usage(format!(
+                "the folder of {flag} {} does not exist: create {} first",
+                d.display(),
+                parent.display()
+            )));
+        }
+        for (role, q) in &seen {
+            if same_file(q, d) {
+                return Err(CliError::SamePath {
+                    what_a: role.clone(),
+                    what_b: flag.to_string(),
+                    path: d.display().to_string(),
+                });
+            }
+        }
+        seen.push((flag.to_string(), d));
+    }
+    Ok(())
+}
+
+/// A shard index for `files` (tensor, shard file name, bytes), with the input index's metadata,
+/// its `total_size` recounted, and what was done under [`METADATA_KEY`]; staged, not in place.
+fn stage_index(
+    path: &Path,
+    input_meta: &serde_json::Map<String, Value>,
+    plan: &Plan,
+    files: Vec<(String, String, u64)>,
+) -> Result<AtomicFile> {
+    use std::io::Write;
+    let mut meta = input_meta.clone();
+    meta.insert(
+        "total_size".into(),
+        Value::from(files.iter().map(|f| f.2).sum::<u64>()),
+    );
+    meta.insert(
+        METADATA_KEY.into(),
+        serde_json::json!({
+            "tool": "sparsify",
+            "version": env!("CARGO_PKG_VERSION"),
+            "sparsifier": plan.rule.name(),
+        }),
+    );
+    let shown = path.display().to_string();
+    let index = ShardIndex::new(&shown, meta, files.into_iter().map(|(t, s, _)| (t, s)))
+        .map_err(|e| CliError::lib(format!("writing {shown}"), e))?;
+    let mut f = AtomicFile::create(path).map_err(written(path))?;
+    f.write_all(index.to_json().as_bytes())
+        .map_err(|e| CliError::io(path, e))?;
+    f.sync().map_err(written(path))?;
+    Ok(f)
+}
+
+/// Runs `sparsify run`: select → resolve configs → for each input file, each tensor (rule →
+/// sinks) → commit every output together → report.
 pub fn run(opts: &RunOptions, ui: Ui) -> Result<RunReport> {
     let started = Instant::now();
     let alloc_base = crate::alloc::reset_peak();
-    check_paths(opts)?;
+    let sharded = opts.input.is_dir() || is_index_path(&opts.input);
+    if sharded {
+        check_dirs(opts)?;
+    } else {
+        check_paths(opts)?;
+    }
     if let (Some(q), OutputFormat::Dense) = (opts.quantize, opts.format) {
         return Err(CliError::Usage(format!(
             "--quantize {q} needs --format compact (a dense output stores the values as they are)"
         )));
     }
-    let ck = Checkpoint::open(&opts.input)?;
+    let input = Input::open(&opts.input)?;
     let source = opts.input.display().to_string();
-    let plan = plan(opts, &ck, &source)?;
-    announce(&plan, &ck, &source, ui);
-    let mut sinks = open_sinks(opts, &ck, &plan, &source)?;
-    let reports = stream(&ck, &plan, &mut sinks, ui)?;
-    commit(sinks, opts.force)?;
+    let plan = plan(opts, &input, &source)?;
+    let mut new_dirs = NewDirs::default();
+    let targets = if sharded {
+        let t = Targets::sharded(opts, &input, &plan);
+        new_dirs.ensure("--output", &opts.output)?;
+        if let Some(m) = &opts.masks {
+            new_dirs.ensure("--masks", m)?;
+        }
+        let index = input.index().map_or(opts.input.as_path(), |(p, _)| p);
+        check_outputs(index, &t.files(opts.state.as_deref()), opts.force)?;
+        t
+    } else {
+        Targets::single(opts)
+    };
+    announce(&plan, &input, &source, ui);
+    let mut state: Option<(PathBuf, Box<dyn TensorSink>)> = match &opts.state {
+        Some(p) => Some((p.clone(), Box::new(state_sink(p, &input, &plan, &source)?))),
+        None => None,
+    };
+    let pb = ui.progress(input.tensors().iter().map(|t| t.byte_len() as u64).sum());
+    let mut reports = Vec::with_capacity(plan.selected.len());
+    let (mut masks_staged, mut outs_staged) = (Staged::default(), Staged::default());
+    // (tensor, shard file, bytes) of every output and masks shard, for the indexes.
+    let (mut out_files, mut mask_files) = (Vec::new(), Vec::new());
+    for (s, shard) in input.shards().iter().enumerate() {
+        let mut sinks = open_sinks(opts, &input, s, &targets, &plan)?;
+        let with_state = state.is_some();
+        if let Some(st) = state.take() {
+            sinks.insert(0, st);
+        }
+        stream(&input, shard, &plan, &mut sinks, pb.as_ref(), &mut reports)?;
+        if with_state {
+            state = Some(sinks.remove(0));
+        }
+        let n = sinks.len();
+        for (j, (p, sink)) in sinks.into_iter().enumerate() {
+            let is_output = j + 1 == n;
+            if sharded {
+                let files = if is_output {
+                    &mut out_files
+                } else {
+                    &mut mask_files
+                };
+                for t in sink.stored_tensors().unwrap_or_default() {
+                    let bytes = t.byte_len() as u64;
+                    files.push((t.name, shard.file.clone(), bytes));
+                }
+            }
+            let staged = sink.finish().map_err(written(&p))?;
+            if is_output {
+                outs_staged.extend(staged);
+            } else {
+                masks_staged.extend(staged);
+            }
+        }
+    }
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    // Commit order: state, masks, the masks index, outputs, the output index last (what a
+    // reader opens first appears last).
+    let mut staged = Staged::default();
+    if let Some((p, sink)) = state {
+        staged.extend(sink.finish().map_err(written(&p))?);
+    }
+    staged.extend(masks_staged);
+    let empty = serde_json::Map::new();
+    let input_meta = input.index().map_or(&empty, |(_, i)| i.metadata());
+    if let Some(p) = &targets.masks_index {
+        staged.push(stage_index(p, input_meta, &plan, mask_files)?);
+    }
+    staged.extend(outs_staged);
+    if let Some(p) = &targets.out_index {
+        staged.push(stage_index(p, input_meta, &plan, out_files)?);
+    }
+    commit_staged(staged, opts.force)?;
+    drop(new_dirs);
     Ok(finish_report(
-        opts, &ck, &plan, reports, started, alloc_base,
+        opts, &input, &targets, &plan, reports, started, alloc_base,
     ))
 }
 
 /// The report of a committed run.
 fn finish_report(
     opts: &RunOptions,
-    ck: &Checkpoint,
+    input: &Input,
+    targets: &Targets,
     plan: &Plan,
     reports: Vec<TensorReport>,
     started: Instant,
     alloc_base: usize,
 ) -> RunReport {
-    let tensors = ck.tensors();
+    let tensors = input.tensors();
     let seconds = started.elapsed().as_secs_f64();
     let zeroed: u64 = reports.iter().map(|r| r.zeroed).sum();
     let numel: u64 = reports.iter().map(|r| r.numel).sum();
     let mask_seconds: f64 = reports.iter().map(|r| r.mask_seconds).sum();
-    let file_bytes = ck.file_len() as u64;
+    let file_bytes = input.file_len();
     let sel_bytes = plan.sel_bytes;
     RunReport {
         version: env!("CARGO_PKG_VERSION").to_string(),
         input: opts.input.display().to_string(),
         output: opts.output.display().to_string(),
+        index: targets.out_index.as_ref().map(|p| p.display().to_string()),
         masks: opts.masks.as_ref().map(|p| p.display().to_string()),
         state: opts.state.as_ref().map(|p| p.display().to_string()),
         rule: plan.rule.kind().to_string(),
@@ -770,6 +1066,7 @@ fn finish_report(
             sparsified: plan.selected.len(),
             copied: tensors.len() - plan.selected.len(),
             bytes: file_bytes,
+            shards: input.shards().len(),
             sparsified_bytes: sel_bytes,
             copied_bytes: tensors.iter().map(|t| t.byte_len() as u64).sum::<u64>() - sel_bytes,
             sparsity: if numel == 0 {

@@ -130,6 +130,16 @@ impl CompactSink {
     }
 }
 
+impl CompactSink {
+    /// The stored tensors and their bytes, in file order: largest elements first, so every
+    /// offset is a multiple of each dtype's size.
+    fn layout(&self) -> Vec<(TensorInfo, std::borrow::Cow<'_, [u8]>)> {
+        let mut all: Vec<_> = self.pending.iter().flat_map(parts).collect();
+        all.sort_by_key(|(i, _)| std::cmp::Reverse(i.dtype.size_in_bytes()));
+        all
+    }
+}
+
 impl TensorSink for CompactSink {
     fn write_raw(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
         let info = self.take(name)?;
@@ -173,20 +183,21 @@ impl TensorSink for CompactSink {
                 })
                 .collect(),
         };
-        let mut metadata = self.metadata;
+        let mut metadata = self.metadata.clone();
         metadata.insert(
             METADATA_KEY.to_string(),
             serde_json::to_string(&meta).map_err(|e| Error::invalid_state(e.to_string()))?,
         );
-        let mut all: Vec<_> = self.pending.iter().flat_map(parts).collect();
-        // Largest elements first: every offset is then a multiple of each dtype's size.
-        all.sort_by_key(|(i, _)| std::cmp::Reverse(i.dtype.size_in_bytes()));
+        let all = self.layout();
         let infos: Vec<TensorInfo> = all.iter().map(|(i, _)| i.clone()).collect();
         let mut w = SafetensorsWriter::create(&self.path, &infos, Some(&metadata))?;
         for (_, bytes) in &all {
             w.write(bytes)?;
         }
         Ok(Staged::one(w.finish_uncommitted()?))
+    }
+    fn stored_tensors(&self) -> Option<Vec<TensorInfo>> {
+        Some(self.layout().into_iter().map(|(i, _)| i).collect())
     }
 }
 

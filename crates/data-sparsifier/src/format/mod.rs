@@ -19,6 +19,7 @@
 //! source and sinks; nothing else changes.
 
 pub mod safetensors;
+pub mod sharded;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -236,4 +237,10 @@ pub trait TensorSink {
     /// Checks that everything declared was written and fsyncs; nothing is in place until the
     /// returned [`Staged`] is committed.
     fn finish(self: Box<Self>) -> Result<Staged>;
+    /// The tensors the output file holds, in its order, once everything is written (call it
+    /// after the last write, before [`finish`](Self::finish)); what a shard index lists. `None`
+    /// for a sink whose output is not one tensor file.
+    fn stored_tensors(&self) -> Option<Vec<TensorInfo>> {
+        None
+    }
 }

@@ -488,27 +488,28 @@ impl SafetensorsWriter {
 
 /// The names a sink declared, in order, and which comes next.
 struct Declared {
-    names: Vec<String>,
+    /// The tensors as stored, in order.
+    stored: Vec<TensorInfo>,
     next: usize,
 }
 
 impl Declared {
-    fn new(tensors: &[TensorInfo]) -> Self {
+    fn new(stored: &[TensorInfo]) -> Self {
         Declared {
-            names: tensors.iter().map(|t| t.name.clone()).collect(),
+            stored: stored.to_vec(),
             next: 0,
         }
     }
     /// Whether `name` is the next declared tensor.
     fn is_next(&self, name: &str) -> bool {
-        self.names.get(self.next).is_some_and(|n| n == name)
+        self.stored.get(self.next).is_some_and(|t| t.name == name)
     }
     /// Advances past `name`, which must be the next declared tensor.
     fn take(&mut self, name: &str, path: &str) -> Result<()> {
         if !self.is_next(name) {
             return Err(Error::invalid_state(format!(
                 "writing {path}: tensor {name:?} is not the next one declared ({:?})",
-                self.names.get(self.next)
+                self.stored.get(self.next).map(|t| &t.name)
             )));
         }
         self.next += 1;
@@ -590,6 +591,9 @@ impl TensorSink for SquashedSink {
     fn finish(self: Box<Self>) -> Result<Staged> {
         Ok(Staged::one(self.w.finish_uncommitted()?))
     }
+    fn stored_tensors(&self) -> Option<Vec<TensorInfo>> {
+        Some(self.declared.stored.clone())
+    }
 }
 
 /// Each sparsified tensor's mask as a dense `U8` tensor (1 keep, 0 zero) of the tensor's name
@@ -612,8 +616,8 @@ impl MaskSink {
             .map(|t| TensorInfo::new(t.name.clone(), FileDType::U8, t.shape.clone()))
             .collect();
         Ok(MaskSink {
+            declared: Declared::new(&headers),
             w: SafetensorsWriter::create(path, &headers, metadata)?,
-            declared: Declared::new(tensors),
         })
     }
 }
@@ -647,6 +651,9 @@ impl TensorSink for MaskSink {
     }
     fn finish(self: Box<Self>) -> Result<Staged> {
         Ok(Staged::one(self.w.finish_uncommitted()?))
+    }
+    fn stored_tensors(&self) -> Option<Vec<TensorInfo>> {
+        Some(self.declared.stored.clone())
     }
 }
 
