@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Arg, ArgAction, ArgMatches, Args, Parser, Subcommand, ValueEnum};
+use data_sparsifier::norm::budget::Normalization;
 use data_sparsifier::rule::{Field, Registry, Rule};
 use data_sparsifier::DType;
 use serde_json::Value;
@@ -262,6 +263,16 @@ pub struct RunArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub config: RuleFlags,
+    /// One sparsity budget over all selected tensors: prune this fraction of all their blocks,
+    /// the lowest-scoring wherever they are; each tensor's level follows (datanorm rule; see
+    /// docs/global-budget.md). Also `global_sparsity = F` in the --config file.
+    #[arg(long, value_name = "F")]
+    pub global_sparsity: Option<f64>,
+    /// How --global-sparsity compares block scores across tensors: `mean` (each over its
+    /// tensor's mean block score, the default) or `none` (raw scores, as PyTorch's
+    /// global_unstructured).
+    #[arg(long, value_name = "mean|none", value_parser = parse_normalization)]
+    pub global_normalization: Option<Normalization>,
     /// Also write each mask as a U8 tensor (1 keep, 0 zero) of the same name and shape (for a
     /// sharded input: a folder of mask shards and their index).
     #[arg(long, value_name = "MASKS")]
@@ -400,6 +411,14 @@ fn parse_dtype(s: &str) -> Result<DType, String> {
     s.trim()
         .parse::<DType>()
         .map_err(|_| format!("{s:?} is not a dtype: use f32, f16, bf16 or f64"))
+}
+
+fn parse_normalization(s: &str) -> std::result::Result<Normalization, String> {
+    s.parse().map_err(|_| {
+        format!(
+            "{s:?}: give mean (each score over its tensor's mean block score) or none (raw scores)"
+        )
+    })
 }
 
 #[cfg(test)]

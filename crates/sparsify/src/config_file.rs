@@ -4,6 +4,12 @@
 //! # the mask rule (optional; `--rule` overrides it): "datanorm" (the default) or "magnitude"
 //! rule = "datanorm"
 //!
+//! # one sparsity budget over every selected tensor (optional; `--global-sparsity` overrides
+//! # it): the lowest-scoring blocks across all of them are pruned, and each tensor's
+//! # sparsity_level follows from it (so none may be set). docs/global-budget.md
+//! # global_sparsity = 0.8
+//! # global_normalization = "mean"   # "mean" (the default) or "none" (raw scores)
+//!
 //! # defaults for every selected tensor (any key of the rule may be left out)
 //! [defaults]
 //! sparsity_level = 0.8
@@ -39,6 +45,8 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
+
+use data_sparsifier::norm::budget::{GlobalBudget, Normalization};
 
 use data_sparsifier::rule::{merge, Registry, Rule, Schema};
 use globset::GlobMatcher;
@@ -129,6 +137,10 @@ pub struct ConfigFile {
     pub path: String,
     /// The `rule = "..."` key and its line.
     pub rule: Option<(String, usize)>,
+    /// The `global_sparsity = F` key and its line.
+    pub global_sparsity: Option<(f64, usize)>,
+    /// The `global_normalization = "..."` key and its line.
+    pub global_normalization: Option<(Normalization, usize)>,
     /// The `[defaults]` table.
     pub defaults: Option<PatchTable>,
     /// The `[tensors."..."]` tables, in file order.
@@ -141,6 +153,8 @@ type RawTable = BTreeMap<String, Spanned<toml::Value>>;
 #[serde(deny_unknown_fields)]
 struct RawFile {
     rule: Option<Spanned<String>>,
+    global_sparsity: Option<Spanned<toml::Value>>,
+    global_normalization: Option<Spanned<String>>,
     defaults: Option<Spanned<RawTable>>,
     tensors: Option<BTreeMap<String, Spanned<RawTable>>>,
 }
@@ -270,11 +284,58 @@ impl ConfigFile {
                 });
             }
         }
+        let global_sparsity = match raw.global_sparsity {
+            Some(g) => {
+                let span = g.span();
+                let bad = || {
+                    err(
+                        Some(span.clone()),
+                        format!(
+                            "global_sparsity = {}: give the fraction of all blocks to prune, a number in [0, 1]",
+                            g.get_ref()
+                        ),
+                    )
+                };
+                let v = match g.get_ref() {
+                    toml::Value::Float(f) => *f,
+                    toml::Value::Integer(i) => *i as f64,
+                    _ => return Err(bad()),
+                };
+                GlobalBudget::new(v).map_err(|_| bad())?;
+                Some((v, line_of(text, span.start)))
+            }
+            None => None,
+        };
+        let global_normalization = match raw.global_normalization {
+            Some(n) => {
+                let span = n.span();
+                let v: Normalization = n.get_ref().parse().map_err(|_| {
+                    err(
+                        Some(span.clone()),
+                        format!(
+                            "global_normalization = {:?}: give \"mean\" (each score over its tensor's mean block score) or \"none\" (raw scores)",
+                            n.get_ref()
+                        ),
+                    )
+                })?;
+                Some((v, line_of(text, span.start)))
+            }
+            None => None,
+        };
+        if let (Some((_, line)), None) = (&global_normalization, &global_sparsity) {
+            return Err(CliError::ConfigFile {
+                file: path.to_string(),
+                line: *line,
+                message: "global_normalization without global_sparsity does nothing: set global_sparsity too, or remove it".into(),
+            });
+        }
         let file = ConfigFile {
             path: path.to_string(),
             rule: raw
                 .rule
                 .map(|r| (r.get_ref().clone(), line_of(text, r.span().start))),
+            global_sparsity,
+            global_normalization,
             defaults,
             overrides,
         };
@@ -289,6 +350,15 @@ impl ConfigFile {
             t.patch(rule, &self.path)?;
         }
         Ok(())
+    }
+    /// The first table that sets `key`: (its label, the key's line).
+    pub fn first_setting(&self, key: &str) -> Option<(&str, usize)> {
+        self.tables().find_map(|t| {
+            t.keys
+                .iter()
+                .find(|(k, _, _)| k == key)
+                .map(|(_, line, _)| (t.label.as_str(), *line))
+        })
     }
     fn tables(&self) -> impl Iterator<Item = &PatchTable> {
         self.defaults

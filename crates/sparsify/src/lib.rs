@@ -51,6 +51,7 @@
 
 pub mod alloc;
 pub mod bench;
+pub mod budget;
 pub mod checkpoint;
 pub mod cli;
 pub mod config_file;
@@ -148,6 +149,8 @@ pub fn execute(cli: Cli) -> Result<()> {
                 state: a.state,
                 format: a.format,
                 quantize: a.quantize.map(Into::into),
+                global_sparsity: a.global_sparsity,
+                global_normalization: a.global_normalization,
                 force: a.force,
             };
             let r = run::run(&opts, Ui { quiet: a.quiet })?;

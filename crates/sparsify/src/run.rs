@@ -35,11 +35,13 @@ use data_sparsifier::{validate_name, DataKind, Mask};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::budget::GlobalReport;
 use crate::checkpoint::{sparsify_shape, Input, Shard};
 use crate::cli::{FlagPatch, OutputFormat, RuleFlags};
 use crate::config_file::{choose_rule, resolve, ConfigFile};
 use crate::error::{CliError, Result};
 use crate::report::{self, Table};
+use data_sparsifier::norm::budget::{GlobalBudget, Normalization};
 
 /// The metadata key added to the output (and `--masks`) file.
 pub const METADATA_KEY: &str = "sparsify";
@@ -67,6 +69,10 @@ pub struct RunOptions {
     pub format: OutputFormat,
     /// `--quantize`: the encoding of a compact output's tables (`None`: their own dtype).
     pub quantize: Option<Encoding>,
+    /// `--global-sparsity`: one level over all selected tensors (overrides the config file's).
+    pub global_sparsity: Option<f64>,
+    /// `--global-normalization` (overrides the config file's).
+    pub global_normalization: Option<Normalization>,
     /// Overwrite existing outputs.
     pub force: bool,
 }
@@ -126,6 +132,13 @@ pub struct TensorReport {
     pub numel: u64,
     /// Whether its bytes were read in place from the map (false: copied, being unaligned).
     pub zero_copy: bool,
+    /// Under a global budget: the tensor's blocks, and how many of them the budget pruned (its
+    /// resulting level, `pruned_blocks / blocks`, is its config's `sparsity_level`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<u64>,
+    /// See `blocks`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruned_blocks: Option<u64>,
     /// The shard file holding it (sharded input only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shard: Option<String>,
@@ -187,6 +200,9 @@ pub struct RunReport {
     pub state: Option<String>,
     /// The rule's kind.
     pub rule: String,
+    /// The global sparsity budget, if one was applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub global: Option<GlobalReport>,
     /// Every sparsified tensor, in file order.
     pub tensors: Vec<TensorReport>,
     /// Totals.
@@ -222,6 +238,19 @@ impl RunReport {
             tt.gbps,
             tt.mask_gbps,
         ));
+        if let Some(g) = &self.global {
+            out.push_str(&format!(
+                "global budget: {} of all {} blocks of {} tensors pruned ({} blocks; normalization {}; each tensor's level is in its config), threshold in {} pass{} over the data, {}\n",
+                report::percent(g.level),
+                g.total_blocks,
+                g.tensors,
+                g.pruned_blocks,
+                g.normalization,
+                g.rounds,
+                if g.rounds == 1 { "" } else { "es" },
+                report::seconds(g.seconds),
+            ));
+        }
         if let Some(p) = tt.peak_alloc_bytes {
             out.push_str(&format!(
                 "peak heap memory: {} (the input is memory-mapped, not read into memory)\n",
@@ -362,6 +391,8 @@ struct Plan {
     state_names: Vec<String>,
     /// Bytes of the selected tensors.
     sel_bytes: u64,
+    /// The global sparsity budget, if asked for (the configs' levels are then its).
+    budget: Option<GlobalBudget>,
 }
 
 /// Select, then resolve the configs.
@@ -387,6 +418,13 @@ fn plan(opts: &RunOptions, input: &Input, source: &str) -> Result<Plan> {
         Some(_) => state_names(tensors, &selected)?,
         None => Vec::new(),
     };
+    let budget = crate::budget::choose(
+        opts.global_sparsity,
+        opts.global_normalization,
+        file.as_ref(),
+        rule.as_ref(),
+        &flags,
+    )?;
     let mut which = vec![None; tensors.len()];
     for (k, &i) in selected.iter().enumerate() {
         which[i] = Some(k);
@@ -398,6 +436,7 @@ fn plan(opts: &RunOptions, input: &Input, source: &str) -> Result<Plan> {
         which,
         configs: resolved.configs,
         state_names,
+        budget,
     })
 }
 
@@ -770,6 +809,8 @@ fn sparsify_one(
         zeroed,
         numel: mask.len() as u64,
         zero_copy: !data.is_copy(),
+        blocks: None,
+        pruned_blocks: None,
         shard: input.is_sharded().then(|| input.locate(i).0.file.clone()),
         mask_seconds: (t1 - t0).as_secs_f64(),
         write_seconds: (t2 - t1).as_secs_f64(),
@@ -779,7 +820,12 @@ fn sparsify_one(
 
 /// A rule's error on a tensor. NaN gets the fix in the CLI's terms: the flag of the rule's
 /// `nan_policy` key, when it has one.
-fn rule_error(rule: &dyn Rule, name: &str, shape: &[usize], e: data_sparsifier::Error) -> CliError {
+pub(crate) fn rule_error(
+    rule: &dyn Rule,
+    name: &str,
+    shape: &[usize],
+    e: data_sparsifier::Error,
+) -> CliError {
     let nan_flag = rule.schema().field("nan_policy").map(|f| match f.flag {
         Some(flag) => format!("--{flag} rank-last"),
         None => "--set nan_policy=rank_last".to_string(),
@@ -954,7 +1000,26 @@ pub fn run(opts: &RunOptions, ui: Ui) -> Result<RunReport> {
     }
     let input = Input::open(&opts.input)?;
     let source = opts.input.display().to_string();
-    let plan = plan(opts, &input, &source)?;
+    let mut plan = plan(opts, &input, &source)?;
+    let mut global = None;
+    if let Some(budget) = plan.budget {
+        for &g in &plan.selected {
+            float_dtype(&input.tensors()[g])?;
+        }
+        ui.say(format!(
+            "sparsify: global budget {}: ranking every block of the {} selected tensors (normalization {})",
+            report::percent(budget.level()),
+            plan.selected.len(),
+            budget.normalization()
+        ));
+        global = Some(crate::budget::apply(
+            &budget,
+            &input,
+            &plan.selected,
+            &mut plan.configs,
+            plan.rule.as_ref(),
+        )?);
+    }
     let mut new_dirs = NewDirs::default();
     let targets = if sharded {
         let t = Targets::sharded(opts, &input, &plan);
@@ -1031,9 +1096,16 @@ pub fn run(opts: &RunOptions, ui: Ui) -> Result<RunReport> {
     }
     commit_staged(staged, opts.force)?;
     drop(new_dirs);
-    Ok(finish_report(
-        opts, &input, &targets, &plan, reports, started, alloc_base,
-    ))
+    let mut report = finish_report(opts, &input, &targets, &plan, reports, started, alloc_base);
+    if let Some((g, selection)) = global {
+        for r in &mut report.tensors {
+            if let Some(t) = selection.get(&r.name) {
+                (r.blocks, r.pruned_blocks) = (Some(t.blocks), Some(t.pruned_blocks));
+            }
+        }
+        report.global = Some(g);
+    }
+    Ok(report)
 }
 
 /// The report of a committed run.
@@ -1061,6 +1133,7 @@ fn finish_report(
         masks: opts.masks.as_ref().map(|p| p.display().to_string()),
         state: opts.state.as_ref().map(|p| p.display().to_string()),
         rule: plan.rule.kind().to_string(),
+        global: None,
         totals: RunTotals {
             tensors: tensors.len(),
             sparsified: plan.selected.len(),

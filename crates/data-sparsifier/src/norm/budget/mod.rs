@@ -261,20 +261,73 @@ impl GlobalBudget {
     /// returns the selection; masks are then computed one tensor at a time with
     /// [`Selection::mask`]. Errors: those of [`Survey::add`] and [`Tally::add`].
     pub fn select(&self, tensors: &[BudgetTensor<'_>]) -> Result<Selection> {
+        self.select_from(tensors)
+    }
+
+    /// [`select`](Self::select) over tensors that a [`BudgetSource`] hands out one at a time,
+    /// once per pass: only one tensor need be in memory (or mapped in) at a time.
+    ///
+    /// ```
+    /// use data_sparsifier::norm::budget::{BudgetSource, BudgetTensor, GlobalBudget};
+    /// use data_sparsifier::norm::DataNormConfig;
+    /// use data_sparsifier::{random::randn, DType, Result};
+    /// /// Tables made on demand (a file map, a fetch from a parameter server, ...).
+    /// struct Fetch(DataNormConfig);
+    /// impl BudgetSource for Fetch {
+    ///     fn len(&self) -> usize { 3 }
+    ///     fn with_tensor(&self, i: usize, f: &mut dyn FnMut(BudgetTensor<'_>) -> Result<()>) -> Result<()> {
+    ///         let t = randn([100 * (i + 1), 16], DType::F32, i as u64);
+    ///         f(BudgetTensor::new(["a", "b", "c"][i], t.view(), &self.0))
+    ///     }
+    /// }
+    /// let sel = GlobalBudget::new(0.5).unwrap().select_from(&Fetch(DataNormConfig::default())).unwrap();
+    /// assert_eq!(sel.pruned_blocks(), 1200); // of 2400 blocks
+    /// ```
+    pub fn select_from<S: BudgetSource + ?Sized>(&self, tensors: &S) -> Result<Selection> {
         let mut survey = self.survey();
-        for t in tensors {
-            survey.add(t.name, t.data, t.config)?;
+        for i in 0..tensors.len() {
+            tensors.with_tensor(i, &mut |t| survey.add(t.name, t.data, t.config))?;
         }
         let mut plan = survey.plan()?;
         loop {
             let mut tally = plan.tally();
-            for t in tensors {
-                tally.add(t.name, t.data, t.config)?;
+            for i in 0..tensors.len() {
+                tensors.with_tensor(i, &mut |t| tally.add(t.name, t.data, t.config))?;
             }
             match tally.resolve()? {
                 Resolution::Done(s) => return Ok(s),
                 Resolution::Refine(next) => plan = next,
             }
         }
+    }
+}
+
+/// The tensors of a budget, handed out one at a time, as often as the passes need
+/// ([`GlobalBudget::select_from`]); a slice of [`BudgetTensor`]s is one.
+pub trait BudgetSource {
+    /// Number of tensors.
+    fn len(&self) -> usize;
+    /// Whether there is none.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Calls `f` with tensor `i` (`i < len()`); returns `f`'s error, or the source's own.
+    fn with_tensor(
+        &self,
+        i: usize,
+        f: &mut dyn FnMut(BudgetTensor<'_>) -> Result<()>,
+    ) -> Result<()>;
+}
+
+impl BudgetSource for [BudgetTensor<'_>] {
+    fn len(&self) -> usize {
+        <[BudgetTensor<'_>]>::len(self)
+    }
+    fn with_tensor(
+        &self,
+        i: usize,
+        f: &mut dyn FnMut(BudgetTensor<'_>) -> Result<()>,
+    ) -> Result<()> {
+        f(self[i])
     }
 }
