@@ -385,16 +385,36 @@ impl Mask {
     /// A dense `u8` buffer, 1 = keep, 0 = zero.
     pub fn to_dense_u8(&self) -> Vec<u8> {
         let mut out = vec![0u8; self.len];
-        out.par_chunks_mut(PAR_CHUNK_ELEMS)
-            .zip(self.words.par_chunks(PAR_CHUNK_WORDS))
-            .for_each(|(out, words)| {
-                for (o, w) in out.chunks_mut(64).zip(words) {
-                    for (j, b) in o.iter_mut().enumerate() {
-                        *b = ((w >> j) & 1) as u8;
-                    }
-                }
-            });
+        dense_u8_words(&self.words, &mut out);
         out
+    }
+
+    /// Writes the dense `u8` form (1 = keep, 0 = zero) of the mask elements
+    /// `start .. start + out.len()` into `out`: the chunk-wise form of
+    /// [`to_dense_u8`](Self::to_dense_u8), for writers that stream a large mask through a small
+    /// buffer. `start` must be a multiple of 64 (a whole mask word).
+    ///
+    /// ```
+    /// use data_sparsifier::Mask;
+    /// let mut m = Mask::ones([130]);
+    /// m.zero_range(64..66);
+    /// let mut out = [9u8; 66];
+    /// m.dense_u8_into_at(64, &mut out).unwrap();
+    /// assert_eq!(&out[..3], &[0, 0, 1]);
+    /// assert_eq!(m.dense_u8_into_at(1, &mut out[..1]).is_err(), true);
+    /// ```
+    pub fn dense_u8_into_at(&self, start: usize, out: &mut [u8]) -> Result<()> {
+        if start % 64 != 0 || start.saturating_add(out.len()) > self.len {
+            return Err(Error::ShapeMismatch {
+                what: format!(
+                    "mask chunk at element {start} (must be a multiple of 64 and inside the mask)"
+                ),
+                expected: vec![self.len],
+                actual: vec![out.len()],
+            });
+        }
+        dense_u8_words(&self.words[start / 64..], out);
+        Ok(())
     }
     /// A dense `bool` buffer.
     ///
@@ -560,8 +580,14 @@ impl Mask {
                 actual: vec![src.len(), dst.len()],
             });
         }
-        dst.copy_from_slice(src);
-        Self::apply_words(&self.words[start / 64..], dst);
+        // In parallel, each piece copied and masked while it is in cache: one pass over memory.
+        dst.par_chunks_mut(PAR_CHUNK_ELEMS)
+            .zip(src.par_chunks(PAR_CHUNK_ELEMS))
+            .zip(self.words[start / 64..].par_chunks(PAR_CHUNK_WORDS))
+            .for_each(|((d, s), words)| {
+                d.copy_from_slice(s);
+                Self::apply_chunk(words, d);
+            });
         Ok(())
     }
 
@@ -569,24 +595,27 @@ impl Mask {
     fn apply_words<T: Element>(words: &[u64], data: &mut [T]) {
         data.par_chunks_mut(PAR_CHUNK_ELEMS)
             .zip(words.par_chunks(PAR_CHUNK_WORDS))
-            .for_each(|(xs, words)| {
-                // Zero is the all-zero bit pattern for every element type, so masking is a
-                // branch-free AND of each element's bits with all-ones or all-zeros.
-                match std::mem::size_of::<T>() {
-                    2 => and_words(bytemuck::cast_slice_mut::<T, u16>(xs), words),
-                    4 => and_words(bytemuck::cast_slice_mut::<T, u32>(xs), words),
-                    8 => and_words(bytemuck::cast_slice_mut::<T, u64>(xs), words),
-                    _ => {
-                        for (chunk, &w) in xs.chunks_mut(64).zip(words) {
-                            for (j, x) in chunk.iter_mut().enumerate() {
-                                if (w >> j) & 1 == 0 {
-                                    *x = T::ZERO;
-                                }
-                            }
+            .for_each(|(xs, words)| Self::apply_chunk(words, xs));
+    }
+
+    /// [`apply_words`](Self::apply_words) on one piece, in this thread.
+    fn apply_chunk<T: Element>(words: &[u64], xs: &mut [T]) {
+        // Zero is the all-zero bit pattern for every element type, so masking is a
+        // branch-free AND of each element's bits with all-ones or all-zeros.
+        match std::mem::size_of::<T>() {
+            2 => and_words(bytemuck::cast_slice_mut::<T, u16>(xs), words),
+            4 => and_words(bytemuck::cast_slice_mut::<T, u32>(xs), words),
+            8 => and_words(bytemuck::cast_slice_mut::<T, u64>(xs), words),
+            _ => {
+                for (chunk, &w) in xs.chunks_mut(64).zip(words) {
+                    for (j, x) in chunk.iter_mut().enumerate() {
+                        if (w >> j) & 1 == 0 {
+                            *x = T::ZERO;
                         }
                     }
                 }
-            });
+            }
+        }
     }
 
     /// Writes `mask · src` into `dst` (same length): the masked copy without a clone first.
@@ -687,6 +716,41 @@ impl Lane for u64 {
     }
 }
 
+/// For each byte value, its 8 bits spread into the 8 bytes of a little-endian `u64`, bit 0 first.
+const SPREAD: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut i = 0;
+        while i < 8 {
+            t[b] |= (((b >> i) & 1) as u64) << (8 * i);
+            i += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// The bits of `words` (from bit 0) as bytes 0/1 into `out`, in parallel, 8 bits per table look-up.
+fn dense_u8_words(words: &[u64], out: &mut [u8]) {
+    out.par_chunks_mut(PAR_CHUNK_ELEMS)
+        .zip(words.par_chunks(PAR_CHUNK_WORDS))
+        .for_each(|(out, words)| {
+            for (o, &w) in out.chunks_mut(64).zip(words) {
+                if let Ok(o) = <&mut [u8; 64]>::try_from(&mut *o) {
+                    for (k, bytes) in o.chunks_exact_mut(8).enumerate() {
+                        let spread = SPREAD[((w >> (8 * k)) & 0xFF) as usize];
+                        bytes.copy_from_slice(&spread.to_le_bytes());
+                    }
+                } else {
+                    for (j, b) in o.iter_mut().enumerate() {
+                        *b = ((w >> j) & 1) as u8;
+                    }
+                }
+            }
+        });
+}
+
 /// ANDs each lane of `xs` with its mask bit (64 lanes per word); whole words of ones are skipped
 /// and whole words of zeros are filled.
 #[inline]
@@ -734,6 +798,32 @@ impl fmt::Debug for Mask {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn streamed_dense_and_masked_chunks_equal_the_bit_by_bit_answer() {
+        let mut rng = crate::random::Rng::new(7);
+        for n in [1usize, 63, 64, 65, 1000, 200_003] {
+            let dense: Vec<u8> = (0..n).map(|_| (rng.uniform() < 0.6) as u8).collect();
+            let m = super::Mask::from_dense_u8([n], &dense).unwrap();
+            assert_eq!(m.to_dense_u8(), dense);
+            let src: Vec<f32> = (0..n).map(|i| i as f32 + 1.0).collect();
+            for chunk in [64usize, 128 * 1024] {
+                for start in (0..n).step_by(chunk) {
+                    let len = chunk.min(n - start);
+                    let mut out = vec![7u8; len];
+                    m.dense_u8_into_at(start, &mut out).unwrap();
+                    assert_eq!(out, dense[start..start + len]);
+                    let mut dst = vec![-1.0f32; len];
+                    m.apply_into_at(start, &src[start..start + len], &mut dst)
+                        .unwrap();
+                    for (j, &d) in dst.iter().enumerate() {
+                        let keep = dense[start + j] == 1;
+                        assert_eq!(d, if keep { src[start + j] } else { 0.0 });
+                    }
+                }
+            }
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 

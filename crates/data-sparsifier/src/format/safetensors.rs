@@ -636,15 +636,11 @@ impl TensorSink for MaskSink {
         self.declared.take(name, &self.w.path)?;
         // 1 MiB of dense bytes at a time.
         const CHUNK: usize = 1 << 20;
-        let words = mask.words();
         let n = mask.len();
         let mut buf = vec![0u8; CHUNK.min(n)];
         for start in (0..n).step_by(CHUNK) {
             let m = (n - start).min(CHUNK);
-            for (j, b) in buf[..m].iter_mut().enumerate() {
-                let i = start + j;
-                *b = ((words[i / 64] >> (i % 64)) & 1) as u8;
-            }
+            mask.dense_u8_into_at(start, &mut buf[..m])?;
             self.w.write(&buf[..m])?;
         }
         Ok(())
