@@ -4,32 +4,12 @@ mod common;
 
 use std::path::Path;
 
-use assert_cmd::Command;
 use common::*;
 use data_sparsifier::norm::{pruned_block_count, DataNormSparsifier};
 use data_sparsifier::LoadOptions;
 use data_sparsifier::Mask;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
-
-fn sparsify() -> Command {
-    Command::cargo_bin("sparsify").unwrap()
-}
-
-/// Runs and expects exit status 2 with exactly one stderr line starting `error: `; returns it.
-fn fails(args: &[&str]) -> String {
-    let out = sparsify().args(args).output().unwrap();
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(out.status.code(), Some(2), "args {args:?}: stderr {err}");
-    assert_eq!(
-        err.lines().count(),
-        1,
-        "args {args:?}: stderr must be one line: {err:?}"
-    );
-    assert!(err.starts_with("error: "), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
-    err
-}
 
 fn ok(args: &[&str]) -> (String, String) {
     let out = sparsify().args(args).output().unwrap();
@@ -39,10 +19,6 @@ fn ok(args: &[&str]) -> (String, String) {
     );
     assert!(out.status.success(), "args {args:?}: {e}");
     (o, e)
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// Elements of a tensor as byte chunks.
@@ -411,15 +387,7 @@ fn config_file_precedence() {
         "json",
     ]);
     let r: Value = serde_json::from_str(&stdout).unwrap();
-    let cfg_of = |n: &str| {
-        r["tensors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["name"] == n)
-            .unwrap()["config"]
-            .clone()
-    };
+    let cfg_of = |n: &str| reported(&r, n)["config"].clone();
     // Flags beat the file's defaults; the block shape comes from the file.
     assert_eq!(cfg_of("late")["sparsity_level"], 0.75);
     assert_eq!(cfg_of("late")["norm"], "L1");

@@ -4,31 +4,16 @@ mod common;
 
 use std::path::Path;
 
-use assert_cmd::Command;
 use common::*;
 use serde_json::Value;
 
-fn sparsify() -> Command {
-    Command::cargo_bin("sparsify").unwrap()
-}
-
 fn ok(args: &[&str]) -> String {
-    let out = sparsify().args(args).output().unwrap();
-    let e = String::from_utf8(out.stderr).unwrap();
-    assert!(out.status.success(), "args {args:?}: {e}");
-    String::from_utf8(out.stdout).unwrap()
+    ok_stdout(args)
 }
 
 /// Exit status 2, one stderr line starting `error: `, no output file.
-fn fails(args: &[&str], output: &Path) -> String {
-    let out = sparsify().args(args).output().unwrap();
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(out.status.code(), Some(2), "args {args:?}: stderr {err}");
-    assert_eq!(err.lines().count(), 1, "one line: {err:?}");
-    assert!(
-        err.starts_with("error: ") && !err.contains("panicked"),
-        "{err}"
-    );
+fn fails_writing_nothing(args: &[&str], output: &Path) -> String {
+    let err = fails(args);
     assert!(!output.exists(), "{} was written", output.display());
     err
 }
@@ -45,10 +30,6 @@ fn inspected_table(file: &Path, name: &str) -> Value {
     let json: Value = serde_json::from_str(&ok(&["inspect", s(file), "--report", "json"])).unwrap();
     let tables = json["compact"].as_array().unwrap();
     tables.iter().find(|t| t["name"] == name).unwrap().clone()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// Every tensor (name, dtype, shape, bytes), in file order.
@@ -141,7 +122,7 @@ fn bad_compact_input_is_one_line_status_2_and_no_output() {
     let (dir, input) = setup();
     let out = dir.path().join("out.safetensors");
     // expand of a file that is not compact.
-    let e = fails(&["expand", s(&input), "-o", s(&out)], &out);
+    let e = fails_writing_nothing(&["expand", s(&input), "-o", s(&out)], &out);
     assert!(e.contains("not a compact file"), "{e}");
     // A tampered compact file: a remap out of range, values cut short.
     let compact = dir.path().join("c.safetensors");
@@ -162,12 +143,12 @@ fn bad_compact_input_is_one_line_status_2_and_no_output() {
     b2.extend_from_slice(tampered.as_bytes());
     b2.extend_from_slice(&bytes[8 + n..]);
     std::fs::write(&bad, &b2).unwrap();
-    let e = fails(&["expand", s(&bad), "-o", s(&out)], &out);
+    let e = fails_writing_nothing(&["expand", s(&bad), "-o", s(&out)], &out);
     assert!(e.contains("z.emb"), "{e}");
-    fails(&["inspect", s(&bad)], &out);
+    fails_writing_nothing(&["inspect", s(&bad)], &out);
     // Truncated.
     std::fs::write(&bad, &bytes[..bytes.len() - 3]).unwrap();
-    fails(&["expand", s(&bad), "-o", s(&out)], &out);
+    fails_writing_nothing(&["expand", s(&bad), "-o", s(&out)], &out);
 }
 
 #[test]
@@ -213,13 +194,13 @@ fn quantize_writes_int8_int4_and_int2_tables_that_expand_and_inspect() {
 fn quantize_needs_compact_and_float_tensors() {
     let (dir, input) = setup();
     let out = dir.path().join("out.safetensors");
-    let e = fails(
+    let e = fails_writing_nothing(
         &["run", s(&input), "-o", s(&out), "--quantize", "int8"],
         &out,
     );
     assert!(e.contains("--format compact"), "{e}");
     // An integer tensor selected for quantizing.
-    let e = fails(
+    let e = fails_writing_nothing(
         &[
             "run",
             s(&input),
@@ -235,7 +216,7 @@ fn quantize_needs_compact_and_float_tensors() {
         &out,
     );
     assert!(e.contains("ids") && e.contains("floating point"), "{e}");
-    let e = fails(
+    let e = fails_writing_nothing(
         &[
             "run",
             s(&input),

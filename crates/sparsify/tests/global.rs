@@ -3,31 +3,12 @@
 
 mod common;
 
-use std::path::Path;
-
-use assert_cmd::Command;
 use common::*;
 use data_sparsifier::norm::budget::{BudgetTensor, GlobalBudget, Normalization};
 use data_sparsifier::norm::DataNormConfig;
 use data_sparsifier::{Mask, Tensor};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
-
-fn sparsify() -> Command {
-    Command::cargo_bin("sparsify").unwrap()
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = sparsify().args(args).output().unwrap();
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(out.status.code(), Some(2), "args {args:?}: stderr {err}");
-    assert_eq!(err.lines().count(), 1, "args {args:?}: one line: {err:?}");
-    assert!(
-        err.starts_with("error: ") && !err.contains("panicked"),
-        "{err}"
-    );
-    err
-}
 
 fn report(args: &[&str]) -> Value {
     let out = sparsify()
@@ -38,10 +19,6 @@ fn report(args: &[&str]) -> Value {
     let e = String::from_utf8(out.stderr).unwrap();
     assert!(out.status.success(), "args {args:?}: {e}");
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// f32 values as a tensor.
@@ -130,12 +107,7 @@ fn the_budget_prunes_exactly_k_across_tensors_with_the_librarys_masks() {
         let written = SafeTensors::deserialize(&written).unwrap();
         let mut sum = 0;
         for (i, t) in tensors[..3].iter().enumerate() {
-            let row = r["tensors"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|x| x["name"] == t.name)
-                .unwrap();
+            let row = reported(&r, t.name);
             let lv = sel.get(t.name).unwrap();
             assert_eq!(row["pruned_blocks"], lv.pruned_blocks, "{}", t.name);
             assert_eq!(row["blocks"], lv.blocks);
@@ -181,15 +153,7 @@ fn ties_across_tensors_go_by_tensor_name_not_file_order() {
         "--global-sparsity",
         "0.625",
     ]);
-    let pruned = |n: &str| {
-        r["tensors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["name"] == n)
-            .unwrap()["pruned_blocks"]
-            .clone()
-    };
+    let pruned = |n: &str| reported(&r, n)["pruned_blocks"].clone();
     assert_eq!((pruned("a"), pruned("b")), (3.into(), 2.into()));
 }
 

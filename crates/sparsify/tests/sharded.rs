@@ -6,38 +6,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use common::*;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
-
-fn sparsify() -> Command {
-    Command::cargo_bin("sparsify").unwrap()
-}
-
-/// Runs and expects exit status 2 with exactly one stderr line starting `error: `; returns it.
-fn fails(args: &[&str]) -> String {
-    let out = sparsify().args(args).output().unwrap();
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(out.status.code(), Some(2), "args {args:?}: stderr {err}");
-    assert_eq!(err.lines().count(), 1, "args {args:?}: one line: {err:?}");
-    assert!(
-        err.starts_with("error: ") && !err.contains("panicked"),
-        "{err}"
-    );
-    err
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = sparsify().args(args).output().unwrap();
-    let e = String::from_utf8(out.stderr).unwrap();
-    assert!(out.status.success(), "args {args:?}: {e}");
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -130,15 +101,10 @@ fn a_sharded_checkpoint_becomes_the_same_shards_with_a_new_index() {
         "json",
     ]);
     args.extend(common);
-    let report: Value = serde_json::from_str(&ok(&args)).unwrap();
+    let report: Value = serde_json::from_str(&ok_stdout(&args)).unwrap();
     assert_eq!(report["totals"]["shards"], 3);
     assert_eq!(report["totals"]["sparsified"], 5);
-    let late = report["tensors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "late")
-        .unwrap();
+    let late = reported(&report, "late");
     assert_eq!(late["shard"], SHARDS[2]);
     assert_eq!(late["config"]["sparsity_level"], 0.25);
     assert_eq!(
@@ -151,7 +117,7 @@ fn a_sharded_checkpoint_becomes_the_same_shards_with_a_new_index() {
     let mut args1 = vec!["run", s(&whole), "-o", s(&one), "--masks", s(&one_masks)];
     args1.extend(["--config", s(&cfg), "-q"]);
     args1.extend(common);
-    ok(&args1);
+    ok_stdout(&args1);
     let single = std::fs::read(&one).unwrap();
     let single = SafeTensors::deserialize(&single).unwrap();
     let (index, tensors) = read_sharded(&out);
@@ -200,15 +166,16 @@ fn a_sharded_checkpoint_becomes_the_same_shards_with_a_new_index() {
     let idx = ck.join("model.safetensors.index.json");
     let mut args2 = vec!["run", s(&idx), "-o", s(&out2), "--config", s(&cfg), "-q"];
     args2.extend(common);
-    ok(&args2);
+    ok_stdout(&args2);
     let (_, again) = read_sharded(&out2);
     assert_eq!(again, tensors);
-    let insp: Value = serde_json::from_str(&ok(&["inspect", s(&out), "--report", "json"])).unwrap();
+    let insp: Value =
+        serde_json::from_str(&ok_stdout(&["inspect", s(&out), "--report", "json"])).unwrap();
     assert_eq!(insp["totals"]["shards"], 3);
     assert_eq!(insp["totals"]["tensors"], 7);
     assert_eq!(insp["tensors"][6]["shard"], SHARDS[2]);
     assert_eq!(insp["metadata"]["note"], "kept");
-    let text = ok(&["inspect", s(&idx)]);
+    let text = ok_stdout(&["inspect", s(&idx)]);
     assert!(
         text.contains("in 3 shards") && text.contains(SHARDS[1]),
         "{text}"
@@ -218,7 +185,7 @@ fn a_sharded_checkpoint_becomes_the_same_shards_with_a_new_index() {
     let out3 = dir.path().join("out3");
     let mut args3 = vec!["run", s(&ck), "-o", s(&out3), "--format", "compact", "-q"];
     args3.extend(["--quantize", "int8"]);
-    ok(&args3);
+    ok_stdout(&args3);
     let (cindex, ctensors) = read_sharded(&out3);
     assert!(ctensors.keys().any(|n| n.starts_with("z.emb")));
     assert!(
@@ -230,7 +197,7 @@ fn a_sharded_checkpoint_becomes_the_same_shards_with_a_new_index() {
         ctensors.values().map(|(_, b)| b.len()).sum::<usize>()
     );
     let insp: Value =
-        serde_json::from_str(&ok(&["inspect", s(&out3), "--report", "json"])).unwrap();
+        serde_json::from_str(&ok_stdout(&["inspect", s(&out3), "--report", "json"])).unwrap();
     assert!(!insp["compact"].as_array().unwrap().is_empty());
 }
 

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use assert_cmd::Command;
+
 use data_sparsifier::dtype::{bf16, f16};
 use data_sparsifier::format::safetensors::SafetensorsWriter;
 use data_sparsifier::format::{FileDType, TensorInfo};
@@ -126,4 +128,47 @@ pub fn header(bytes: &[u8]) -> (Vec<Entry>, BTreeMap<String, String>) {
         .into_iter()
         .collect();
     (v, m)
+}
+
+/// The binary under test.
+pub fn sparsify() -> Command {
+    Command::cargo_bin("sparsify").unwrap()
+}
+
+/// Runs and expects exit status 2 with exactly one stderr line starting `error: `; returns it.
+pub fn fails(args: &[&str]) -> String {
+    let out = sparsify().args(args).output().unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "args {args:?}: stderr {err}");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "args {args:?}: stderr must be one line: {err:?}"
+    );
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+/// Runs and expects success; returns stdout.
+pub fn ok_stdout(args: &[&str]) -> String {
+    let out = sparsify().args(args).output().unwrap();
+    let e = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "args {args:?}: {e}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A path as the `&str` an argument list takes.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The entry of tensor `name` in a `run --report json` report.
+pub fn reported<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no tensor {name:?} in the report"))
 }
