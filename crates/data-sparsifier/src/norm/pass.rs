@@ -137,6 +137,9 @@ struct Routes {
     /// Whole blocks of several rows whose block rows (narrow rows of a power-of-two width) fit in
     /// one word: each block row's bits are its row pattern repeated, from a few code bits.
     short_block_rows: bool,
+    /// Whole blocks of several rows, of a power-of-two width, in rows of whole words: each block
+    /// row's bits are its first row's words (from the codes, 64 blocks at a time) repeated.
+    word_block_rows: bool,
 }
 
 impl Routes {
@@ -156,6 +159,11 @@ impl Routes {
                 && g.w.is_power_of_two()
                 && g.bw.is_power_of_two()
                 && g.w * g.bh <= 64,
+            word_block_rows: g.bh > 1
+                && !partial_possible
+                && g.w % 64 == 0
+                && g.bw.is_power_of_two()
+                && g.bw <= 64,
         }
     }
 }
@@ -283,6 +291,13 @@ impl<T: ScoreElem> Pass<'_, T> {
             }
             words::words_from_codes_short(&codes[b0..b1], g, b0 / g.nbc, st, wr);
             true
+        } else if let (true, Source::Coded(codes, _)) = (r.word_block_rows, &self.src) {
+            if b0 % g.nbc != 0 || b1 % g.nbc != 0 {
+                return false;
+            }
+            wr.write_aligned(|out| {
+                words::words_from_codes_rows(&codes[b0..b1], g, b0 / g.nbc, st, out)
+            })
         } else {
             false
         }

@@ -619,20 +619,48 @@ pub(crate) fn selection_in_codes(g: &Grid, zpb: usize) -> bool {
 #[inline(always)]
 fn keep_nibbles<T: ScoreElem, N: NormKind, const BW: usize>(data: &[T], z: usize, out: &mut [u8]) {
     debug_assert_eq!(data.len(), out.len() * BW);
-    // 32-bit lanes throughout (no narrowing until the store).
-    let zi = z as i32;
     for (o, c) in out.iter_mut().zip(data.chunks_exact(BW)) {
-        let k: [T::Key; BW] = std::array::from_fn(|i| N::cell_key(c[i]));
-        let mut bits = 0i32;
-        for i in 0..BW {
-            let mut r = 0i32;
-            for j in 0..BW {
-                // Cells before `i` rank below it when `<=`, cells after it when `<` (j == i: no).
-                r += if j < i { k[j] <= k[i] } else { k[j] < k[i] } as i32;
-            }
-            bits |= ((r >= zi) as i32) << i;
+        *o = nibble::<T, N, BW>(c, z as i32);
+    }
+}
+
+/// One block's kept cells for [`keep_nibbles`] (`c.len() == BW`).
+#[inline(always)]
+fn nibble<T: ScoreElem, N: NormKind, const BW: usize>(c: &[T], z: i32) -> u8 {
+    let k: [T::Key; BW] = std::array::from_fn(|i| N::cell_key(c[i]));
+    // 32-bit lanes throughout (no narrowing until the store).
+    let mut bits = 0i32;
+    for i in 0..BW {
+        let mut r = 0i32;
+        for j in 0..BW {
+            // Cells before `i` rank below it when `<=`, cells after it when `<` (j == i: no).
+            r += if j < i { k[j] <= k[i] } else { k[j] < k[i] } as i32;
         }
-        *o = bits as u8;
+        bits |= ((r >= z) as i32) << i;
+    }
+    bits as u8
+}
+
+/// [`keys_exact`] and [`keep_nibbles`] in one loop (one read of each block).
+#[inline(always)]
+fn keys_nibbles<T: ScoreElem, N: NormKind, const BW: usize>(
+    data: &[T],
+    z: usize,
+    keys: &mut [T::Key],
+    out: &mut [u8],
+) {
+    debug_assert!(data.len() == out.len() * BW && keys.len() == out.len());
+    for ((k, o), c) in keys
+        .iter_mut()
+        .zip(out.iter_mut())
+        .zip(data.chunks_exact(BW))
+    {
+        let mut s = T::acc_zero();
+        for &x in c {
+            s = s + N::cell(x);
+        }
+        *k = T::score_key(s, BW);
+        *o = nibble::<T, N, BW>(c, z as i32);
     }
 }
 
@@ -649,6 +677,23 @@ pub(crate) fn keep_nibbles_dyn<T: ScoreElem, N: NormKind>(
         3 => keep_nibbles::<T, N, 3>(data, z, out),
         4 => keep_nibbles::<T, N, 4>(data, z, out),
         _ => keep_nibbles::<T, N, 5>(data, z, out),
+    }
+}
+
+/// [`keys_nibbles`] with a run-time block width (`2..=MAX_SEL_CELLS`).
+#[inline(always)]
+fn keys_nibbles_dyn<T: ScoreElem, N: NormKind>(
+    data: &[T],
+    bw: usize,
+    z: usize,
+    keys: &mut [T::Key],
+    out: &mut [u8],
+) {
+    match bw {
+        2 => keys_nibbles::<T, N, 2>(data, z, keys, out),
+        3 => keys_nibbles::<T, N, 3>(data, z, keys, out),
+        4 => keys_nibbles::<T, N, 4>(data, z, keys, out),
+        _ => keys_nibbles::<T, N, 5>(data, z, keys, out),
     }
 }
 
@@ -757,11 +802,13 @@ impl<T: ScoreElem, N: NormKind> crate::simd::Kernel for CodedTask<'_, T, N> {
         for (gi, cs) in out.chunks_mut(group).enumerate() {
             let gb0 = b0 + gi * group;
             keys.resize(cs.len(), T::Key::MIN);
-            block_range_keys::<T, N>(data, g, gb0, keys, acc);
             if let Some(z) = sel {
-                // One row per block row, whole blocks: block `b` is cells `b·bw ..`.
+                // One row per block row, whole blocks: block `b` is cells `b·bw ..`. Keys and
+                // selections from one read of each block.
                 let d = &data[gb0 * g.bw..(gb0 + cs.len()) * g.bw];
-                keep_nibbles_dyn::<T, N>(d, g.bw, z, cs);
+                keys_nibbles_dyn::<T, N>(d, g.bw, z, keys, cs);
+            } else {
+                block_range_keys::<T, N>(data, g, gb0, keys, acc);
             }
             let ks = &keys[..];
             let (mut lt, mut el, mut eh, mut ins, mut na) = (0u32, 0u32, 0u32, 0u32, 0u32);

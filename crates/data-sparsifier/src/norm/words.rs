@@ -117,3 +117,28 @@ pub(crate) fn words_from_codes_short<K: Key>(
         }
     }
 }
+
+/// The words of the whole block rows `br0 ..` (codes `codes`) when blocks are zeroed whole, rows
+/// are whole words (`w % 64 == 0`) and `bw` a power of two: each block row's first data row comes
+/// from its codes ([`words_from_codes`]) and is copied to its other rows.
+#[inline(always)]
+pub(crate) fn words_from_codes_rows<K: Key>(
+    codes: &[u8],
+    g: &Grid,
+    br0: usize,
+    st: &mut CutState<'_, K>,
+    out: &mut [u64],
+) {
+    debug_assert!(g.w % 64 == 0 && g.bw.is_power_of_two());
+    let rw = g.w / 64;
+    let mut at = 0;
+    for (i, cs) in codes.chunks(g.nbc).enumerate() {
+        let n = g.rows_of(br0 + i).len() * rw;
+        let (row, rest) = out[at..at + n].split_at_mut(rw);
+        words_from_codes(cs, g.bw, false, st, row);
+        for r in rest.chunks_exact_mut(rw) {
+            r.copy_from_slice(row);
+        }
+        at += n;
+    }
+}
