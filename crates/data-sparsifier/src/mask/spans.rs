@@ -170,6 +170,7 @@ impl<'m> SpanWriter<'m> {
     /// If the current span is word-aligned (it starts on a word, and ends on one or at the end of
     /// the mask) and nothing of it is written yet, lets `f` write its words directly and closes the
     /// span; returns whether it did. Bits past the end of the mask that `f` sets are cleared later.
+    #[inline(always)]
     pub(crate) fn write_aligned(&mut self, f: impl FnOnce(&mut [u64])) -> bool {
         if !self.aligned || self.left != self.span_len || self.left == 0 {
             return false;

@@ -3,6 +3,7 @@
 //! handled piece by piece (the part of the run in one block row), and the mask's
 //! [`SpanWriter`] places each piece's data rows wherever the task's spans lie.
 
+use std::marker::PhantomData;
 use std::ops::Range;
 
 use super::networks::{keep_cells, keep_row, CellScratch, RowBits};
@@ -136,6 +137,9 @@ struct Routes {
     /// Whole blocks of several rows whose block rows (narrow rows of a power-of-two width) fit in
     /// one word: each block row's bits are its row pattern repeated, from a few code bits.
     short_block_rows: bool,
+    /// Whole blocks of several rows, of a power-of-two width, in rows of whole words: each block
+    /// row's bits are its first row's words (from the codes, 64 blocks at a time) repeated.
+    word_block_rows: bool,
 }
 
 impl Routes {
@@ -155,6 +159,11 @@ impl Routes {
                 && g.w.is_power_of_two()
                 && g.bw.is_power_of_two()
                 && g.w * g.bh <= 64,
+            word_block_rows: g.bh > 1
+                && !partial_possible
+                && g.w % 64 == 0
+                && g.bw.is_power_of_two()
+                && g.bw <= 64,
         }
     }
 }
@@ -209,21 +218,50 @@ pub(crate) fn mask_pass<T: ScoreElem, N: NormKind>(
     };
     let spans = ranges.iter().map(|r| plan::spans(g, r.clone())).collect();
     mask.write_spans(spans, |task, wr| {
-        let blocks = ranges[task].clone();
-        let mut st = CutState::for_task(cut, &p.src, task);
+        crate::simd::dispatch(MaskTask::<T, N> {
+            p: &p,
+            blocks: ranges[task].clone(),
+            st: CutState::for_task(cut, &p.src, task),
+            wr,
+            norm: PhantomData,
+        })
+    });
+}
+
+/// One task of [`mask_pass`], compiled for AVX2 where the CPU has it ([`crate::simd::dispatch`]).
+struct MaskTask<'a, 'b, 'c, T: ScoreElem, N> {
+    p: &'a Pass<'a, T>,
+    blocks: Range<usize>,
+    st: CutState<'a, T::Key>,
+    wr: &'b mut SpanWriter<'c>,
+    norm: PhantomData<N>,
+}
+
+impl<T: ScoreElem, N: NormKind> crate::simd::Kernel for MaskTask<'_, '_, '_, T, N> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let MaskTask {
+            p,
+            blocks,
+            mut st,
+            wr,
+            ..
+        } = self;
         if p.whole_task::<N>(blocks.clone(), &mut st, wr) {
             return;
         }
         let mut work = Work::default();
-        for (br, bcs) in plan::pieces(g, blocks) {
+        for (br, bcs) in plan::pieces(p.g, blocks) {
             p.piece::<N>(br, bcs, &mut st, &mut work, wr);
         }
-    });
+    }
 }
 
 impl<T: ScoreElem> Pass<'_, T> {
     /// The word-at-a-time routes, for a whole task at once where the grid and the task's alignment
     /// allow; returns whether the task is written.
+    #[inline(always)]
     fn whole_task<N: NormKind>(
         &self,
         blocks: Range<usize>,
@@ -253,12 +291,20 @@ impl<T: ScoreElem> Pass<'_, T> {
             }
             words::words_from_codes_short(&codes[b0..b1], g, b0 / g.nbc, st, wr);
             true
+        } else if let (true, Source::Coded(codes, _)) = (r.word_block_rows, &self.src) {
+            if b0 % g.nbc != 0 || b1 % g.nbc != 0 {
+                return false;
+            }
+            wr.write_aligned(|out| {
+                words::words_from_codes_rows(&codes[b0..b1], g, b0 / g.nbc, st, out)
+            })
         } else {
             false
         }
     }
 
     /// Writes the bits of blocks `bcs` of block row `br`: each of its data rows' `cw` cells.
+    #[inline(always)]
     fn piece<N: NormKind>(
         &self,
         br: usize,

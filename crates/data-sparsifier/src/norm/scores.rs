@@ -12,6 +12,7 @@
 //! precision, which orders like the score; NaN maps to the largest key, so it ranks last.
 
 use std::fmt::Debug;
+use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -352,32 +353,14 @@ impl Grid {
     }
 }
 
-/// Blocks handled together by the vectorized loops (one lane per block).
-const LANES: usize = 8;
-
 /// Adds `BW` consecutive cells per block into `acc` (`row.len() == acc.len() * BW`). Each block's
 /// cells are added in order, so a block's sum is the same sequence of additions as PyTorch's; the
-/// lanes are independent blocks, which is what lets the loop vectorize.
+/// loop runs over independent blocks with a fixed `BW`, which the compiler vectorizes across
+/// blocks (strided loads and shuffles), one lane per block.
 #[inline(always)]
 fn accumulate_exact<T: ScoreElem, N: NormKind, const BW: usize>(row: &[T], acc: &mut [T::Acc]) {
     debug_assert_eq!(row.len(), acc.len() * BW);
-    let mut a_it = acc.chunks_exact_mut(LANES);
-    let mut r_it = row.chunks_exact(LANES * BW);
-    for (a, r) in (&mut a_it).zip(&mut r_it) {
-        let mut s = [T::acc_zero(); LANES];
-        s.copy_from_slice(a);
-        for j in 0..BW {
-            for b in 0..LANES {
-                s[b] = s[b] + N::cell(r[b * BW + j]);
-            }
-        }
-        a.copy_from_slice(&s);
-    }
-    for (a, c) in a_it
-        .into_remainder()
-        .iter_mut()
-        .zip(r_it.remainder().chunks_exact(BW))
-    {
+    for (a, c) in acc.iter_mut().zip(row.chunks_exact(BW)) {
         let mut s = *a;
         for &x in c {
             s = s + N::cell(x);
@@ -387,28 +370,11 @@ fn accumulate_exact<T: ScoreElem, N: NormKind, const BW: usize>(row: &[T], acc: 
 }
 
 /// Keys of `keys.len()` whole blocks of `BW` consecutive cells (`data.len() == keys.len() * BW`),
-/// one data row per block: sums and keys in one vectorized loop.
+/// one data row per block: sums and keys in one loop, vectorized across blocks.
 #[inline(always)]
 fn keys_exact<T: ScoreElem, N: NormKind, const BW: usize>(data: &[T], keys: &mut [T::Key]) {
     debug_assert_eq!(data.len(), keys.len() * BW);
-    let mut k_it = keys.chunks_exact_mut(LANES);
-    let mut d_it = data.chunks_exact(LANES * BW);
-    for (k, d) in (&mut k_it).zip(&mut d_it) {
-        let mut s = [T::acc_zero(); LANES];
-        for j in 0..BW {
-            for b in 0..LANES {
-                s[b] = s[b] + N::cell(d[b * BW + j]);
-            }
-        }
-        for b in 0..LANES {
-            k[b] = T::score_key(s[b], BW);
-        }
-    }
-    for (k, c) in k_it
-        .into_remainder()
-        .iter_mut()
-        .zip(d_it.remainder().chunks_exact(BW))
-    {
+    for (k, c) in keys.iter_mut().zip(data.chunks_exact(BW)) {
         let mut s = T::acc_zero();
         for &x in c {
             s = s + N::cell(x);
@@ -418,6 +384,7 @@ fn keys_exact<T: ScoreElem, N: NormKind, const BW: usize>(data: &[T], keys: &mut
 }
 
 /// [`keys_exact`] with a run-time block width.
+#[inline(always)]
 fn keys_exact_dyn<T: ScoreElem, N: NormKind>(data: &[T], keys: &mut [T::Key], bw: usize) {
     for (k, c) in keys.iter_mut().zip(data.chunks_exact(bw)) {
         let mut s = T::acc_zero();
@@ -460,6 +427,7 @@ fn accumulate_row<T: ScoreElem, N: NormKind>(row: &[T], acc: &mut [T::Acc], bw: 
 
 /// Writes the keys of blocks `b0 .. b0 + out.len()` (row-major block indices) into `out`. The run
 /// may start and end anywhere: it is scored in pieces that each lie in one block row.
+#[inline(always)]
 fn block_range_keys<T: ScoreElem, N: NormKind>(
     data: &[T],
     g: &Grid,
@@ -645,69 +613,59 @@ pub(crate) fn selection_in_codes(g: &Grid, zpb: usize) -> bool {
 
 /// For consecutive whole blocks of `BW` cells (`data.len() == out.len() * BW`): bit `i` of
 /// `out[b]` is set iff cell `i` of block `b` is kept when its `z` smallest cells are zeroed (cells
-/// compare by key, then by index). Computed for every block, lanes across blocks, branch-free:
+/// compare by key, then by index). Computed for every block, vectorized across blocks, branch-free:
 /// the rank of cell `i` is the number of cells before it with a key `<=` its own plus the number
 /// after it with a smaller key.
 #[inline(always)]
 fn keep_nibbles<T: ScoreElem, N: NormKind, const BW: usize>(data: &[T], z: usize, out: &mut [u8]) {
     debug_assert_eq!(data.len(), out.len() * BW);
-    let mut o_it = out.chunks_exact_mut(LANES);
-    let mut d_it = data.chunks_exact(LANES * BW);
-    let one = |c: &[T]| -> u8 {
-        let k: [T::Key; BW] = std::array::from_fn(|i| N::cell_key(c[i]));
-        let mut bits = 0u8;
-        for i in 0..BW {
-            let mut r = 0usize;
-            for j in 0..BW {
-                r += if j < i {
-                    k[j] <= k[i]
-                } else {
-                    j > i && k[j] < k[i]
-                } as usize;
-            }
-            bits |= ((r >= z) as u8) << i;
-        }
-        bits
-    };
-    for (o, d) in (&mut o_it).zip(&mut d_it) {
-        let mut k = [[T::Key::MIN; LANES]; BW];
-        for (c, kc) in k.iter_mut().enumerate() {
-            for b in 0..LANES {
-                kc[b] = N::cell_key(d[b * BW + c]);
-            }
-        }
-        // 32-bit lanes throughout (no narrowing until the store).
-        let zi = z as i32;
-        let mut bits = [0i32; LANES];
-        for i in 0..BW {
-            let mut r = [0i32; LANES];
-            for j in 0..BW {
-                for b in 0..LANES {
-                    r[b] += if j < i {
-                        k[j][b] <= k[i][b]
-                    } else {
-                        j > i && k[j][b] < k[i][b]
-                    } as i32;
-                }
-            }
-            for b in 0..LANES {
-                bits[b] |= ((r[b] >= zi) as i32) << i;
-            }
-        }
-        for b in 0..LANES {
-            o[b] = bits[b] as u8;
-        }
+    for (o, c) in out.iter_mut().zip(data.chunks_exact(BW)) {
+        *o = nibble::<T, N, BW>(c, z as i32);
     }
-    for (o, c) in o_it
-        .into_remainder()
+}
+
+/// One block's kept cells for [`keep_nibbles`] (`c.len() == BW`).
+#[inline(always)]
+fn nibble<T: ScoreElem, N: NormKind, const BW: usize>(c: &[T], z: i32) -> u8 {
+    let k: [T::Key; BW] = std::array::from_fn(|i| N::cell_key(c[i]));
+    // 32-bit lanes throughout (no narrowing until the store).
+    let mut bits = 0i32;
+    for i in 0..BW {
+        let mut r = 0i32;
+        for j in 0..BW {
+            // Cells before `i` rank below it when `<=`, cells after it when `<` (j == i: no).
+            r += if j < i { k[j] <= k[i] } else { k[j] < k[i] } as i32;
+        }
+        bits |= ((r >= z) as i32) << i;
+    }
+    bits as u8
+}
+
+/// [`keys_exact`] and [`keep_nibbles`] in one loop (one read of each block).
+#[inline(always)]
+fn keys_nibbles<T: ScoreElem, N: NormKind, const BW: usize>(
+    data: &[T],
+    z: usize,
+    keys: &mut [T::Key],
+    out: &mut [u8],
+) {
+    debug_assert!(data.len() == out.len() * BW && keys.len() == out.len());
+    for ((k, o), c) in keys
         .iter_mut()
-        .zip(d_it.remainder().chunks_exact(BW))
+        .zip(out.iter_mut())
+        .zip(data.chunks_exact(BW))
     {
-        *o = one(c);
+        let mut s = T::acc_zero();
+        for &x in c {
+            s = s + N::cell(x);
+        }
+        *k = T::score_key(s, BW);
+        *o = nibble::<T, N, BW>(c, z as i32);
     }
 }
 
 /// [`keep_nibbles`] with a run-time block width (`2..=MAX_SEL_CELLS`).
+#[inline(always)]
 pub(crate) fn keep_nibbles_dyn<T: ScoreElem, N: NormKind>(
     data: &[T],
     bw: usize,
@@ -719,6 +677,23 @@ pub(crate) fn keep_nibbles_dyn<T: ScoreElem, N: NormKind>(
         3 => keep_nibbles::<T, N, 3>(data, z, out),
         4 => keep_nibbles::<T, N, 4>(data, z, out),
         _ => keep_nibbles::<T, N, 5>(data, z, out),
+    }
+}
+
+/// [`keys_nibbles`] with a run-time block width (`2..=MAX_SEL_CELLS`).
+#[inline(always)]
+fn keys_nibbles_dyn<T: ScoreElem, N: NormKind>(
+    data: &[T],
+    bw: usize,
+    z: usize,
+    keys: &mut [T::Key],
+    out: &mut [u8],
+) {
+    match bw {
+        2 => keys_nibbles::<T, N, 2>(data, z, keys, out),
+        3 => keys_nibbles::<T, N, 3>(data, z, keys, out),
+        4 => keys_nibbles::<T, N, 4>(data, z, keys, out),
+        _ => keys_nibbles::<T, N, 5>(data, z, keys, out),
     }
 }
 
@@ -763,66 +738,114 @@ pub(crate) fn coded_pass<T: ScoreElem, N: NormKind>(
         .map_init(
             || (Vec::new(), Vec::new()),
             |(acc, keys), (b0, out)| {
-                let mut st = TaskStats::default();
-                // Keep a selection written below, clear anything else.
-                let sel_mask: u8 = if sel.is_some() { 0xf8 } else { 0 };
-                // Groups of about 4096 blocks (whole block rows when a task is whole block rows),
-                // so keys and codes stay in L1.
-                let group = if out.len() < g.nbc {
-                    4096
-                } else {
-                    (4096 / g.nbc).max(1) * g.nbc
-                };
-                for (gi, cs) in out.chunks_mut(group).enumerate() {
-                    let gb0 = b0 + gi * group;
-                    keys.resize(cs.len(), T::Key::MIN);
-                    block_range_keys::<T, N>(data, g, gb0, keys, acc);
-                    if let Some(z) = sel {
-                        // One row per block row, whole blocks: block `b` is cells `b·bw ..`.
-                        let d = &data[gb0 * g.bw..(gb0 + cs.len()) * g.bw];
-                        keep_nibbles_dyn::<T, N>(d, g.bw, z, cs);
-                    }
-                    let ks = &keys[..];
-                    let (mut lt, mut el, mut eh, mut ins, mut na) = (0u32, 0u32, 0u32, 0u32, 0u32);
-                    for (&k, c) in ks.iter().zip(cs.iter_mut()) {
-                        // code_of, with the counts taken from the same comparisons.
-                        let ge_lo = (k >= b.lo) as u32;
-                        let gt_lo = (k > b.lo) as u32;
-                        let ge_hi = (k >= b.hi) as u32 & gt_lo;
-                        let gt_hi = (k > b.hi) as u32;
-                        *c = ((*c << 3) & sel_mask) | (ge_lo + gt_lo + ge_hi + gt_hi) as u8;
-                        lt += 1 - ge_lo;
-                        el += ge_lo - gt_lo;
-                        ins += gt_lo - ge_hi;
-                        eh += ge_hi - gt_hi;
-                        na += (k == T::Key::MAX) as u32;
-                    }
-                    st.lt += lt as usize;
-                    st.eq_lo += el as usize;
-                    st.eq_hi += eh as usize;
-                    st.nan += na as usize;
-                    if ins > 0 && !overflow.load(Ordering::Relaxed) {
-                        if collected.fetch_add(ins as usize, Ordering::Relaxed) + ins as usize
-                            > b.cap
-                        {
-                            overflow.store(true, Ordering::Relaxed);
-                        } else {
-                            // The inside keys, in block order, found 64 codes at a time.
-                            for (k64, c64) in ks.chunks(64).zip(cs.chunks(64)) {
-                                let (_, mut bits) = code_bits(c64, code::INSIDE);
-                                while bits != 0 {
-                                    st.inside.push(k64[bits.trailing_zeros() as usize]);
-                                    bits &= bits - 1;
-                                }
-                            }
-                        }
-                    }
-                }
-                st
+                crate::simd::dispatch(CodedTask::<T, N> {
+                    data,
+                    g,
+                    b0,
+                    out,
+                    b,
+                    sel,
+                    acc,
+                    keys,
+                    collected: &collected,
+                    overflow: &overflow,
+                    norm: PhantomData,
+                })
             },
         )
         .collect();
     (!overflow.load(Ordering::Relaxed)).then_some(stats)
+}
+
+/// One task of [`coded_pass`], compiled for AVX2 where the CPU has it ([`crate::simd::dispatch`]).
+struct CodedTask<'a, T: ScoreElem, N> {
+    data: &'a [T],
+    g: &'a Grid,
+    b0: usize,
+    out: &'a mut [u8],
+    b: Bracket<T::Key>,
+    sel: Option<usize>,
+    acc: &'a mut Vec<T::Acc>,
+    keys: &'a mut Vec<T::Key>,
+    collected: &'a AtomicUsize,
+    overflow: &'a AtomicBool,
+    norm: PhantomData<N>,
+}
+
+impl<T: ScoreElem, N: NormKind> crate::simd::Kernel for CodedTask<'_, T, N> {
+    type Output = TaskStats<T::Key>;
+    #[inline(always)]
+    fn run(self) -> TaskStats<T::Key> {
+        let CodedTask {
+            data,
+            g,
+            b0,
+            out,
+            b,
+            sel,
+            acc,
+            keys,
+            collected,
+            overflow,
+            ..
+        } = self;
+        let mut st = TaskStats::default();
+        // Keep a selection written below, clear anything else.
+        let sel_mask: u8 = if sel.is_some() { 0xf8 } else { 0 };
+        // Groups of about 4096 blocks (whole block rows when a task is whole block rows),
+        // so keys and codes stay in L1.
+        let group = if out.len() < g.nbc {
+            4096
+        } else {
+            (4096 / g.nbc).max(1) * g.nbc
+        };
+        for (gi, cs) in out.chunks_mut(group).enumerate() {
+            let gb0 = b0 + gi * group;
+            keys.resize(cs.len(), T::Key::MIN);
+            if let Some(z) = sel {
+                // One row per block row, whole blocks: block `b` is cells `b·bw ..`. Keys and
+                // selections from one read of each block.
+                let d = &data[gb0 * g.bw..(gb0 + cs.len()) * g.bw];
+                keys_nibbles_dyn::<T, N>(d, g.bw, z, keys, cs);
+            } else {
+                block_range_keys::<T, N>(data, g, gb0, keys, acc);
+            }
+            let ks = &keys[..];
+            let (mut lt, mut el, mut eh, mut ins, mut na) = (0u32, 0u32, 0u32, 0u32, 0u32);
+            for (&k, c) in ks.iter().zip(cs.iter_mut()) {
+                // code_of, with the counts taken from the same comparisons.
+                let ge_lo = (k >= b.lo) as u32;
+                let gt_lo = (k > b.lo) as u32;
+                let ge_hi = (k >= b.hi) as u32 & gt_lo;
+                let gt_hi = (k > b.hi) as u32;
+                *c = ((*c << 3) & sel_mask) | (ge_lo + gt_lo + ge_hi + gt_hi) as u8;
+                lt += 1 - ge_lo;
+                el += ge_lo - gt_lo;
+                ins += gt_lo - ge_hi;
+                eh += ge_hi - gt_hi;
+                na += (k == T::Key::MAX) as u32;
+            }
+            st.lt += lt as usize;
+            st.eq_lo += el as usize;
+            st.eq_hi += eh as usize;
+            st.nan += na as usize;
+            if ins > 0 && !overflow.load(Ordering::Relaxed) {
+                if collected.fetch_add(ins as usize, Ordering::Relaxed) + ins as usize > b.cap {
+                    overflow.store(true, Ordering::Relaxed);
+                } else {
+                    // The inside keys, in block order, found 64 codes at a time.
+                    for (k64, c64) in ks.chunks(64).zip(cs.chunks(64)) {
+                        let (_, mut bits) = code_bits(c64, code::INSIDE);
+                        while bits != 0 {
+                            st.inside.push(k64[bits.trailing_zeros() as usize]);
+                            bits &= bits - 1;
+                        }
+                    }
+                }
+            }
+        }
+        st
+    }
 }
 
 /// Whether `data` holds a NaN: a parallel scan in chunks whose loop has no early exit, so it
@@ -845,10 +868,35 @@ pub(crate) fn keys_pass<T: ScoreElem, N: NormKind>(
     split_parts(keys, ranges)
         .into_par_iter()
         .map_init(Vec::new, |acc, (b0, out)| {
-            block_range_keys::<T, N>(data, g, b0, out, acc);
-            out.contains(&T::Key::MAX)
+            crate::simd::dispatch(KeysTask::<T, N> {
+                data,
+                g,
+                b0,
+                out,
+                acc,
+                norm: PhantomData,
+            })
         })
         .reduce(|| false, |a, b| a | b)
+}
+
+/// One task of [`keys_pass`] (compiled for AVX2 where the CPU has it): whether a key is NaN.
+struct KeysTask<'a, T: ScoreElem, N> {
+    data: &'a [T],
+    g: &'a Grid,
+    b0: usize,
+    out: &'a mut [T::Key],
+    acc: &'a mut Vec<T::Acc>,
+    norm: PhantomData<N>,
+}
+
+impl<T: ScoreElem, N: NormKind> crate::simd::Kernel for KeysTask<'_, T, N> {
+    type Output = bool;
+    #[inline(always)]
+    fn run(self) -> bool {
+        block_range_keys::<T, N>(self.data, self.g, self.b0, self.out, self.acc);
+        self.out.contains(&T::Key::MAX)
+    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ fn gather_selections(v: u64, bw: usize) -> u64 {
 /// Mask words of consecutive one-row blocks of power-of-two width `bw` starting on a word
 /// boundary: word `i` covers the `64 / bw` blocks `i·64/bw ..`. With `sel`, pruned blocks keep the
 /// cells stored in their code bytes (`bw` = 2 or 4), otherwise they are zeroed.
+#[inline(always)]
 pub(crate) fn words_from_codes<K: Key>(
     codes: &[u8],
     bw: usize,
@@ -33,19 +34,23 @@ pub(crate) fn words_from_codes<K: Key>(
     st: &mut CutState<'_, K>,
     out: &mut [u64],
 ) {
+    // The kept flags of 64 blocks at a time: `bw` mask words.
     let per = 64 / bw;
     let mut kept = [0u64; 1];
-    for (o, cs) in out.iter_mut().zip(codes.chunks(per)) {
+    for (ow, cs) in out.chunks_mut(bw).zip(codes.chunks(64)) {
         st.flags(cs, &mut kept);
-        let mut word = spread(kept[0], bw);
-        if sel {
-            for (i, c8) in cs.chunks(8).enumerate() {
-                let mut b = [0u8; 8];
-                b[..c8.len()].copy_from_slice(c8);
-                word |= gather_selections(u64::from_le_bytes(b), bw) << (i * 8 * bw);
+        for (i, o) in ow.iter_mut().enumerate() {
+            let mut word = spread((kept[0] >> (i * per)) & low_bits(per as u32), bw);
+            if sel {
+                let cw = &cs[(i * per).min(cs.len())..((i + 1) * per).min(cs.len())];
+                for (j, c8) in cw.chunks(8).enumerate() {
+                    let mut b = [0u8; 8];
+                    b[..c8.len()].copy_from_slice(c8);
+                    word |= gather_selections(u64::from_le_bytes(b), bw) << (j * 8 * bw);
+                }
             }
+            *o = word;
         }
-        *o = word;
     }
 }
 
@@ -53,6 +58,7 @@ pub(crate) fn words_from_codes<K: Key>(
 /// `bw` = 2 or 4 cells (`data.len() == blocks · bw`) starting on a word boundary: each block keeps
 /// its `bw - z` largest cells (`0 < z < bw`), found for many blocks at once by
 /// [`scores::keep_nibbles_dyn`] and packed `64 / bw` blocks per word.
+#[inline(always)]
 pub(crate) fn words_all_pruned<T: ScoreElem, N: NormKind>(
     data: &[T],
     bw: usize,
@@ -86,6 +92,7 @@ pub(crate) fn words_all_pruned<T: ScoreElem, N: NormKind>(
 /// block row holds at most 64 cells, `w` and `bw` powers of two: the codes of `64 / nbc` block
 /// rows give their kept flags at once, and each block row's bits are its row pattern repeated once
 /// per data row.
+#[inline(always)]
 pub(crate) fn words_from_codes_short<K: Key>(
     codes: &[u8],
     g: &Grid,
@@ -108,5 +115,30 @@ pub(crate) fn words_from_codes_short<K: Key>(
             let n = (nrows * g.w) as u32;
             wr.push(bits & low_bits(n), n);
         }
+    }
+}
+
+/// The words of the whole block rows `br0 ..` (codes `codes`) when blocks are zeroed whole, rows
+/// are whole words (`w % 64 == 0`) and `bw` a power of two: each block row's first data row comes
+/// from its codes ([`words_from_codes`]) and is copied to its other rows.
+#[inline(always)]
+pub(crate) fn words_from_codes_rows<K: Key>(
+    codes: &[u8],
+    g: &Grid,
+    br0: usize,
+    st: &mut CutState<'_, K>,
+    out: &mut [u64],
+) {
+    debug_assert!(g.w % 64 == 0 && g.bw.is_power_of_two());
+    let rw = g.w / 64;
+    let mut at = 0;
+    for (i, cs) in codes.chunks(g.nbc).enumerate() {
+        let n = g.rows_of(br0 + i).len() * rw;
+        let (row, rest) = out[at..at + n].split_at_mut(rw);
+        words_from_codes(cs, g.bw, false, st, row);
+        for r in rest.chunks_exact_mut(rw) {
+            r.copy_from_slice(row);
+        }
+        at += n;
     }
 }
