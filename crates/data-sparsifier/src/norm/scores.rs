@@ -531,6 +531,9 @@ pub(crate) struct Bracket<K> {
     pub hi: K,
     /// Most keys to collect strictly inside `(lo, hi)` before giving up on the bracket.
     pub cap: usize,
+    /// The expected share of the blocks inside, from the sample: each task reserves its list for
+    /// 1.25 times its share, so the lists do not grow by doubling (up to 2× the memory).
+    pub share: f64,
 }
 
 /// Block codes: where a block's key lies relative to a bracket `[lo, hi]`.
@@ -790,6 +793,8 @@ impl<T: ScoreElem, N: NormKind> crate::simd::Kernel for CodedTask<'_, T, N> {
             ..
         } = self;
         let mut st = TaskStats::default();
+        st.inside
+            .reserve(((out.len() as f64 * b.share * 1.25) as usize + 16).min(b.cap));
         // Keep a selection written below, clear anything else.
         let sel_mask: u8 = if sel.is_some() { 0xf8 } else { 0 };
         // Groups of about 4096 blocks (whole block rows when a task is whole block rows),
