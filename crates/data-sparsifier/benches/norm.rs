@@ -5,9 +5,15 @@
 //! 1M × 64 (and the narrow table).
 //!
 //! * `step`: one `DataSparsifier::step` (the mask recomputed from scratch), level 0.5:
-//!   `(1,4)` whole blocks, `(4,4)` whole blocks, `(1,4)` with 2 zeros per block; and, on a narrow
-//!   4M × 16 table (256 MiB, the DLRM embedding width), `(1,4)` whole blocks with L1 and L2;
+//!   `(1,4)` whole blocks, `(4,4)` whole blocks, `(1,4)` with 2 zeros per block, `(4,4)` with 4
+//!   zeros per block; the same on 1M × 64 bf16 (128 MiB); and, on a narrow 4M × 16 table
+//!   (256 MiB, the DLRM embedding width), `(1,4)` whole blocks with L1 and L2;
 //! * `squash`: `squash_mask` writing `mask · data` into the table (setup not timed).
+//!
+//! Each table also gets `read (the limit)`: a plain parallel read of its bytes (rayon, the sum of
+//! its 8-byte words), timed in the same run, and the squash group a plain parallel `copy (the
+//! limit)`. Divide the baseline's time by a case's time for the ratio to the physical limit that
+//! `sparsify bench` prints (this machine's absolute speed varies 2–3× from day to day).
 
 use std::time::Duration;
 
@@ -17,8 +23,27 @@ use criterion::{
 };
 use data_sparsifier::norm::{DataNormConfig, DataNormPatch, DataNormSparsifier, Norm};
 use data_sparsifier::SquashOptions;
-use data_sparsifier::Tensor;
+use data_sparsifier::{DType, Tensor};
 use rayon::prelude::*;
+
+/// A plain parallel read of `bytes`: the sum of its 8-byte words in 64 KiB pieces.
+fn parallel_read(bytes: &[u8]) -> u64 {
+    bytes
+        .par_chunks(1 << 16)
+        .map(|c| {
+            c.chunks_exact(8)
+                .map(|w| u64::from_le_bytes(w.try_into().unwrap_or([0; 8])))
+                .fold(0, u64::wrapping_add)
+        })
+        .reduce(|| 0, u64::wrapping_add)
+}
+
+/// A plain parallel copy of `src` into `dst` (same length) in 64 KiB pieces.
+fn parallel_copy(src: &[u8], dst: &mut [u8]) {
+    dst.par_chunks_mut(1 << 16)
+        .zip(src.par_chunks(1 << 16))
+        .for_each(|(d, s)| d.copy_from_slice(s));
+}
 
 /// A `rows × cols` f32 table of uniform values in (-1, 1), filled in parallel.
 fn table(rows: usize, cols: usize, seed: u64) -> Tensor {
@@ -54,6 +79,10 @@ fn step_cases(
     cases: &[(&str, DataNormPatch)],
 ) {
     g.throughput(Throughput::Bytes(t.size_in_bytes() as u64));
+    let bytes = t.as_bytes();
+    g.bench_function(BenchmarkId::new("read (the limit)", size), |b| {
+        b.iter(|| std::hint::black_box(parallel_read(bytes)))
+    });
     let mut sp = DataNormSparsifier::data_norm(DataNormConfig::default()).unwrap();
     sp.add_data("table", t).unwrap();
     for (name, patch) in cases {
@@ -78,10 +107,22 @@ fn step(c: &mut Criterion) {
             "(1,4) L1 zpb=2",
             DataNormPatch::new().block(1, 4).zeros_per_block(2),
         ),
+        (
+            "(4,4) L1 zpb=4",
+            DataNormPatch::new().block(4, 4).zeros_per_block(4),
+        ),
     ];
     for (size, rows) in sizes() {
         step_cases(&mut g, size, table(rows, 64, 1), &cases);
     }
+    // Half precision (most checkpoints today): throughput in the table's own bytes.
+    let half = Tensor::from_f64s(
+        &table(1 << 20, 64, 4).to_f64_vec(),
+        DType::BF16,
+        [1 << 20, 64],
+    )
+    .unwrap();
+    step_cases(&mut g, "1M x 64 bf16", half, &cases);
     // Narrow rows (the DLRM embedding width): as many bytes and blocks as 1M × 64, 4 times the rows.
     let narrow = [
         ("(1,4) L1 whole blocks", DataNormPatch::new().block(1, 4)),
@@ -106,6 +147,11 @@ fn squash(c: &mut Criterion) {
         sp.add_data("table", t.clone()).unwrap();
         sp.step().unwrap();
         let mask = sp.get_mask("table").unwrap().clone();
+        let src = t.as_bytes();
+        let mut dst = vec![0u8; src.len()];
+        g.bench_function(BenchmarkId::new("copy (the limit)", size), |b| {
+            b.iter(|| parallel_copy(src, std::hint::black_box(&mut dst)))
+        });
         g.bench_function(BenchmarkId::new("(1,4) L1 0.5", size), |b| {
             b.iter_batched(
                 || {
