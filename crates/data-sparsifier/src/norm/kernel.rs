@@ -117,8 +117,18 @@ pub(crate) fn run_norm<T: ScoreElem, N: NormKind>(
         // Fast path: a sampled key interval, one byte per block.
         let pos = select::sample_positions(nb);
         let sample: Vec<T::Key> = pos
-            .par_iter()
-            .map(|&i| scores::block_key::<T, N>(data, &g, i / g.nbc, i % g.nbc))
+            .par_chunks(SAMPLE_CHUNK)
+            .flat_map_iter(|ps| {
+                // The sampled blocks are far apart (each a cache and TLB miss): start loading
+                // the block `SAMPLE_AHEAD` positions ahead while this one is scored.
+                let first = |i: usize| (i / g.nbc) * g.bh * g.w + (i % g.nbc) * g.bw;
+                ps.iter().enumerate().map(move |(j, &i)| {
+                    if let Some(&a) = ps.get(j + SAMPLE_AHEAD) {
+                        crate::simd::prefetch(data, first(a));
+                    }
+                    scores::block_key::<T, N>(data, &g, i / g.nbc, i % g.nbc)
+                })
+            })
             .collect();
         let b = select::bracket_from_sample(sample, nb, k);
         let codes = scratch.codes(nb);
@@ -151,6 +161,11 @@ pub(crate) fn run_norm<T: ScoreElem, N: NormKind>(
     mask_pass::<T, N>(data, &g, &ranges, zpb, src, Some(&cut), mask);
     Ok(route)
 }
+
+/// Sample positions per parallel task of the sample.
+const SAMPLE_CHUNK: usize = 1024;
+/// How many sample positions ahead the sample prefetches.
+const SAMPLE_AHEAD: usize = 16;
 
 #[cfg(test)]
 mod path_tests {
