@@ -60,14 +60,26 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     let _ = (file, offset, len);
 }
 
+/// The folder holding `path`: its parent, or `.` for a bare file name (whose parent is empty).
+///
+/// ```
+/// use std::path::Path;
+/// use data_sparsifier::format::parent_dir;
+/// assert_eq!(parent_dir(Path::new("out/model.safetensors")), Path::new("out"));
+/// assert_eq!(parent_dir(Path::new("model.safetensors")), Path::new("."));
+/// ```
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
 impl AtomicFile {
     /// Starts writing a temp file beside `target`.
     pub fn create(target: impl AsRef<Path>) -> Result<Self> {
         let target = target.as_ref().to_path_buf();
-        let dir = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = parent_dir(&target).to_path_buf();
         let file_name = target
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
@@ -184,13 +196,9 @@ impl AtomicFile {
                 }
             }
         }
-        if let Some(dir) = self.target.parent() {
+        if self.target.parent().is_some() {
             // Persist the rename itself; not every platform can open a directory, so this is best effort.
-            if let Ok(d) = File::open(if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            }) {
+            if let Ok(d) = File::open(parent_dir(&self.target)) {
                 let _ = d.sync_all();
             }
         }

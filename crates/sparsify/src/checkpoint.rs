@@ -198,10 +198,7 @@ impl Input {
             Err(e) => return Err(CliError::Sharded { source: e }),
             Ok(i) => i,
         };
-        let dir = match index_path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = data_sparsifier::format::parent_dir(&index_path).to_path_buf();
         let mut shards = Vec::new();
         let mut tensors = Vec::new();
         for file in index.shards() {

@@ -28,7 +28,7 @@ use std::time::Instant;
 use data_sparsifier::compact::{CompactOptions, CompactSink, Encoding};
 use data_sparsifier::format::safetensors::{MaskSink, SquashedSink};
 use data_sparsifier::format::sharded::{is_index_path, ShardIndex};
-use data_sparsifier::format::{AtomicFile, CommitMode, Staged, TensorInfo, TensorSink};
+use data_sparsifier::format::{parent_dir, AtomicFile, CommitMode, Staged, TensorInfo, TensorSink};
 use data_sparsifier::rule::{Registry, Rule};
 use data_sparsifier::state::{EntryHeader, StateHeader, StateWriter};
 use data_sparsifier::{validate_name, DataKind, Mask};
@@ -295,11 +295,11 @@ fn canonical(p: &Path) -> Option<PathBuf> {
     if let Ok(c) = std::fs::canonicalize(p) {
         return Some(c);
     }
-    let parent = match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    Some(std::fs::canonicalize(parent).ok()?.join(p.file_name()?))
+    Some(
+        std::fs::canonicalize(parent_dir(p))
+            .ok()?
+            .join(p.file_name()?),
+    )
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -356,10 +356,7 @@ pub(crate) fn check_outputs(input: &Path, outs: &[(&str, &Path)], force: bool) -
                 path: p.display().to_string(),
             });
         }
-        let dir = match p.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
+        let dir = parent_dir(p);
         if !dir.is_dir() {
             return Err(CliError::Usage(format!(
                 "the directory of {flag} {} does not exist: create {} first",
@@ -899,10 +896,7 @@ fn input_dir(input: &Path) -> PathBuf {
     if input.is_dir() {
         return input.to_path_buf();
     }
-    match input.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
+    parent_dir(input).to_path_buf()
 }
 
 /// For a sharded input: `--output` and `--masks` name folders (existing, or new in a folder that
@@ -925,10 +919,7 @@ fn check_dirs(opts: &RunOptions) -> Result<()> {
                 opts.input.display()
             )));
         }
-        let parent = match d.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
+        let parent = parent_dir(d);
         if !d.exists() && !parent.is_dir() {
             return Err(CliError::Usage(format!(
                 "the folder of {flag} {} does not exist: create {} first",

@@ -26,7 +26,7 @@ use std::fmt;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-pub use crate::io::{write_atomic, AtomicFile, CommitMode, MappedFile, Staged};
+pub use crate::io::{parent_dir, write_atomic, AtomicFile, CommitMode, MappedFile, Staged};
 use crate::mask::Mask;
 use crate::tensor::{Slice, Tensor, TensorView};
 
