@@ -21,29 +21,11 @@ use criterion::measurement::WallTime;
 use criterion::{
     criterion_group, criterion_main, BatchSize, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
 };
+use data_sparsifier::limits::{parallel_copy, parallel_read};
 use data_sparsifier::norm::{DataNormConfig, DataNormPatch, DataNormSparsifier, Norm};
 use data_sparsifier::SquashOptions;
 use data_sparsifier::{DType, Tensor};
 use rayon::prelude::*;
-
-/// A plain parallel read of `bytes`: the sum of its 8-byte words in 64 KiB pieces.
-fn parallel_read(bytes: &[u8]) -> u64 {
-    bytes
-        .par_chunks(1 << 16)
-        .map(|c| {
-            c.chunks_exact(8)
-                .map(|w| u64::from_le_bytes(w.try_into().unwrap_or([0; 8])))
-                .fold(0, u64::wrapping_add)
-        })
-        .reduce(|| 0, u64::wrapping_add)
-}
-
-/// A plain parallel copy of `src` into `dst` (same length) in 64 KiB pieces.
-fn parallel_copy(src: &[u8], dst: &mut [u8]) {
-    dst.par_chunks_mut(1 << 16)
-        .zip(src.par_chunks(1 << 16))
-        .for_each(|(d, s)| d.copy_from_slice(s));
-}
 
 /// A `rows × cols` f32 table of uniform values in (-1, 1), filled in parallel.
 fn table(rows: usize, cols: usize, seed: u64) -> Tensor {

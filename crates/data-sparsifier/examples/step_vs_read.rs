@@ -13,9 +13,9 @@
 
 use std::time::Instant;
 
+use data_sparsifier::limits::parallel_read;
 use data_sparsifier::norm::{compute_mask_with, DataNormConfig, Scratch};
 use data_sparsifier::{random::randn, DType, Mask};
-use rayon::prelude::*;
 
 const USAGE: &str = "usage: step_vs_read ROWS COLS BH BW [ZPB|whole] [f32|f16|bf16|f64] [REPEATS]";
 
@@ -64,14 +64,7 @@ fn main() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     for _ in 0..repeats {
         let t = Instant::now();
-        let x = bytes
-            .par_chunks(1 << 20)
-            .map(|c| {
-                c.chunks_exact(8).fold(0u64, |a, w| {
-                    a ^ u64::from_le_bytes(w.try_into().unwrap_or([0; 8]))
-                })
-            })
-            .reduce(|| 0, |a, b| a ^ b);
+        let x = parallel_read(bytes);
         std::hint::black_box(x);
         reads.push(t.elapsed().as_secs_f64());
         let t = Instant::now();

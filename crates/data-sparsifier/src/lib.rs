@@ -70,6 +70,7 @@ pub mod format;
 mod handle;
 pub mod hooks;
 mod io;
+pub mod limits;
 mod magnitude;
 mod mask;
 mod mem;
