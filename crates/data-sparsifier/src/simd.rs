@@ -1,5 +1,7 @@
-//! Runtime CPU dispatch for the lookup kernels: the same Rust code compiled a second time for
-//! AVX2 + FMA, chosen when the CPU has them.
+//! Runtime CPU dispatch for the lookup kernels and the DataNorm passes: the same Rust code
+//! compiled a second time for AVX2, FMA, BMI2 and F16C (x86-64-v3), chosen when the CPU has them
+//! ([`has_v3`]). The few loops that the compiler does not vectorize well are written with
+//! `std::arch` intrinsics ([`crate::norm`]'s `avx2` module) and called only when [`has_v3`] holds.
 //!
 //! The answers do not change: the kernels only add and multiply in a fixed order (no
 //! reassociation), and `f32::mul_add` is one correctly rounded fused multiply-add whether the
@@ -16,28 +18,56 @@ pub(crate) trait Kernel {
     fn run(self) -> Self::Output;
 }
 
-/// Runs `k` compiled for AVX2 and FMA when this CPU has both, else as it is.
+/// Whether this CPU has AVX2, FMA, BMI2 and F16C: the features [`dispatch`] compiles for and the
+/// intrinsic loops use. Cached in one byte (one load and a compare), since the loops ask often.
+#[inline(always)]
+pub(crate) fn has_v3() -> bool {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    /// 0: not asked yet; 1: no; 2: yes.
+    static V3: AtomicU8 = AtomicU8::new(0);
+    match V3.load(Ordering::Relaxed) {
+        0 => {
+            let yes = detect_v3();
+            V3.store(1 + yes as u8, Ordering::Relaxed);
+            yes
+        }
+        v => v == 2,
+    }
+}
+
+/// [`has_v3`], asked of the CPU.
+#[cold]
+fn detect_v3() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("bmi2")
+            && std::arch::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Runs `k` compiled for x86-64-v3 when this CPU has it ([`has_v3`]), else as it is.
 #[inline]
 pub(crate) fn dispatch<K: Kernel>(k: K) -> K::Output {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: calling a function compiled with `target_feature` is sound when the CPU has
-            // those features, and this CPU has AVX2 and FMA (checked just above).
-            return unsafe { avx2_fma(k) };
-        }
+    if has_v3() {
+        // SAFETY: calling a function compiled with `target_feature` is sound when the CPU has
+        // those features, and this CPU has them all (checked just above).
+        return unsafe { v3(k) };
     }
     k.run()
 }
 
-/// `k.run()`, inlined into a function compiled for AVX2 and FMA.
+/// `k.run()`, inlined into a function compiled for AVX2, FMA, BMI2 and F16C.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA.
+/// The CPU must have those features ([`has_v3`]).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn avx2_fma<K: Kernel>(k: K) -> K::Output {
+#[target_feature(enable = "avx2,fma,bmi1,bmi2,f16c")]
+unsafe fn v3<K: Kernel>(k: K) -> K::Output {
     k.run()
 }
 

@@ -41,10 +41,63 @@ pub(crate) fn or_bits(bits: &mut [u64], start: usize, v: u64, n: u32) {
     }
 }
 
-/// Spreads flag `i` of `f` to bits `i·bw .. (i+1)·bw` (`bw` a power of two up to 64; `64 / bw`
-/// flags).
+/// Spreads flag `i` of a word to bits `i·bw .. (i+1)·bw` (`bw` a power of two up to 64; `64 / bw`
+/// flags), for one block width, with what it needs worked out once (for the loops).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Spread {
+    bw: usize,
+    /// Bit 0 of every `bw`-bit field.
+    starts: u64,
+    /// `bw` ones.
+    ones: u64,
+    /// The CPU has BMI2 and `bw` is a power of two up to 64: [`spread_pdep`].
+    pdep: bool,
+}
+
+impl Spread {
+    /// The spread for `bw`.
+    #[inline(always)]
+    pub(crate) fn new(bw: usize) -> Spread {
+        let ones = low_bits(bw as u32);
+        let pow2 = bw.is_power_of_two() && bw <= 64;
+        Spread {
+            bw,
+            // All ones divided by one field of ones.
+            starts: if bw >= 64 || bw == 0 {
+                1
+            } else {
+                u64::MAX / ones
+            },
+            ones,
+            pdep: pow2 && crate::simd::has_v3(),
+        }
+    }
+
+    /// Flag `i` of `f` spread over bits `i·bw .. (i+1)·bw`.
+    #[inline(always)]
+    pub(crate) fn of(&self, f: u64) -> u64 {
+        #[cfg(target_arch = "x86_64")]
+        if self.pdep {
+            // SAFETY: the CPU has BMI2 (`has_v3`, checked in `new`).
+            return unsafe { spread_pdep(f, self.starts, self.ones) };
+        }
+        spread_portable(f, self.bw)
+    }
+}
+
+/// [`Spread::of`] with BMI2: `pdep` puts bit `i` of `f` at bit `i·bw` (the bits of `starts`), and the
+/// product with `ones` (`bw` ones) repeats it over the `bw` bits above: no carries, the copies do
+/// not overlap.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "bmi2")]
+#[inline]
+fn spread_pdep(f: u64, starts: u64, ones: u64) -> u64 {
+    std::arch::x86_64::_pdep_u64(f, starts).wrapping_mul(ones)
+}
+
+/// [`Spread::of`] in plain Rust (shifts and masks).
 #[inline(always)]
-pub(crate) fn spread(f: u64, bw: usize) -> u64 {
+pub(crate) fn spread_portable(f: u64, bw: usize) -> u64 {
     match bw {
         1 => f,
         2 => {
@@ -135,7 +188,16 @@ mod tests {
                         want |= low_bits(bw as u32) << (i * bw);
                     }
                 }
-                assert_eq!(spread(f & low_bits(per as u32), bw), want, "bw {bw}");
+                assert_eq!(
+                    Spread::new(bw).of(f & low_bits(per as u32)),
+                    want,
+                    "bw {bw}"
+                );
+                assert_eq!(
+                    spread_portable(f & low_bits(per as u32), bw),
+                    want,
+                    "bw {bw}"
+                );
             }
         }
     }

@@ -167,19 +167,24 @@ impl<'m> SpanWriter<'m> {
         self.advance(n);
     }
 
-    /// If the current span is word-aligned (it starts on a word, and ends on one or at the end of
-    /// the mask) and nothing of it is written yet, lets `f` write its words directly and closes the
-    /// span; returns whether it did. Bits past the end of the mask that `f` sets are cleared later.
+    /// The words of the current span, if it is word-aligned (it starts on a word, and ends on one
+    /// or at the end of the mask) and nothing of it is written yet: the caller writes them all and
+    /// then calls [`close_aligned`](Self::close_aligned). Bits past the end of the mask that it
+    /// sets are cleared later.
     #[inline(always)]
-    pub(crate) fn write_aligned(&mut self, f: impl FnOnce(&mut [u64])) -> bool {
+    pub(crate) fn aligned_words(&mut self) -> Option<&mut [u64]> {
         if !self.aligned || self.left != self.span_len || self.left == 0 {
-            return false;
+            return None;
         }
-        f(self.out);
+        Some(&mut *self.out)
+    }
+
+    /// Closes the span whose words [`aligned_words`](Self::aligned_words) gave.
+    #[inline(always)]
+    pub(crate) fn close_aligned(&mut self) {
         self.pos = 0;
         self.left = 0;
         self.next_span();
-        true
     }
 
     /// Ends the task: returns the bits of shared words.
@@ -289,12 +294,14 @@ mod tests {
             m.write_spans(spans, |t, wr| {
                 for (k, r) in spans2[t].iter().enumerate() {
                     let mut i = r.start;
-                    if k % 3 == 0 && wr.write_aligned(|out| {
-                        for (j, o) in out.iter_mut().enumerate() {
-                            *o = (0..64).fold(0, |a, b| a | (bit(r.start + j * 64 + b) as u64) << b);
+                    if k % 3 == 0 {
+                        if let Some(out) = wr.aligned_words() {
+                            for (j, o) in out.iter_mut().enumerate() {
+                                *o = (0..64).fold(0, |a, b| a | (bit(r.start + j * 64 + b) as u64) << b);
+                            }
+                            wr.close_aligned();
+                            continue;
                         }
-                    }) {
-                        continue;
                     }
                     while i < r.end {
                         let n = (r.end - i).min(1 + (i * 7) % 100);

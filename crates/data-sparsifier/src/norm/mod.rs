@@ -50,6 +50,8 @@
 //! assert_eq!(masked.as_slice::<f32>().unwrap(), &[0.0, -4.0, 3.0, 0.0]);
 //! ```
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 pub mod budget;
 mod config;
 mod kernel;

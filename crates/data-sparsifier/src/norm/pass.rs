@@ -11,7 +11,7 @@ use super::plan;
 use super::scores::{self, code, code_bits, Grid, Key, NormKind, ScoreElem, TaskStats};
 use super::select::Cut;
 use super::words;
-use crate::mask::bits::{for_each_zero, get_bits, or_bits, set_bit_range, spread};
+use crate::mask::bits::{for_each_zero, get_bits, or_bits, set_bit_range, Spread};
 use crate::mask::{Mask, SpanWriter};
 
 /// Where the mask pass learns which blocks are pruned.
@@ -64,26 +64,18 @@ impl<'a, K: Key> CutState<'a, K> {
             while at != 0 {
                 let j = at.trailing_zeros();
                 at &= at - 1;
-                let prune = if self.c == code::INSIDE {
+                // Branch-free: inside the bracket, whether a key is below the threshold is a
+                // coin toss for the branch predictor.
+                let (below, tied) = if self.c == code::INSIDE {
                     let v = self.inside[self.cursor];
                     self.cursor += 1;
-                    if v < self.thr {
-                        true
-                    } else if v == self.thr && self.budget > 0 {
-                        self.budget -= 1;
-                        true
-                    } else {
-                        false
-                    }
-                } else if self.budget > 0 {
-                    self.budget -= 1;
-                    true
+                    (v < self.thr, v == self.thr)
                 } else {
-                    false
+                    (false, true)
                 };
-                if !prune {
-                    keep |= 1 << j;
-                }
+                let take = tied & (self.budget > 0);
+                self.budget -= take as usize;
+                keep |= ((!(below | take)) as u64) << j;
             }
             n_pruned += cs.len() - keep.count_ones() as usize;
             *kw = keep;
@@ -98,9 +90,9 @@ impl<'a, K: Key> CutState<'a, K> {
 fn row_pattern(kept: &[u64], g: &Grid, out: &mut [u64]) {
     #[inline(always)]
     fn pow2<const BW: usize>(kept: &[u64], out: &mut [u64]) {
-        let per = 64 / BW;
+        let (per, sp) = (64 / BW, Spread::new(BW));
         for (j, o) in out.iter_mut().enumerate() {
-            *o = spread(get_bits(kept, j * per, per as u32), BW);
+            *o = sp.of(get_bits(kept, j * per, per as u32));
         }
     }
     match g.bw {
@@ -270,21 +262,32 @@ impl<T: ScoreElem> Pass<'_, T> {
     ) -> bool {
         let (g, r) = (self.g, &self.routes);
         let (b0, b1) = (blocks.start, blocks.end);
+        // The routes write the task's words in place (`aligned_words`), not in a closure, which
+        // the compiler kept out of line, away from the CPU features of `simd::dispatch`.
         if r.word_path {
             let (bw, zpb) = (g.bw, self.zpb);
+            let coded = matches!(self.src, Source::Coded(..));
+            if !(coded || zpb >= bw || bw <= 4) {
+                return false;
+            }
+            let Some(out) = wr.aligned_words() else {
+                return false;
+            };
             match &self.src {
                 // Each mask word comes straight from the code bytes of the `64 / bw` blocks it
                 // covers, which may span several data rows (narrow rows).
-                Source::Coded(codes, _) => wr.write_aligned(|out| {
+                Source::Coded(codes, _) => {
                     words::words_from_codes(&codes[b0..b1], bw, r.sel_in_codes, st, out)
-                }),
-                Source::All if zpb >= bw => wr.write_aligned(|out| out.fill(0)),
+                }
+                Source::All if zpb >= bw => out.fill(0),
                 // N:M with M = 2 or 4: the kept cells of every block, lanes across blocks.
-                Source::All if bw <= 4 => wr.write_aligned(|out| {
+                Source::All => {
                     words::words_all_pruned::<T, N>(&self.data[b0 * bw..b1 * bw], bw, zpb, out)
-                }),
-                _ => false,
+                }
+                Source::Keys(_) => return false,
             }
+            wr.close_aligned();
+            true
         } else if let (true, Source::Coded(codes, _)) = (r.short_block_rows, &self.src) {
             if b0 % g.nbc != 0 || b1 % g.nbc != 0 {
                 return false;
@@ -295,9 +298,12 @@ impl<T: ScoreElem> Pass<'_, T> {
             if b0 % g.nbc != 0 || b1 % g.nbc != 0 {
                 return false;
             }
-            wr.write_aligned(|out| {
-                words::words_from_codes_rows(&codes[b0..b1], g, b0 / g.nbc, st, out)
-            })
+            let Some(out) = wr.aligned_words() else {
+                return false;
+            };
+            words::words_from_codes_rows(&codes[b0..b1], g, b0 / g.nbc, st, out);
+            wr.close_aligned();
+            true
         } else {
             false
         }

@@ -39,11 +39,113 @@ pub(crate) trait Key: Copy + Ord + Eq + Send + Sync + Default + Debug + 'static 
     fn to_u64(self) -> u64;
     /// Narrows from u64.
     fn from_u64(v: u64) -> Self;
+    /// The code loop of the coded pass: writes the [`code`] of each key relative to `[lo, hi]`
+    /// into `codes` (`codes.len() >= keys.len()`), keeping the within-block selection of each
+    /// old code byte (shifted up by 3, under `sel_mask`), and returns the counts.
+    fn code_run(keys: &[Self], lo: Self, hi: Self, sel_mask: u8, codes: &mut [u8]) -> CodeCounts {
+        code_run_portable(keys, lo, hi, sel_mask, codes)
+    }
+}
+
+/// How many keys of a run the code loop found in each code (and how many are NaN).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct CodeCounts {
+    /// `BELOW`.
+    pub lt: usize,
+    /// `AT_LO`.
+    pub eq_lo: usize,
+    /// `INSIDE`.
+    pub inside: usize,
+    /// `AT_HI`.
+    pub eq_hi: usize,
+    /// NaN keys (`Key::MAX`).
+    pub nan: usize,
+}
+
+impl std::ops::Add for CodeCounts {
+    type Output = CodeCounts;
+    fn add(self, o: CodeCounts) -> CodeCounts {
+        CodeCounts {
+            lt: self.lt + o.lt,
+            eq_lo: self.eq_lo + o.eq_lo,
+            inside: self.inside + o.inside,
+            eq_hi: self.eq_hi + o.eq_hi,
+            nan: self.nan + o.nan,
+        }
+    }
+}
+
+/// [`Key::code_run`] in plain Rust: [`code_of`], with the counts taken from the same comparisons.
+#[inline(always)]
+pub(crate) fn code_run_portable<K: Key>(
+    keys: &[K],
+    lo: K,
+    hi: K,
+    sel_mask: u8,
+    codes: &mut [u8],
+) -> CodeCounts {
+    let (mut lt, mut el, mut eh, mut ins, mut na) = (0u32, 0u32, 0u32, 0u32, 0u32);
+    for (&k, c) in keys.iter().zip(codes.iter_mut()) {
+        let ge_lo = (k >= lo) as u32;
+        let gt_lo = (k > lo) as u32;
+        let ge_hi = (k >= hi) as u32 & gt_lo;
+        let gt_hi = (k > hi) as u32;
+        *c = ((*c << 3) & sel_mask) | (ge_lo + gt_lo + ge_hi + gt_hi) as u8;
+        lt += 1 - ge_lo;
+        el += ge_lo - gt_lo;
+        ins += gt_lo - ge_hi;
+        eh += ge_hi - gt_hi;
+        na += (k == K::MAX) as u32;
+    }
+    CodeCounts {
+        lt: lt as usize,
+        eq_lo: el as usize,
+        inside: ins as usize,
+        eq_hi: eh as usize,
+        nan: na as usize,
+    }
+}
+
+/// [`Key::code_run`] with an AVX2 loop `simd` for the whole multiples of its width, where the CPU
+/// has it, and the portable loop for the rest.
+#[inline(always)]
+#[allow(unused_variables)] // `simd` is unused off x86_64
+fn code_run_with<K: Key>(
+    keys: &[K],
+    lo: K,
+    hi: K,
+    sel_mask: u8,
+    codes: &mut [u8],
+    simd: impl Fn(&[K], K, K, u8, &mut [u8]) -> (usize, CodeCounts),
+) -> CodeCounts {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_v3() {
+        let (done, head) = simd(keys, lo, hi, sel_mask, codes);
+        return head + code_run_portable(&keys[done..], lo, hi, sel_mask, &mut codes[done..]);
+    }
+    code_run_portable(keys, lo, hi, sel_mask, codes)
 }
 
 macro_rules! impl_key {
-    ($t:ty, $u:ty, $p:ty) => {
+    ($t:ty, $u:ty, $p:ty $(, $simd:ident)?) => {
         impl Key for $t {
+            $(
+            #[inline(always)]
+            fn code_run(keys: &[$t], lo: $t, hi: $t, sel_mask: u8, codes: &mut [u8]) -> CodeCounts {
+                #[cfg(target_arch = "x86_64")]
+                #[inline(always)]
+                fn simd(k: &[$t], lo: $t, hi: $t, s: u8, c: &mut [u8]) -> (usize, CodeCounts) {
+                    // SAFETY: called only where `has_v3` holds (in `code_run_with`): the CPU has
+                    // AVX2.
+                    unsafe { super::avx2::$simd(k, lo, hi, s, c) }
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                fn simd(_: &[$t], _: $t, _: $t, _: u8, _: &mut [u8]) -> (usize, CodeCounts) {
+                    (0, CodeCounts::default())
+                }
+                code_run_with(keys, lo, hi, sel_mask, codes, simd)
+            }
+            )?
             const MAX: Self = <$t>::MAX;
             const MIN: Self = 0;
             const BITS: u32 = <$t>::BITS;
@@ -63,8 +165,8 @@ macro_rules! impl_key {
         }
     };
 }
-impl_key!(i16, u16, u64);
-impl_key!(i32, u32, u64);
+impl_key!(i16, u16, u64, codes_i16);
+impl_key!(i32, u32, u64, codes_i32);
 impl_key!(i64, u64, u128);
 
 /// The per-dtype arithmetic of PyTorch's block and cell scores.
@@ -81,6 +183,14 @@ pub(crate) trait ScoreElem: Element {
     fn l2_key(self) -> Self::Key;
     /// Key of a block score: `sum / count` in the accumulator, rounded to the data type.
     fn score_key(sum: Self::Acc, count: usize) -> Self::Key;
+    /// The keys of the first blocks of a run of one-row blocks of four cells (`data.len() == 4 ·
+    /// keys.len()`) by an AVX2 loop where the type has one and the CPU has AVX2; returns how many
+    /// it did (the caller does the rest). The same keys as [`keys_exact`].
+    #[inline(always)]
+    fn keys4_simd<N: NormKind>(data: &[Self], keys: &mut [Self::Key]) -> usize {
+        let _ = (data, keys);
+        0
+    }
 }
 
 impl ScoreElem for f32 {
@@ -104,6 +214,22 @@ impl ScoreElem for f32 {
     #[inline(always)]
     fn score_key(sum: f32, count: usize) -> i32 {
         f32_key(sum / count as f32)
+    }
+    #[inline(always)]
+    fn keys4_simd<N: NormKind>(data: &[f32], keys: &mut [i32]) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::has_v3() {
+            // SAFETY: the CPU has AVX2 (`has_v3`, checked just above).
+            return unsafe {
+                if N::SQUARE {
+                    super::avx2::keys4_f32::<true>(data, keys)
+                } else {
+                    super::avx2::keys4_f32::<false>(data, keys)
+                }
+            };
+        }
+        let _ = (data, keys);
+        0
     }
 }
 
@@ -132,7 +258,7 @@ impl ScoreElem for f64 {
 }
 
 macro_rules! impl_half {
-    ($t:ty, $nan_mask:expr, $abs_f32:path, $round:path) => {
+    ($t:ty, $nan_mask:expr, $abs_f32:path, $round:path, $bf16:expr) => {
         impl ScoreElem for $t {
             type Key = i16;
             #[inline(always)]
@@ -157,12 +283,29 @@ macro_rules! impl_half {
             fn score_key(sum: f32, count: usize) -> i16 {
                 rounded_key(sum / count as f32, $round)
             }
+            #[inline(always)]
+            fn keys4_simd<N: NormKind>(data: &[$t], keys: &mut [i16]) -> usize {
+                #[cfg(target_arch = "x86_64")]
+                if crate::simd::has_v3() {
+                    let bits: &[u16] = bytemuck::cast_slice(data);
+                    // SAFETY: the CPU has AVX2 and F16C (`has_v3`, checked just above).
+                    return unsafe {
+                        if N::SQUARE {
+                            super::avx2::keys4_half::<$bf16, true>(bits, keys)
+                        } else {
+                            super::avx2::keys4_half::<$bf16, false>(bits, keys)
+                        }
+                    };
+                }
+                let _ = (data, keys);
+                0
+            }
         }
     };
 }
 // Exponent bits all set: inf if the mantissa is 0, NaN otherwise.
-impl_half!(f16, 0x7c00, f16_abs_to_f32, f32_to_f16_bits);
-impl_half!(bf16, 0x7f80, bf16_abs_to_f32, f32_to_bf16_bits);
+impl_half!(f16, 0x7c00, f16_abs_to_f32, f32_to_f16_bits, false);
+impl_half!(bf16, 0x7f80, bf16_abs_to_f32, f32_to_bf16_bits, true);
 
 // Half-precision conversions, exact and branch-free so that the score loops vectorize. `half`'s own
 // conversions give the same values, but pick the f16 instruction at run time for every element (or
@@ -279,6 +422,8 @@ fn half_key(bits: u16, exp_mask: u16) -> i16 {
 
 /// L1 or L2, as a type, so the inner loops are monomorphized.
 pub(crate) trait NormKind: Copy + Send + Sync + 'static {
+    /// L2: cells are squared.
+    const SQUARE: bool;
     /// The cell's contribution to a block sum.
     fn cell<T: ScoreElem>(x: T) -> T::Acc;
     /// The cell's key for within-block selection.
@@ -291,6 +436,7 @@ pub(crate) struct L1;
 #[derive(Clone, Copy)]
 pub(crate) struct L2;
 impl NormKind for L1 {
+    const SQUARE: bool = false;
     #[inline(always)]
     fn cell<T: ScoreElem>(x: T) -> T::Acc {
         x.l1()
@@ -301,6 +447,7 @@ impl NormKind for L1 {
     }
 }
 impl NormKind for L2 {
+    const SQUARE: bool = true;
     #[inline(always)]
     fn cell<T: ScoreElem>(x: T) -> T::Acc {
         x.l2()
@@ -372,7 +519,10 @@ fn accumulate_exact<T: ScoreElem, N: NormKind, const BW: usize>(row: &[T], acc: 
 /// Keys of `keys.len()` whole blocks of `BW` consecutive cells (`data.len() == keys.len() * BW`),
 /// one data row per block: sums and keys in one loop, vectorized across blocks.
 #[inline(always)]
-fn keys_exact<T: ScoreElem, N: NormKind, const BW: usize>(data: &[T], keys: &mut [T::Key]) {
+pub(crate) fn keys_exact<T: ScoreElem, N: NormKind, const BW: usize>(
+    data: &[T],
+    keys: &mut [T::Key],
+) {
     debug_assert_eq!(data.len(), keys.len() * BW);
     for (k, c) in keys.iter_mut().zip(data.chunks_exact(BW)) {
         let mut s = T::acc_zero();
@@ -464,7 +614,10 @@ fn block_range_keys<T: ScoreElem, N: NormKind>(
         match g.bw {
             1 => keys_exact::<T, N, 1>(d, out),
             2 => keys_exact::<T, N, 2>(d, out),
-            4 => keys_exact::<T, N, 4>(d, out),
+            4 => {
+                let done = T::keys4_simd::<N>(d, out);
+                keys_exact::<T, N, 4>(&d[done * 4..], &mut out[done..]);
+            }
             8 => keys_exact::<T, N, 8>(d, out),
             16 => keys_exact::<T, N, 16>(d, out),
             bw => keys_exact_dyn::<T, N>(d, out, bw),
@@ -598,6 +751,17 @@ fn gather_bytes(b: u64) -> u64 {
 #[inline(always)]
 pub(crate) fn code_bits(codes: &[u8], c: u8) -> (u64, u64) {
     debug_assert!(codes.len() <= 64 && c <= code::ABOVE);
+    #[cfg(target_arch = "x86_64")]
+    if let (Ok(c64), true) = (<&[u8; 64]>::try_from(codes), crate::simd::has_v3()) {
+        // SAFETY: the CPU has AVX2 (`has_v3`, checked just above).
+        return unsafe { super::avx2::code_bits64(c64, c) };
+    }
+    code_bits_portable(codes, c)
+}
+
+/// [`code_bits`] in plain Rust.
+#[inline(always)]
+pub(crate) fn code_bits_portable(codes: &[u8], c: u8) -> (u64, u64) {
     let (mut gt, mut eq) = (0u64, 0u64);
     let mut it = codes.chunks_exact(8);
     let mut shift = 0;
@@ -839,26 +1003,14 @@ impl<T: ScoreElem, N: NormKind> crate::simd::Kernel for CodedTask<'_, T, N> {
                 block_range_keys::<T, N>(data, g, gb0, keys, acc);
             }
             let ks = &keys[..];
-            let (mut lt, mut el, mut eh, mut ins, mut na) = (0u32, 0u32, 0u32, 0u32, 0u32);
-            for (&k, c) in ks.iter().zip(cs.iter_mut()) {
-                // code_of, with the counts taken from the same comparisons.
-                let ge_lo = (k >= b.lo) as u32;
-                let gt_lo = (k > b.lo) as u32;
-                let ge_hi = (k >= b.hi) as u32 & gt_lo;
-                let gt_hi = (k > b.hi) as u32;
-                *c = ((*c << 3) & sel_mask) | (ge_lo + gt_lo + ge_hi + gt_hi) as u8;
-                lt += 1 - ge_lo;
-                el += ge_lo - gt_lo;
-                ins += gt_lo - ge_hi;
-                eh += ge_hi - gt_hi;
-                na += (k == T::Key::MAX) as u32;
-            }
-            st.lt += lt as usize;
-            st.eq_lo += el as usize;
-            st.eq_hi += eh as usize;
-            st.nan += na as usize;
+            let n = T::Key::code_run(ks, b.lo, b.hi, sel_mask, cs);
+            st.lt += n.lt;
+            st.eq_lo += n.eq_lo;
+            st.eq_hi += n.eq_hi;
+            st.nan += n.nan;
+            let ins = n.inside;
             if ins > 0 && !overflow.load(Ordering::Relaxed) {
-                if collected.fetch_add(ins as usize, Ordering::Relaxed) + ins as usize > b.cap {
+                if collected.fetch_add(ins, Ordering::Relaxed) + ins > b.cap {
                     overflow.store(true, Ordering::Relaxed);
                 } else {
                     // The inside keys, in block order, found 64 codes at a time.

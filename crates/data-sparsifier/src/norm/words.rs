@@ -3,7 +3,7 @@
 
 use super::pass::CutState;
 use super::scores::{self, Grid, Key, NormKind, ScoreElem};
-use crate::mask::bits::{low_bits, spread};
+use crate::mask::bits::{low_bits, Spread};
 use crate::mask::SpanWriter;
 
 /// The within-block selections stored in bits 3.. of eight code bytes (blocks of `bw` = 2 or 4
@@ -36,11 +36,12 @@ pub(crate) fn words_from_codes<K: Key>(
 ) {
     // The kept flags of 64 blocks at a time: `bw` mask words.
     let per = 64 / bw;
+    let (sp, low) = (Spread::new(bw), low_bits(per as u32));
     let mut kept = [0u64; 1];
     for (ow, cs) in out.chunks_mut(bw).zip(codes.chunks(64)) {
         st.flags(cs, &mut kept);
         for (i, o) in ow.iter_mut().enumerate() {
-            let mut word = spread((kept[0] >> (i * per)) & low_bits(per as u32), bw);
+            let mut word = sp.of((kept[0] >> (i * per)) & low);
             if sel {
                 let cw = &cs[(i * per).min(cs.len())..((i + 1) * per).min(cs.len())];
                 for (j, c8) in cw.chunks(8).enumerate() {
@@ -104,6 +105,7 @@ pub(crate) fn words_from_codes_short<K: Key>(
     // Bit 0 of every data row of a full block row.
     let rep = (0..g.bh).fold(0u64, |r, i| r | 1 << (i * g.w));
     let per = 64 / g.nbc;
+    let sp = Spread::new(g.bw);
     let mut kept = [0u64; 1];
     for (ci, cs) in codes.chunks(64).enumerate() {
         st.flags(cs, &mut kept);
@@ -111,7 +113,7 @@ pub(crate) fn words_from_codes_short<K: Key>(
             let nrows = g.rows_of(br0 + ci * per + j).len();
             let flags = (kept[0] >> (j * g.nbc)) & low_bits(g.nbc as u32);
             // The row pattern (w bits) times rep: one copy per data row, no overlaps.
-            let bits = spread(flags, g.bw).wrapping_mul(rep);
+            let bits = sp.of(flags).wrapping_mul(rep);
             let n = (nrows * g.w) as u32;
             wr.push(bits & low_bits(n), n);
         }
