@@ -16,6 +16,7 @@ use std::arch::x86_64::*;
 
 use bytemuck::{bytes_of, cast, pod_read_unaligned};
 
+use super::scores::element::{BF16, NOT_HALF};
 use super::scores::CodeCounts;
 
 /// 32 bytes from the start of `b` (`b.len() >= 32`).
@@ -218,27 +219,43 @@ fn counts_of(c: [usize; 5]) -> CodeCounts {
     }
 }
 
-/// The four cells of eight one-row blocks of four (`v[j]` holds blocks `2j` and `2j + 1`), each
-/// block's cells summed in order, `((c0 + c1) + c2) + c3`, as PyTorch adds them (the first
-/// addition, `0 + c0`, is exact). Lane `i` holds block `[0, 2, 4, 6, 1, 3, 5, 7][i]`.
+/// Adds the four cells of eight blocks of four to the sums `init`, each block's cells in order,
+/// `(((init + c0) + c1) + c2) + c3`, as PyTorch adds them (`v[j]` holds the cells of blocks `2j`
+/// and `2j + 1` of one data row). Lane `i` of `init` and of the result holds block
+/// `[0, 2, 4, 6, 1, 3, 5, 7][i]` ([`in_block_order`] puts them in order). With
+/// `init` zero, the first addition is exact: cells are `+0` or more, or NaN.
 #[target_feature(enable = "avx2")]
 #[inline]
-fn sums4(v: [__m256; 4]) -> __m256 {
-    // A 4 x 8 transpose: unpacking pairs of rows, then pairs of pairs.
+fn sums4(init: __m256, v: [__m256; 4]) -> __m256 {
+    let [c0, c1, c2, c3] = transpose4(v);
+    let s = _mm256_add_ps(_mm256_add_ps(init, c0), c1);
+    _mm256_add_ps(_mm256_add_ps(s, c2), c3)
+}
+
+/// The cells of eight blocks of four (`v[j]` holds blocks `2j` and `2j + 1`) as four vectors:
+/// vector `i` holds cell `i` of every block, lanes in [`sums4`]'s order. A 4 × 8 transpose:
+/// unpacking pairs of rows, then pairs of pairs.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn transpose4(v: [__m256; 4]) -> [__m256; 4] {
     let t0 = _mm256_unpacklo_ps(v[0], v[1]);
     let t1 = _mm256_unpackhi_ps(v[0], v[1]);
     let t2 = _mm256_unpacklo_ps(v[2], v[3]);
     let t3 = _mm256_unpackhi_ps(v[2], v[3]);
-    let pairs = |a: __m256, b: __m256| {
-        let (a, b) = (_mm256_castps_pd(a), _mm256_castps_pd(b));
-        (
-            _mm256_castpd_ps(_mm256_unpacklo_pd(a, b)),
-            _mm256_castpd_ps(_mm256_unpackhi_pd(a, b)),
-        )
-    };
-    let (c0, c1) = pairs(t0, t2);
-    let (c2, c3) = pairs(t1, t3);
-    _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(c0, c1), c2), c3)
+    let (c0, c1) = unpack_pairs(t0, t2);
+    let (c2, c3) = unpack_pairs(t1, t3);
+    [c0, c1, c2, c3]
+}
+
+/// The low and the high 64-bit halves of each 128-bit lane of `a` and `b`, paired.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn unpack_pairs(a: __m256, b: __m256) -> (__m256, __m256) {
+    let (a, b) = (_mm256_castps_pd(a), _mm256_castps_pd(b));
+    (
+        _mm256_castpd_ps(_mm256_unpacklo_pd(a, b)),
+        _mm256_castpd_ps(_mm256_unpackhi_pd(a, b)),
+    )
 }
 
 /// Puts the lanes of [`sums4`] back in block order.
@@ -280,7 +297,7 @@ pub(crate) fn keys4_f32<const SQUARE: bool>(data: &[f32], keys: &mut [i32]) -> u
         for (j, vj) in v.iter_mut().enumerate() {
             *vj = cells_f32::<SQUARE>(_mm256_castsi256_ps(load(&d[j * 32..])));
         }
-        let mean = _mm256_mul_ps(sums4(v), _mm256_set1_ps(0.25));
+        let mean = _mm256_mul_ps(sums4(_mm256_setzero_ps(), v), _mm256_set1_ps(0.25));
         // NaN: all ones, then the magnitude mask gives i32::MAX.
         let bits = _mm256_or_si256(_mm256_castps_si256(mean), nan_lanes(mean));
         let key = _mm256_and_si256(bits, _mm256_set1_epi32(0x7fff_ffff));
@@ -309,6 +326,136 @@ fn pack_keys16(a: __m256i, b: __m256i) -> __m256i {
     _mm256_permute4x64_epi64::<0b11_01_10_00>(p)
 }
 
+/// Eight half-precision cells (the bits of f16 or bf16 values) as f32: `|x|` widened exactly, or
+/// for L2 `x * x` rounded to the type and widened.
+#[target_feature(enable = "avx2,f16c")]
+#[inline]
+fn half_cells<const BF16: bool, const SQUARE: bool>(h: __m128i) -> __m256 {
+    let magnitude = _mm_set1_epi16(0x7fff);
+    let h = _mm_and_si128(h, magnitude);
+    let x = if BF16 {
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+    } else {
+        _mm256_cvtph_ps(h)
+    };
+    if !SQUARE {
+        x
+    } else if BF16 {
+        _mm256_castsi256_ps(round_bf16(_mm256_mul_ps(x, x)))
+    } else {
+        let sq = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_mul_ps(x, x));
+        _mm256_cvtph_ps(_mm_and_si128(sq, magnitude))
+    }
+}
+
+/// The keys of eight sums of four half-precision cells, in the low half of each i32 lane: the
+/// mean rounded to the type, its magnitude bits, NaN as `i16::MAX`.
+#[target_feature(enable = "avx2,f16c")]
+#[inline]
+fn half_key<const BF16: bool>(s: __m256) -> __m256i {
+    let mean = _mm256_mul_ps(s, _mm256_set1_ps(0.25));
+    let bits = if BF16 {
+        _mm256_srli_epi32::<16>(round_bf16(mean))
+    } else {
+        _mm256_cvtepu16_epi32(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(mean))
+    };
+    let bits = _mm256_or_si256(bits, nan_lanes(mean));
+    _mm256_and_si256(bits, _mm256_set1_epi32(0x7fff))
+}
+
+/// The order-preserving keys of eight non-negative (or NaN) f32 values: their bits, NaN as
+/// `i32::MAX`.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn f32_keys(x: __m256) -> __m256i {
+    let bits = _mm256_or_si256(_mm256_castps_si256(x), nan_lanes(x));
+    _mm256_and_si256(bits, _mm256_set1_epi32(0x7fff_ffff))
+}
+
+/// The keys and the within-block selections of one-row blocks of four cells
+/// (`data.len() == 4 · keys.len()`; the bytes of f32, bf16 or f16 data, `HALF` a
+/// [`scores::element`](super::scores::element) code), eight blocks at a time: what
+/// `scores::keys_nibbles` computes. Key `b` goes to `keys[b]` (i32 for f32 data, i16 for the
+/// half types, as bytes), and bit `i` of `nibbles[b]` is set iff cell `i` of block `b` is kept
+/// when its `z` smallest cells are zeroed (cells compare by key, then by index). Returns how many
+/// blocks it did (a multiple of 8).
+#[target_feature(enable = "avx2,f16c")]
+#[inline]
+pub(crate) fn keys_nibbles4<const HALF: u8, const SQUARE: bool>(
+    data: &[u8],
+    z: usize,
+    keys: &mut [u8],
+    nibbles: &mut [u8],
+) -> usize {
+    let size = if HALF == NOT_HALF { 4 } else { 2 };
+    let n = (data.len() / (4 * size))
+        .min(keys.len() / size)
+        .min(nibbles.len())
+        / 8
+        * 8;
+    let zm1 = _mm256_set1_epi32(z as i32 - 1);
+    for ((d, k), nb) in data[..n * 4 * size]
+        .chunks_exact(32 * size)
+        .zip(keys[..n * size].chunks_exact_mut(8 * size))
+        .zip(nibbles[..n].chunks_exact_mut(8))
+    {
+        let mut v = [_mm256_setzero_ps(); 4];
+        for (j, vj) in v.iter_mut().enumerate() {
+            *vj = match HALF {
+                NOT_HALF => cells_f32::<SQUARE>(_mm256_castsi256_ps(load(&d[j * 32..]))),
+                BF16 => half_cells::<true, SQUARE>(pod_read_unaligned(&d[j * 16..j * 16 + 16])),
+                _ => half_cells::<false, SQUARE>(pod_read_unaligned(&d[j * 16..j * 16 + 16])),
+            };
+        }
+        let c = transpose4(v);
+        // The block keys.
+        let s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(c[0], c[1]), c[2]), c[3]);
+        let key = if HALF == NOT_HALF {
+            f32_keys(_mm256_mul_ps(s, _mm256_set1_ps(0.25)))
+        } else if HALF == BF16 {
+            half_key::<true>(s)
+        } else {
+            half_key::<false>(s)
+        };
+        let key = in_block_order(key);
+        if HALF == NOT_HALF {
+            k.copy_from_slice(bytes_of(&key));
+        } else {
+            let p = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(key, key));
+            k.copy_from_slice(&bytes_of(&p)[..16]);
+        }
+        // The cells' keys (the widened half values order as their bits do), and each cell's
+        // rank in its block: the cells before it with a key <= its own, and after it with a
+        // smaller key. Compare masks are -1 where true.
+        let ck = c.map(|x| f32_keys(x));
+        let mut nibble = _mm256_setzero_si256();
+        for i in 0..4 {
+            let mut r = _mm256_setzero_si256();
+            for (j, &kj) in ck.iter().enumerate() {
+                if j < i {
+                    // kj <= ki: 1 + (kj > ki).
+                    r = _mm256_add_epi32(
+                        r,
+                        _mm256_add_epi32(_mm256_set1_epi32(1), _mm256_cmpgt_epi32(kj, ck[i])),
+                    );
+                } else if j > i {
+                    r = _mm256_sub_epi32(r, _mm256_cmpgt_epi32(ck[i], kj));
+                }
+            }
+            let kept = _mm256_cmpgt_epi32(r, zm1);
+            nibble = _mm256_or_si256(nibble, _mm256_and_si256(kept, _mm256_set1_epi32(1 << i)));
+        }
+        let nibble = in_block_order(nibble);
+        let p = _mm256_packs_epi32(nibble, nibble);
+        let p = _mm256_packus_epi16(p, p);
+        // Bytes 0..4 hold blocks 0..4, bytes 16..20 blocks 4..8.
+        let b: [u8; 32] = cast(p);
+        nb[..4].copy_from_slice(&b[..4]);
+        nb[4..].copy_from_slice(&b[16..20]);
+    }
+    n
+}
+
 /// The keys of one-row half-precision blocks of four cells (`data.len() == 4 · keys.len()`, the
 /// bits of f16 or bf16 values), sixteen blocks at a time: cells widened to f32 exactly (L2: the
 /// square rounded back to the type), summed in order, the mean rounded to the type, its magnitude
@@ -322,44 +469,15 @@ pub(crate) fn keys4_half<const BF16: bool, const SQUARE: bool>(
     let n = (data.len() / 4).min(keys.len()) / 16 * 16;
     let bytes: &[u8] = bytemuck::cast_slice(&data[..n * 4]);
     let out: &mut [u8] = bytemuck::cast_slice_mut(&mut keys[..n]);
-    let magnitude = _mm_set1_epi16(0x7fff);
-    // Eight cells as f32: |x|, or x * x rounded to the type.
-    let cells = |h: __m128i| {
-        let h = _mm_and_si128(h, magnitude);
-        let x = if BF16 {
-            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
-        } else {
-            _mm256_cvtph_ps(h)
-        };
-        if !SQUARE {
-            x
-        } else if BF16 {
-            _mm256_castsi256_ps(round_bf16(_mm256_mul_ps(x, x)))
-        } else {
-            let sq = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_mul_ps(x, x));
-            _mm256_cvtph_ps(_mm_and_si128(sq, magnitude))
-        }
-    };
-    // The key of the mean, in the low half of each i32 lane.
-    let key = |s: __m256| {
-        let mean = _mm256_mul_ps(s, _mm256_set1_ps(0.25));
-        let bits = if BF16 {
-            _mm256_srli_epi32::<16>(round_bf16(mean))
-        } else {
-            _mm256_cvtepu16_epi32(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(mean))
-        };
-        let bits = _mm256_or_si256(bits, nan_lanes(mean));
-        _mm256_and_si256(bits, _mm256_set1_epi32(0x7fff))
-    };
     for (d, k) in bytes.chunks_exact(128).zip(out.chunks_exact_mut(32)) {
         let mut halves = [_mm256_setzero_si256(); 2];
         for (h, sixteen) in halves.iter_mut().zip(d.chunks_exact(64)) {
             let mut v = [_mm256_setzero_ps(); 4];
             for (j, vj) in v.iter_mut().enumerate() {
                 let h8: __m128i = pod_read_unaligned(&sixteen[j * 16..j * 16 + 16]);
-                *vj = cells(h8);
+                *vj = half_cells::<BF16, SQUARE>(h8);
             }
-            *h = key(sums4(v));
+            *h = half_key::<BF16>(sums4(_mm256_setzero_ps(), v));
         }
         store(k, pack_keys16(halves[0], halves[1]));
     }
@@ -369,7 +487,8 @@ pub(crate) fn keys4_half<const BF16: bool, const SQUARE: bool>(
 #[cfg(test)]
 mod tests {
     use super::super::scores::{
-        code_bits_portable, code_run_portable, keys_exact, Key, NormKind, ScoreElem, L1, L2,
+        code_bits_portable, code_run_portable, keep_nibbles, keys_exact, keys_nibbles, Key,
+        NormKind, ScoreElem, L1, L2,
     };
     use super::*;
     use half::{bf16, f16};
@@ -448,6 +567,25 @@ mod tests {
         codes_agree::<i16>(codes_i16, |v| i16::MAX - 40 + v as i16);
     }
 
+    /// `keys_nibbles` (the AVX2 loop and the portable rest) gives [`keys_exact`]'s keys and
+    /// [`keep_nibbles`]'s selections, for every number of zeros.
+    fn keys_nibbles4_agree<T: ScoreElem, N: NormKind>(data: &[T]) {
+        for len in [0usize, 7, 8, 9, 100, 1000] {
+            let d = &data[..(4 * len).min(data.len() / 4 * 4)];
+            let n = d.len() / 4;
+            let mut want = vec![T::Key::default(); n];
+            keys_exact::<T, N, 4>(d, &mut want);
+            for z in 1..4 {
+                let mut want_sel = vec![0u8; n];
+                keep_nibbles::<T, N, 4>(d, z, &mut want_sel);
+                let (mut got, mut got_sel) = (vec![T::Key::default(); n], vec![0u8; n]);
+                keys_nibbles::<T, N, 4>(d, z, &mut got, &mut got_sel);
+                assert_eq!(got, want, "{n} blocks, SQUARE {}", N::SQUARE);
+                assert_eq!(got_sel, want_sel, "{n} blocks, z {z}, SQUARE {}", N::SQUARE);
+            }
+        }
+    }
+
     /// `keys4_simd` (the AVX2 loop and the portable rest) gives [`keys_exact`]'s keys.
     fn keys4_agree<T: ScoreElem, N: NormKind>(data: &[T]) {
         for len in [0usize, 7, 8, 15, 16, 17, 100, 1000] {
@@ -495,6 +633,8 @@ mod tests {
             .collect();
         keys4_agree::<f32, L1>(&f);
         keys4_agree::<f32, L2>(&f);
+        keys_nibbles4_agree::<f32, L1>(&f);
+        keys_nibbles4_agree::<f32, L2>(&f);
         // Half types: any bit pattern (NaN, infinities, subnormals included), and small ties.
         let bits: Vec<u16> = (0..4000)
             .map(|_| {
@@ -511,6 +651,10 @@ mod tests {
         keys4_agree::<f16, L2>(&h);
         keys4_agree::<bf16, L1>(&b);
         keys4_agree::<bf16, L2>(&b);
+        keys_nibbles4_agree::<f16, L1>(&h);
+        keys_nibbles4_agree::<f16, L2>(&h);
+        keys_nibbles4_agree::<bf16, L1>(&b);
+        keys_nibbles4_agree::<bf16, L2>(&b);
         // bf16 squares near the rounding boundaries (mantissas with ties).
         let b: Vec<bf16> = (0..4000u32)
             .map(|i| bf16::from_bits((0x3f80 + (i % 256)) as u16 | ((i & 1) << 15) as u16))

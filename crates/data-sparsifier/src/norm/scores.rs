@@ -191,6 +191,53 @@ pub(crate) trait ScoreElem: Element {
         let _ = (data, keys);
         0
     }
+    /// [`keys_nibbles`] for the first blocks of a run of one-row blocks of four cells by an AVX2
+    /// loop where the type has one and the CPU has AVX2; returns how many it did.
+    #[inline(always)]
+    fn keys_nibbles4_simd<N: NormKind>(
+        data: &[Self],
+        z: usize,
+        keys: &mut [Self::Key],
+        out: &mut [u8],
+    ) -> usize {
+        let _ = (data, z, keys, out);
+        0
+    }
+}
+
+/// Which of the types with f32 sums an AVX2 loop reads (a const generic parameter).
+pub(crate) mod element {
+    /// f32.
+    pub const NOT_HALF: u8 = 0;
+    /// bf16.
+    pub const BF16: u8 = 1;
+    /// f16.
+    pub const F16: u8 = 2;
+}
+
+/// [`ScoreElem::keys_nibbles4_simd`] for the types whose sums are f32 (`HALF`, an [`element`]
+/// code).
+#[inline(always)]
+#[allow(unused_variables)] // off x86_64
+fn keys_nibbles4_f32_sums<T: bytemuck::Pod, K: bytemuck::Pod, N: NormKind, const HALF: u8>(
+    data: &[T],
+    z: usize,
+    keys: &mut [K],
+    out: &mut [u8],
+) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_v3() {
+        let (d, k) = (bytemuck::cast_slice(data), bytemuck::cast_slice_mut(keys));
+        // SAFETY: the CPU has AVX2 and F16C (`has_v3`, checked just above).
+        return unsafe {
+            if N::SQUARE {
+                super::avx2::keys_nibbles4::<HALF, true>(d, z, k, out)
+            } else {
+                super::avx2::keys_nibbles4::<HALF, false>(d, z, k, out)
+            }
+        };
+    }
+    0
 }
 
 impl ScoreElem for f32 {
@@ -231,6 +278,15 @@ impl ScoreElem for f32 {
         let _ = (data, keys);
         0
     }
+    #[inline(always)]
+    fn keys_nibbles4_simd<N: NormKind>(
+        data: &[f32],
+        z: usize,
+        keys: &mut [i32],
+        out: &mut [u8],
+    ) -> usize {
+        keys_nibbles4_f32_sums::<f32, i32, N, { element::NOT_HALF }>(data, z, keys, out)
+    }
 }
 
 impl ScoreElem for f64 {
@@ -258,7 +314,7 @@ impl ScoreElem for f64 {
 }
 
 macro_rules! impl_half {
-    ($t:ty, $nan_mask:expr, $abs_f32:path, $round:path, $bf16:expr) => {
+    ($t:ty, $nan_mask:expr, $abs_f32:path, $round:path, $bf16:expr, $half_code:expr) => {
         impl ScoreElem for $t {
             type Key = i16;
             #[inline(always)]
@@ -300,12 +356,35 @@ macro_rules! impl_half {
                 let _ = (data, keys);
                 0
             }
+            #[inline(always)]
+            fn keys_nibbles4_simd<N: NormKind>(
+                data: &[$t],
+                z: usize,
+                keys: &mut [i16],
+                out: &mut [u8],
+            ) -> usize {
+                keys_nibbles4_f32_sums::<$t, i16, N, { $half_code }>(data, z, keys, out)
+            }
         }
     };
 }
 // Exponent bits all set: inf if the mantissa is 0, NaN otherwise.
-impl_half!(f16, 0x7c00, f16_abs_to_f32, f32_to_f16_bits, false);
-impl_half!(bf16, 0x7f80, bf16_abs_to_f32, f32_to_bf16_bits, true);
+impl_half!(
+    f16,
+    0x7c00,
+    f16_abs_to_f32,
+    f32_to_f16_bits,
+    false,
+    element::F16
+);
+impl_half!(
+    bf16,
+    0x7f80,
+    bf16_abs_to_f32,
+    f32_to_bf16_bits,
+    true,
+    element::BF16
+);
 
 // Half-precision conversions, exact and branch-free so that the score loops vectorize. `half`'s own
 // conversions give the same values, but pick the f16 instruction at run time for every element (or
@@ -807,7 +886,11 @@ pub(crate) fn selection_in_codes(g: &Grid, zpb: usize) -> bool {
 /// the rank of cell `i` is the number of cells before it with a key `<=` its own plus the number
 /// after it with a smaller key.
 #[inline(always)]
-fn keep_nibbles<T: ScoreElem, N: NormKind, const BW: usize>(data: &[T], z: usize, out: &mut [u8]) {
+pub(crate) fn keep_nibbles<T: ScoreElem, N: NormKind, const BW: usize>(
+    data: &[T],
+    z: usize,
+    out: &mut [u8],
+) {
     debug_assert_eq!(data.len(), out.len() * BW);
     for (o, c) in out.iter_mut().zip(data.chunks_exact(BW)) {
         *o = nibble::<T, N, BW>(c, z as i32);
@@ -833,17 +916,22 @@ fn nibble<T: ScoreElem, N: NormKind, const BW: usize>(c: &[T], z: i32) -> u8 {
 
 /// [`keys_exact`] and [`keep_nibbles`] in one loop (one read of each block).
 #[inline(always)]
-fn keys_nibbles<T: ScoreElem, N: NormKind, const BW: usize>(
+pub(crate) fn keys_nibbles<T: ScoreElem, N: NormKind, const BW: usize>(
     data: &[T],
     z: usize,
     keys: &mut [T::Key],
     out: &mut [u8],
 ) {
     debug_assert!(data.len() == out.len() * BW && keys.len() == out.len());
-    for ((k, o), c) in keys
+    let done = if BW == 4 {
+        T::keys_nibbles4_simd::<N>(data, z, keys, out)
+    } else {
+        0
+    };
+    for ((k, o), c) in keys[done..]
         .iter_mut()
-        .zip(out.iter_mut())
-        .zip(data.chunks_exact(BW))
+        .zip(out[done..].iter_mut())
+        .zip(data[done * BW..].chunks_exact(BW))
     {
         let mut s = T::acc_zero();
         for &x in c {
