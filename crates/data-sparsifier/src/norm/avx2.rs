@@ -73,10 +73,10 @@ fn merge_selection(codes: __m256i, old: __m256i, sel_mask: u8) -> __m256i {
     _mm256_or_si256(sel, codes)
 }
 
-/// The compare masks of one vector of keys against the bracket, in the lanes' width: the code
-/// (`code_of`) and the five counts' masks (all ones where the lane counts).
+/// The codes (`code_of`) of one vector of keys against the bracket, in the lanes' width; adds
+/// one to the lanes of `$acc` (the five counts) where each count's compare holds.
 macro_rules! code_vector {
-    ($k:expr, $lo:expr, $hi:expr, $max:expr, $gt:ident, $eq:ident, $sub:ident, $set1:ident) => {{
+    ($k:expr, $lo:expr, $hi:expr, $max:expr, $acc:expr, $gt:ident, $eq:ident, $sub:ident, $set1:ident) => {{
         let k = $k;
         let lt_lo = $gt($lo, k);
         let gt_lo = $gt(k, $lo);
@@ -94,7 +94,11 @@ macro_rules! code_vector {
             _mm256_andnot_si256(gt_hi, ge_hi),
             $eq(k, $max),
         ];
-        (code, masks)
+        // The masks are -1 where the count holds.
+        for (a, m) in $acc.iter_mut().zip(masks) {
+            *a = $sub(*a, m);
+        }
+        code
     }};
 }
 
@@ -123,20 +127,17 @@ pub(crate) fn codes_i32(
         let mut c = [_mm256_setzero_si256(); 4];
         for (j, cj) in c.iter_mut().enumerate() {
             let k = load(&kb[j * 32..]);
-            let (code, masks) = code_vector!(
+            *cj = code_vector!(
                 k,
                 vlo,
                 vhi,
                 vmax,
+                acc,
                 _mm256_cmpgt_epi32,
                 _mm256_cmpeq_epi32,
                 _mm256_sub_epi32,
                 _mm256_set1_epi32
             );
-            for (a, m) in acc.iter_mut().zip(masks) {
-                *a = _mm256_sub_epi32(*a, m);
-            }
-            *cj = code;
         }
         store(cs, pack_codes(c, load(cs), sel_mask));
     }
@@ -178,20 +179,17 @@ pub(crate) fn codes_i16(
             let mut c = [_mm256_setzero_si256(); 2];
             for (j, cj) in c.iter_mut().enumerate() {
                 let k = load(&kb[j * 32..]);
-                let (code, masks) = code_vector!(
+                *cj = code_vector!(
                     k,
                     vlo,
                     vhi,
                     vmax,
+                    acc,
                     _mm256_cmpgt_epi16,
                     _mm256_cmpeq_epi16,
                     _mm256_sub_epi16,
                     _mm256_set1_epi16
                 );
-                for (a, m) in acc.iter_mut().zip(masks) {
-                    *a = _mm256_sub_epi16(*a, m);
-                }
-                *cj = code;
             }
             // Bytes [c0 0..8, c1 0..8 | c0 8..16, c1 8..16]: the qword permute restores the order.
             let bytes = _mm256_packus_epi16(c[0], c[1]);
@@ -490,20 +488,9 @@ mod tests {
         code_bits_portable, code_run_portable, keep_nibbles, keys_exact, keys_nibbles, Key,
         NormKind, ScoreElem, L1, L2,
     };
+    use super::super::tests::rng as stream;
     use super::*;
     use half::{bf16, f16};
-
-    /// A reproducible stream of numbers (SplitMix64).
-    fn stream(seed: u64) -> impl FnMut() -> u64 {
-        let mut s = seed;
-        move || {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-    }
 
     #[test]
     fn code_bits64_matches_the_portable_loop() {

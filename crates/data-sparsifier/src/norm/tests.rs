@@ -68,7 +68,7 @@ fn cfg(sl: f64, block: (usize, usize), zpb: Option<usize>, norm: Norm) -> DataNo
 }
 
 /// A deterministic pseudo-random sequence (splitmix64).
-fn rng(seed: u64) -> impl FnMut() -> u64 {
+pub(super) fn rng(seed: u64) -> impl FnMut() -> u64 {
     let mut s = seed;
     move || {
         s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
